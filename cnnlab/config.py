@@ -1,0 +1,205 @@
+"""Structured-config schema behind the YAML in ``conf/``.
+
+Every config group option in ``conf/<group>/<name>.yaml`` starts from one of these dataclasses (stored
+in Hydra's ConfigStore under ``schema/<group>``), so a misspelt key or a wrong type fails when the
+config is composed, before any work starts. Checks that a type cannot express (positive learning
+rate, a split inside (0, 1), choices) live in :func:`validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from cnnlab.errors import ConfigError
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    format: str = MISSING  # one of cnnlab.data.registry.FORMATS
+    root: str | None = None  # explicit location; when set, nothing else is searched
+    dirnames: list[str] = field(default_factory=list)  # names tried under $CNNLAB_DATA
+    system_dirs: list[str] = field(default_factory=list)  # e.g. Debian's /usr/share/datasets/...
+    apt_package: str | None = None  # named in the "not found" message
+    torchvision_name: str | None = None  # torchvision.datasets class used to download when online
+    download: bool = True
+    channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+    classes: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.5])
+    val_split: float = 0.1
+    stratified: bool = True
+    split_seed: int = 0  # fixed, so the validation set does not move when `seed` changes
+    cache_dir: str | None = None  # default $CNNLAB_CACHE or ~/.cache/cnnlab
+    cache: bool = False
+    num_workers: int | None = None
+    on_bad_image: str = "error"
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    _target_: str = "cnnlab.models.mlp.MLP"
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256, 64])
+    dropout: float = 0.2
+
+
+@dataclass
+class LeNetConfig(ModelConfig):
+    _target_: str = "cnnlab.models.lenet.LeNet"
+    name: str = "lenet"
+    activation: str = "relu"
+    pool: str = "max"
+    channels: list[int] = field(default_factory=lambda: [6, 16])
+    fc: list[int] = field(default_factory=lambda: [120, 84])
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    dampening: float = 0.0
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adam"
+    name: str = "adam"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"
+    warmup_epochs: float = 0.0
+    warmup_steps: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = "none"
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | 32 | bf16 | 16
+    channels_last: bool | None = None  # None: on for models with convolutions
+    threads: int | None = None
+    monitor: str = "val_acc"  # val_acc | val_loss
+    mode: str = "max"  # max | min
+    patience: int | None = 3  # epochs without improvement before stopping; null disables
+    min_delta: float = 0.0
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    limit_train_batches: int | None = None
+    limit_eval_batches: int | None = None
+    overfit_batches: int | None = None  # train on this many fixed batches and validate on them
+    detect_anomaly: bool = False
+    deterministic: bool = False
+    tensorboard: bool = True
+    progress: str = "auto"  # auto | rich | plain
+    evaluate: bool = True  # evaluate the best weights on the test split at the end
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 42
+    out_dir: str | None = None  # set by the CLI to Hydra's run directory
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {"base": DatasetConfig},
+    "model": {"mlp": MLPConfig, "lenet": LeNetConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
+    "scheduler": {"base": SchedulerConfig},
+    "augmentation": {"base": AugmentationConfig},
+    "trainer": {"base": TrainerConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the schemas so YAML files can extend them (``defaults: [/schema/model/lenet@_here_]``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+CHOICES = {
+    ("trainer", "precision"): ("auto", "32", "bf16", "16"),
+    ("trainer", "monitor"): ("val_acc", "val_loss"),
+    ("trainer", "mode"): ("max", "min"),
+    ("trainer", "progress"): ("auto", "rich", "plain"),
+    ("dataset", "on_bad_image"): ("error", "skip"),
+}
+
+POSITIVE = {
+    "optimizer": ("lr",),
+    "trainer": ("max_epochs", "batch_size", "eval_batch_size"),
+    "dataset": ("channels", "image_size", "num_classes"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the schema's types cannot; raise ConfigError with one clear sentence."""
+    for group, keys in POSITIVE.items():
+        for key in keys:
+            value = cfg[group][key]
+            if value is None or value <= 0:
+                raise ConfigError(f"{group}.{key} must be greater than 0, got {value}.")
+    for (group, key), allowed in CHOICES.items():
+        value = str(cfg[group][key])
+        if value not in allowed:
+            raise ConfigError(f"Unknown {group}.{key} '{value}'; choose one of: {', '.join(allowed)}.")
+    split = cfg.dataset.val_split
+    if not 0 < split < 1:
+        raise ConfigError(f"dataset.val_split must be between 0 and 1 (exclusive), got {split}.")
+    for key in ("patience", "threads", "limit_train_batches", "limit_eval_batches", "overfit_batches"):
+        value = cfg.trainer[key]
+        if value is not None and value < (0 if key == "patience" else 1):
+            raise ConfigError(f"trainer.{key} must be a positive number or null, got {value}.")
+    if cfg.trainer.min_delta < 0:
+        raise ConfigError(f"trainer.min_delta must be 0 or more, got {cfg.trainer.min_delta}.")
+    if not 0 <= cfg.trainer.label_smoothing < 1:
+        raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {cfg.trainer.label_smoothing}.")
+    if len(cfg.dataset.mean) != cfg.dataset.channels or len(cfg.dataset.std) != cfg.dataset.channels:
+        raise ConfigError(
+            f"dataset.mean and dataset.std need one value per channel ({cfg.dataset.channels}), "
+            f"got {len(cfg.dataset.mean)} and {len(cfg.dataset.std)}."
+        )

@@ -1,0 +1,104 @@
+"""Photo datasets laid out as folders: a generic ``train/<class>/*`` tree and Food-11."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from cnnlab.data.images import Decoded, decode_all, scan_class_folders, scan_food11
+from cnnlab.data.types import ArraySplits
+
+VAL_NAMES = ("val", "valid", "validation")
+TEST_NAMES = ("test", "testing")
+
+
+def _find_split(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / name for name in names if (root / name).is_dir()), None)
+
+
+def _has_subdirs(path: Path) -> bool:
+    return any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+
+
+def read_image_folder(
+    root: Path,
+    *,
+    size: int | None,
+    channels: int,
+    num_workers: int,
+    on_bad_image: str,
+    cache_dir: Path | None,
+) -> ArraySplits:
+    """Read ``root/train/<class>/*`` plus optional ``val|valid`` and ``test`` splits.
+
+    Classes are train's folder names, sorted. ``test`` is labeled when it holds class folders and
+    unlabeled (with ``test_ids`` from file stems) when it holds the images directly.
+    """
+    decode = partial(
+        decode_all,
+        size=size,
+        channels=channels,
+        num_workers=num_workers,
+        on_bad_image=on_bad_image,
+        cache_dir=cache_dir,
+    )
+    files, labels, classes = scan_class_folders(root / "train")
+    train = decode(files, labels)
+    val_dir, test_dir = _find_split(root, VAL_NAMES), _find_split(root, TEST_NAMES)
+    val = decode(*scan_class_folders(val_dir, classes)[:2]) if val_dir else None
+    labeled_test = test_dir is not None and _has_subdirs(test_dir)
+    test = None
+    if test_dir is not None:
+        if labeled_test:
+            test = decode(*scan_class_folders(test_dir, classes)[:2])
+        else:
+            test = decode(*scan_food11(test_dir, labeled=False, num_classes=len(classes)))
+    return _splits(train, val, test, classes, labeled_test=labeled_test)
+
+
+def read_food11(
+    root: Path,
+    *,
+    size: int | None,
+    num_workers: int,
+    on_bad_image: str,
+    cache_dir: Path | None,
+    classes: list[str],
+) -> ArraySplits:
+    """Read Food-11: ``train/`` and ``valid/`` named ``<label>_<n>.jpg``, optional unlabeled ``test/``.
+
+    ``valid/`` becomes the validation split; test images are named in ``test_ids`` by file stem. With
+    ``on_bad_image=skip`` a skipped test image is missing from ``test_ids`` and so from a submission.
+    """
+    decode = partial(
+        decode_all,
+        size=size,
+        channels=3,
+        num_workers=num_workers,
+        on_bad_image=on_bad_image,
+        cache_dir=cache_dir,
+    )
+    n = len(classes)
+    train = decode(*scan_food11(root / "train", labeled=True, num_classes=n))
+    val_dir, test_dir = _find_split(root, VAL_NAMES), _find_split(root, TEST_NAMES)
+    val = decode(*scan_food11(val_dir, labeled=True, num_classes=n)) if val_dir else None
+    test = decode(*scan_food11(test_dir, labeled=False, num_classes=n)) if test_dir else None
+    return _splits(train, val, test, list(classes), labeled_test=False)
+
+
+def _splits(
+    train: Decoded, val: Decoded | None, test: Decoded | None, classes: list[str], *, labeled_test: bool
+) -> ArraySplits:
+    """Assemble the decoded splits; ``files`` lists every image kept, for the data fingerprint."""
+    splits = ArraySplits(train_x=train.x, train_y=train.y, classes=classes, files=list(train.files))
+    if val is not None:
+        splits.val_x, splits.val_y = val.x, val.y
+        splits.files += val.files
+    if test is not None:
+        splits.test_x = test.x
+        if labeled_test:
+            splits.test_y = test.y
+        else:
+            splits.test_ids = [path.stem for path in test.files]
+        splits.files += test.files
+    return splits

@@ -1,0 +1,90 @@
+"""In-memory batches: one uint8 tensor per split on the training device, sliced by a seeded permutation.
+
+This replaces DataLoader + ToTensor for data that fits in memory (PERF_NOTES: ~2.3x faster per LeNet
+epoch). Conversion to float, augmentation and normalisation run on whole batches in
+:class:`BatchPipeline`, on the same device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+
+class TensorLoader:
+    """Iterate ``(x_uint8, y)`` batches over tensors already on the device.
+
+    With ``shuffle`` the order of epoch ``e`` comes from a generator seeded by ``(seed, e)``, so a
+    resumed run sees the same batches as an uninterrupted one without saving generator state.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0):
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.limit: int | None = None
+
+    def __len__(self) -> int:
+        n = -(-len(self.x) // self.batch_size)
+        # A final batch of one sample breaks BatchNorm in training; it is dropped (see __iter__).
+        if self.shuffle and len(self.x) % self.batch_size == 1 and n > 1:
+            n -= 1
+        return n if self.limit is None else min(n, self.limit)
+
+    @property
+    def num_samples(self) -> int:
+        return min(len(self.x), len(self) * self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(len(self.x), generator=g).to(self.x.device)
+        else:
+            order = None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            if order is None:
+                yield self.x[sl], self.y[sl]
+            else:
+                idx = order[sl]
+                yield self.x[idx], self.y[idx]
+
+
+class BatchPipeline:
+    """uint8 batch -> float in [0, 1] -> augmentation (train only) -> normalised, in one place."""
+
+    def __init__(
+        self,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        *,
+        augment: Callable | None = None,
+        channels_last: bool = False,
+        seed: int = 0,
+    ):
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add.
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+        self.std, self.mean = std_t, mean_t
+        self.augment = augment
+        self.channels_last = channels_last
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor, *, train: bool) -> torch.Tensor:
+        if train and self.augment is not None:
+            x = self.augment(x.float().div_(255.0), self.generator)
+            x = (x - self.mean) / self.std
+        else:
+            x = torch.addcmul(self.shift, x.float(), self.scale)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x

@@ -1,0 +1,71 @@
+"""Find a dataset on disk: explicit root, $CNNLAB_DATA, system places, then a download when online."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cnnlab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    """Where decoded caches, unpacked archives and downloads go (never inside the repo)."""
+    base = cfg.cache_dir or os.environ.get("CNNLAB_CACHE") or Path.home() / ".cache" / "cnnlab"
+    return Path(base).expanduser()
+
+
+def candidate_dirs(cfg: DictConfig) -> list[Path]:
+    """Every place looked at, in order: dataset.root alone when set, else $CNNLAB_DATA/<name>, system dirs."""
+    if cfg.root:
+        return [Path(cfg.root).expanduser()]
+    places = []
+    env = os.environ.get("CNNLAB_DATA")
+    if env:
+        names = [cfg.name, *cfg.dirnames]
+        places += [Path(env).expanduser() / n for n in dict.fromkeys(names)]
+    places += [Path(p) for p in cfg.system_dirs]
+    places.append(cache_dir(cfg) / cfg.name)  # where an earlier download went
+    return places
+
+
+def find_root(cfg: DictConfig, looks_complete: Callable[[Path], bool]) -> Path:
+    """Return the first candidate that holds the dataset, downloading it when allowed and possible."""
+    places = candidate_dirs(cfg)
+    for place in places:
+        if looks_complete(place):
+            return place
+    if not cfg.root and cfg.download and cfg.torchvision_name:
+        target = cache_dir(cfg) / cfg.name
+        if _try_download(cfg.torchvision_name, target) and looks_complete(target / cfg.torchvision_name / "raw"):
+            return target / cfg.torchvision_name / "raw"
+    raise DataError(_not_found_message(cfg, places))
+
+
+def _try_download(torchvision_name: str, target: Path) -> bool:
+    """torchvision's download; False (with a log line) when offline or it fails for any reason."""
+    import torchvision.datasets as tvd
+
+    log.info("%s not found locally; trying torchvision's download into %s", torchvision_name, target)
+    try:
+        for train in (True, False):
+            getattr(tvd, torchvision_name)(root=str(target), train=train, download=True)
+    except Exception as exc:  # network errors come in many types; any of them means "not available"
+        log.warning("download of %s failed: %s", torchvision_name, exc)
+        return False
+    return True
+
+
+def _not_found_message(cfg: DictConfig, places: list[Path]) -> str:
+    looked = ", ".join(str(p) for p in places)
+    how = [f"set dataset.root=<dir> or CNNLAB_DATA=<dir containing {cfg.name}/>"]
+    if cfg.apt_package:
+        how.append(f"on Debian run `apt-get install {cfg.apt_package}`")
+    if cfg.torchvision_name and not cfg.root:
+        how.append("or run once with internet access so torchvision can download it")
+    return f"Dataset '{cfg.name}' not found; looked in: {looked}. To provide it, {', '.join(how)}."

@@ -1,0 +1,109 @@
+"""Turn a ``dataset`` config into in-memory loaders: locate, read, split, move to the device."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from cnnlab.data.idx import has_idx_files, read_idx_dataset
+from cnnlab.data.loader import TensorLoader
+from cnnlab.data.lookup import find_root
+from cnnlab.data.split import split_indices
+from cnnlab.data.types import ArraySplits
+from cnnlab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _read_idx(cfg: DictConfig) -> ArraySplits:
+    return read_idx_dataset(find_root(cfg, has_idx_files))
+
+
+FORMATS = {"idx": _read_idx}
+
+
+@dataclass
+class DataBundle:
+    train: TensorLoader
+    val: TensorLoader
+    test: TensorLoader | None
+    classes: list[str]
+    channels: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    files: list[Path]
+    test_ids: list[str] | None = None
+
+
+def read_splits(cfg: DictConfig) -> ArraySplits:
+    """Read the dataset named by ``cfg`` (a ``dataset`` config) into uint8 tensors, checked."""
+    reader = FORMATS.get(cfg.format)
+    if reader is None:
+        raise ConfigError(f"Unknown dataset.format '{cfg.format}'; choose one of: {', '.join(FORMATS)}.")
+    splits = reader(cfg)
+    splits.classes = _class_names(cfg, splits)
+    n = len(splits.classes)
+    for name in ("train_y", "val_y", "test_y"):
+        labels = getattr(splits, name)
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= n):
+            raise DataError(
+                f"{cfg.name}: {name} holds label {int(labels.max())} but the dataset has {n} classes; "
+                "fix dataset.num_classes / dataset.classes or the data."
+            )
+    return splits
+
+
+def _class_names(cfg: DictConfig, splits: ArraySplits) -> list[str]:
+    names = list(cfg.classes) or splits.classes or [str(i) for i in range(cfg.num_classes)]
+    if len(names) != cfg.num_classes:
+        raise ConfigError(
+            f"dataset.classes lists {len(names)} names but dataset.num_classes is {cfg.num_classes}; "
+            "make them agree."
+        )
+    return names
+
+
+def build_data(
+    cfg: DictConfig, *, device: torch.device, batch_size: int, eval_batch_size: int, seed: int
+) -> DataBundle:
+    """Locate and read the data, carve validation from train when needed, put every split on device."""
+    splits = read_splits(cfg)
+    train_x, train_y = splits.train_x, splits.train_y
+    if splits.val_x is not None:
+        val_x, val_y = splits.val_x, splits.val_y
+    else:
+        train_idx, val_idx = split_indices(
+            train_y, cfg.val_split, seed=cfg.split_seed, stratified=cfg.stratified
+        )
+        if len(val_idx) == 0 or len(train_idx) == 0:
+            raise DataError(
+                f"{cfg.name}: dataset.val_split={cfg.val_split} leaves an empty split of "
+                f"{len(train_y)} training images; choose a different val_split."
+            )
+        train_x, train_y, val_x, val_y = train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx]
+    log.info(
+        "data: %s train %d, val %d, test %d images of %s",
+        cfg.name, len(train_x), len(val_x), 0 if splits.test_x is None else len(splits.test_x),
+        tuple(train_x.shape[1:]),
+    )  # fmt: skip
+    on = lambda t: None if t is None else t.to(device)  # noqa: E731
+    test = None
+    if splits.test_x is not None and splits.test_y is not None:
+        test = TensorLoader(on(splits.test_x), on(splits.test_y), eval_batch_size, shuffle=False)
+    return DataBundle(
+        train=TensorLoader(on(train_x), on(train_y), batch_size, shuffle=True, seed=seed),
+        val=TensorLoader(on(val_x), on(val_y), eval_batch_size, shuffle=False),
+        test=test,
+        classes=splits.classes,
+        channels=train_x.shape[1],
+        image_size=train_x.shape[-1],
+        mean=list(cfg.mean),
+        std=list(cfg.std),
+        files=splits.files,
+        test_ids=splits.test_ids,
+    )

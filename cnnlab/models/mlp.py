@@ -1,0 +1,36 @@
+"""Multilayer perceptron: the first model of the classic material."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cnnlab.errors import ConfigError
+
+
+class MLP(nn.Module):
+    """Flatten -> hidden layers (ReLU, dropout) -> classes. Input size comes from the dataset."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        image_size: int,
+        hidden: list[int] = (256, 64),
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        if any(h <= 0 for h in hidden):
+            raise ConfigError(f"model.hidden sizes must be positive, got {list(hidden)}.")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}.")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_channels * image_size * image_size
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))

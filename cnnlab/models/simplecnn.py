@@ -1,0 +1,91 @@
+"""A plain stack of 3x3 convolution stages with a small fully connected head."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cnnlab.errors import ConfigError
+
+
+def _check(*, in_channels: int, num_classes: int, image_size: int, channels, fc, dropout: float) -> None:
+    for key, value in (
+        ("in_channels", in_channels),
+        ("num_classes", num_classes),
+        ("image_size", image_size),
+    ):
+        if value <= 0:
+            raise ConfigError(f"SimpleCNN needs a positive {key}, got {value}.")
+    if len(channels) == 0 or min(channels) <= 0:
+        raise ConfigError(f"model.channels must be one or more positive sizes, got {list(channels)}.")
+    if any(h <= 0 for h in fc):
+        raise ConfigError(f"model.fc sizes must be positive, got {list(fc)}.")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}.")
+
+
+def _stage(c_in: int, c_out: int, *, pool: bool, batch_norm: bool, pool_first: bool) -> list[nn.Module]:
+    """conv3x3 -> [pool] -> [BN] -> ReLU, or conv3x3 -> [BN] -> ReLU -> [pool] when not ``pool_first``.
+
+    Pooling first runs BN and ReLU on a quarter of the pixels. Max-pool commutes with ReLU (and with
+    BN's affine step while its scale is positive), so the network barely changes; small CNNs trained
+    ~30% faster this way with no accuracy loss (PERF_NOTES).
+    """
+    norm_act = [nn.BatchNorm2d(c_out)] if batch_norm else []
+    norm_act.append(nn.ReLU(inplace=True))
+    pooling = [nn.MaxPool2d(2)] if pool else []
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)
+    return [conv, *pooling, *norm_act] if pool_first else [conv, *norm_act, *pooling]
+
+
+class SimpleCNN(nn.Module):
+    """``len(channels)`` conv stages, each halving the image until it is one pixel, then the head.
+
+    ``features`` holds the convolution stages (its output is the last feature map, for
+    visualisation); ``head`` flattens and applies the hidden ``fc`` layers, with dropout before
+    every linear layer; ``classifier`` is the last linear layer, so its input is the penultimate
+    feature vector.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        image_size: int,
+        channels: list[int] = (16, 32, 64),
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+        fc: list[int] = (),
+        pool_first: bool = True,
+    ):
+        super().__init__()
+        _check(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            image_size=image_size,
+            channels=channels,
+            fc=fc,
+            dropout=dropout,
+        )
+        stages: list[nn.Module] = []
+        size, width = image_size, in_channels
+        for c in channels:
+            pool = size >= 2  # a 2x2 pool would leave nothing of a 1-pixel map
+            stages += _stage(width, c, pool=pool, batch_norm=batch_norm, pool_first=pool_first)
+            size, width = (size // 2 if pool else size), c
+        self.features = nn.Sequential(*stages)
+        flat = width * size * size
+        self.head = nn.Sequential(nn.Flatten(), *self._hidden(flat, fc, dropout))
+        self.classifier = nn.Linear(fc[-1] if len(fc) else flat, num_classes)
+
+    @staticmethod
+    def _hidden(width: int, fc, dropout: float) -> list[nn.Module]:
+        layers: list[nn.Module] = []
+        for h in fc:
+            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        return layers + ([nn.Dropout(dropout)] if dropout > 0 else [])
+
+    def forward(self, x):
+        return self.classifier(self.head(self.features(x)))

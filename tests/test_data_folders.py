@@ -1,0 +1,99 @@
+"""Folder datasets: a generic class-folder tree and Food-11, including bad files and the cache."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data.folders import read_food11, read_image_folder
+from cnnlab.errors import DataError
+
+FOOD = [f"food{i}" for i in range(11)]
+
+
+def write(path, seed=0, shape=(10, 12)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def folder_args(tmp_path, **overrides):
+    args = dict(size=8, channels=3, num_workers=0, on_bad_image="error", cache_dir=tmp_path / "cache")
+    return {**args, **overrides}
+
+
+def test_image_folder_with_val_and_labeled_test(tmp_path):
+    for split, n in (("train", 2), ("valid", 1), ("test", 1)):
+        for name in ("zebra", "ant"):
+            for i in range(n):
+                write(tmp_path / "d" / split / name / f"{i}.jpg", seed=i)
+    splits = read_image_folder(tmp_path / "d", **folder_args(tmp_path))
+    assert splits.classes == ["ant", "zebra"]
+    assert splits.train_x.shape == (4, 3, 8, 8) and splits.train_x.dtype == torch.uint8
+    assert splits.train_y.tolist() == [0, 0, 1, 1]
+    assert splits.val_y.tolist() == [0, 1] and splits.val_x.shape == (2, 3, 8, 8)
+    assert splits.test_y.tolist() == [0, 1] and splits.test_ids is None
+    assert len(splits.files) == 8
+
+
+def test_image_folder_gray_with_unlabeled_test(tmp_path):
+    write(tmp_path / "train" / "a" / "x.png")
+    write(tmp_path / "train" / "b" / "y.png", seed=1)
+    write(tmp_path / "test" / "0002.png")
+    write(tmp_path / "test" / "0001.png")
+    splits = read_image_folder(tmp_path, **folder_args(tmp_path, channels=1, size=None, cache_dir=None))
+    assert splits.train_x.shape == (2, 1, 10, 12) and splits.val_x is None
+    assert splits.test_y is None and splits.test_ids == ["0001", "0002"]
+
+
+def test_image_folder_val_class_unknown_to_train(tmp_path):
+    write(tmp_path / "train" / "cat" / "a.jpg")
+    write(tmp_path / "val" / "dog" / "a.jpg")
+    with pytest.raises(DataError, match="dog"):
+        read_image_folder(tmp_path, **folder_args(tmp_path))
+
+
+def write_food11(root):
+    for i in range(6):
+        write(root / "train" / f"{i % 3}_{i}.jpg", seed=i, shape=(20, 16))
+    for i in range(3):
+        write(root / "valid" / f"{10 - i}_{i}.jpg", seed=10 + i)
+    for name in ("0003.jpg", "0001.jpg", "0002.jpg"):
+        write(root / "test" / name, seed=20)
+    broken = root / "train" / "2_99.jpg"
+    broken.write_bytes((root / "train" / "0_0.jpg").read_bytes()[:200])
+    return broken
+
+
+def food_args(tmp_path, on_bad_image):
+    return dict(size=8, num_workers=0, on_bad_image=on_bad_image, cache_dir=tmp_path / "cache", classes=FOOD)
+
+
+def test_food11_truncated_jpeg_error_names_file(tmp_path):
+    broken = write_food11(tmp_path / "food")
+    with pytest.raises(DataError, match=r"not a readable image") as info:
+        read_food11(tmp_path / "food", **food_args(tmp_path, "error"))
+    assert str(broken) in str(info.value)
+
+
+def test_food11_skip_drops_truncated_jpeg(tmp_path, caplog):
+    broken = write_food11(tmp_path / "food")
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data.images"):
+        splits = read_food11(tmp_path / "food", **food_args(tmp_path, "skip"))
+    assert str(broken) in caplog.text
+    assert splits.train_x.shape == (6, 3, 8, 8)  # 7 files, the broken one dropped
+    assert splits.train_y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert broken not in splits.files and len(splits.files) == 6 + 3 + 3
+    assert splits.val_y.tolist() == [10, 8, 9]  # sorted by name: 10_0, 8_2, 9_1
+    assert splits.test_y is None and splits.test_ids == ["0001", "0002", "0003"]
+    assert splits.test_x.shape == (3, 3, 8, 8) and splits.classes == FOOD
+
+
+def test_food11_label_out_of_range_names_file(tmp_path):
+    write(tmp_path / "train" / "11_0.jpg")
+    with pytest.raises(DataError, match=r"11_0\.jpg has label 11"):
+        read_food11(tmp_path, **food_args(tmp_path, "error"))
