@@ -67,6 +67,25 @@ class LeNetConfig(ModelConfig):
 
 
 @dataclass
+class SimpleCNNConfig(ModelConfig):
+    _target_: str = "cnnlab.models.simplecnn.SimpleCNN"
+    name: str = "simplecnn"
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    batch_norm: bool = True
+    dropout: float = 0.0
+    fc: list[int] = field(default_factory=list)
+    pool_first: bool = True
+
+
+@dataclass
+class ResNet18Config(ModelConfig):
+    _target_: str = "cnnlab.models.resnet.ResNet18"
+    name: str = "resnet18"
+    stem: str = "auto"  # auto | imagenet | cifar
+    weights: str | None = None  # a local file; nothing is downloaded
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     name: str = MISSING
@@ -97,12 +116,28 @@ class SchedulerConfig:
     name: str = "none"
     warmup_epochs: float = 0.0
     warmup_steps: int = 0
+    warmup_start_factor: float = 0.1
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class AugmentationConfig:
-    name: str = "none"
+    name: str = "none"  # none | basic | standard | strong
+    flip: bool | None = None  # None: flip RGB images only (digits and letters must not be mirrored)
+    crop_padding: int = 4
+    rotation: float = 15.0
+    translate: float = 0.1
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    shear: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    gaussian_noise: float = 0.0
+    salt_pepper: float = 0.0
+    erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
 
 
 @dataclass
@@ -144,7 +179,7 @@ class TrainConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"base": DatasetConfig},
-    "model": {"mlp": MLPConfig, "lenet": LeNetConfig},
+    "model": {"mlp": MLPConfig, "lenet": LeNetConfig, "simplecnn": SimpleCNNConfig, "resnet18": ResNet18Config},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
     "scheduler": {"base": SchedulerConfig},
     "augmentation": {"base": AugmentationConfig},

@@ -1,0 +1,95 @@
+"""``cnnlab <subcommand> [overrides]``: dispatch to Hydra apps, turning user errors into one sentence."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+USAGE = """usage: cnnlab <command> [key=value ...]
+
+commands:
+  train     train a model: cnnlab train model=lenet dataset=fashion_mnist trainer.max_epochs=3
+            (Hydra: --cfg job shows the composed config, -m runs a sweep, --help lists the groups)
+
+Run `cnnlab train --help` for the config groups and their options.
+"""
+
+
+def _train_app():
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from cnnlab.config import register_configs
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path="pkg://cnnlab.conf", config_name="train")
+    def app(cfg):
+        from cnnlab.train import train
+
+        hc = HydraConfig.get()
+        summary = train(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+        return summary["best_value"]  # what a sweeper optimises
+
+    return app
+
+
+def hydra_error_message(exc: Exception) -> str | None:
+    """One sentence for Hydra's composition errors, with a suggestion for a misspelt key or choice."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException) and exc.options is not None:
+        group, _, choice = (exc.missing_cfg_file or "").rpartition("/")
+        hint = difflib.get_close_matches(choice, exc.options, n=1)
+        did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
+        return f"Unknown {group} '{choice}'; choose one of: {', '.join(exc.options)}.{did_you_mean}"
+    if isinstance(exc, ConfigCompositionException):
+        cause = exc.__cause__
+        key = getattr(cause, "key", None)
+        parent = getattr(cause, "parent_node", None)
+        if key is not None and parent is not None and "not in" in str(cause):
+            hint = difflib.get_close_matches(str(key), [str(k) for k in parent.keys()], n=1)
+            did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
+            return f"Unknown config key '{cause.full_key}'.{did_you_mean}"
+        detail = str(cause).splitlines()[0] if cause is not None else ""
+        return f"{str(exc).splitlines()[0]}{': ' + detail if detail else ''}."
+    if isinstance(exc, OverrideParseException | MissingConfigException):
+        return str(exc).splitlines()[0]
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    if argv[0] == "--version":
+        print(f"cnnlab {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    apps = {"train": _train_app}
+    if command not in apps:
+        print(f"cnnlab: unknown command '{command}'; choose one of: {', '.join(apps)}.", file=sys.stderr)
+        sys.exit(2)
+    # Let exceptions reach us so user errors print as one sentence, not as Hydra's traceback dump.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = [f"cnnlab {command}", *rest]
+    try:
+        apps[command]()()
+    except CnnlabError as exc:
+        logging.getLogger("cnnlab").error("%s", exc)
+        if not logging.getLogger().handlers:
+            print(f"cnnlab: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        message = hydra_error_message(exc)
+        if message is None:
+            raise
+        print(f"cnnlab: error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,125 @@
+"""What a run writes as it goes: console (rich on a terminal, plain lines otherwise), train.log,
+metrics.csv and TensorBoard events."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+log = logging.getLogger("cnnlab")
+
+METRIC_FIELDS = [
+    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
+    "data_s", "compute_s", "eval_s", "img_per_s", "grad_norm",
+]  # fmt: skip
+
+
+def use_rich(progress: str) -> bool:
+    return progress == "rich" or (progress == "auto" and sys.stderr.isatty())
+
+
+def setup_logging(run_dir: Path, *, rich: bool) -> None:
+    """Console handler plus ``run_dir/train.log`` (plain text of what the console showed)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_cnnlab", False):
+            root.removeHandler(handler)
+            handler.close()
+    console = RichHandler(console=Console(stderr=True), show_path=False) if rich else logging.StreamHandler()
+    if not rich:
+        console.setFormatter(logging.Formatter("%(message)s"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    file = logging.FileHandler(run_dir / "train.log")
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for handler in (console, file):
+        handler._cnnlab = True
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+class EpochProgress:
+    """A rich progress bar per epoch with live loss on a terminal; nothing per step otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def start(self, epoch: int, max_epochs: int, total: int):
+        if not self.enabled:
+            return None
+        self.bar = Progress(
+            TextColumn(f"epoch {epoch}/{max_epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True,
+            console=Console(stderr=True),
+        )  # fmt: skip
+        self.bar.start()
+        task = self.bar.add_task("train", total=total, loss="-")
+
+        def update(step, _total, loss):
+            if step % 20 == 0 or step == total:
+                self.bar.update(task, completed=step, loss=f"{float(loss):.4f}")
+
+        return update
+
+    def stop(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+class MetricsWriter:
+    """metrics.csv (one row per epoch, appended and flushed) and TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool):
+        self.path = run_dir / "metrics.csv"
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # lazy: seconds of import time
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    def write(self, row: dict) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
+        if self.tb is not None:
+            for key in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "img_per_s"):
+                group = "loss" if "loss" in key else "acc" if "acc" in key else "speed" if "img" in key else "lr"
+                self.tb.add_scalar(f"{group}/{key}", row[key], row["epoch"])
+
+    def close(self, hparams: dict | None = None, final: dict | None = None) -> None:
+        if self.tb is not None:
+            if hparams and final:
+                self.tb.add_hparams(hparams, final, run_name=".")
+            self.tb.close()
+
+
+def _fmt(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def summary_table(summary: dict, run_dir: Path) -> Table:
+    table = Table(title="cnnlab train: summary", show_header=False)
+    rows = [
+        ("best epoch", summary["best_epoch"]),
+        (f"best {summary['monitor']}", f"{summary['best_value']:.4f}"),
+        ("best val acc", f"{summary['best_val_acc']:.4f}"),
+        ("test acc", "-" if summary["test_acc"] is None else f"{summary['test_acc']:.4f}"),
+        ("test loss", "-" if summary["test_loss"] is None else f"{summary['test_loss']:.4f}"),
+        ("epochs run", f"{summary['epochs_run']} ({summary['stop_reason']})"),
+        ("time", f"{summary['seconds']:.1f} s"),
+        ("run dir", str(run_dir)),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table

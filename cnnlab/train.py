@@ -1,0 +1,224 @@
+"""``train(cfg, run_dir) -> summary``: the whole run, top to bottom, independent of the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hydra.errors import InstantiationException
+
+from cnnlab.config import validate
+from cnnlab.data.augment import build_augment
+from cnnlab.data.loader import BatchPipeline
+from cnnlab.data.registry import build_data
+from cnnlab.engine.callbacks import MetricTracker
+from cnnlab.engine.checkpoint import atomic_write, rng_state, save_checkpoint
+from cnnlab.engine.device import configure_cpu, resolve_device, resolve_precision
+from cnnlab.engine.loop import StepContext, evaluate, train_one_epoch
+from cnnlab.engine.optim import build_optimizer
+from cnnlab.engine.schedulers import build_scheduler
+from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.provenance import provenance
+from cnnlab.runlog import EpochProgress, MetricsWriter, setup_logging, summary_table, use_rich
+
+log = logging.getLogger("cnnlab")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: DictConfig, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    kwargs.pop("name", None)
+    try:
+        return hydra.utils.instantiate(
+            kwargs, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+        )
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, CnnlabError):
+            raise exc.__cause__ from None
+        raise ConfigError(f"Could not build model {cfg.get('_target_')}: {exc.__cause__ or exc}.") from None
+
+
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
+
+
+def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None) -> dict:
+    """Train, keep best/last checkpoints, stop early, test the best weights; return the summary."""
+    started = time.perf_counter()
+    validate(cfg)
+    tc = cfg.trainer
+    rich = use_rich(tc.progress)
+    setup_logging(run_dir, rich=rich)
+    seed_everything(cfg.seed)
+    device = resolve_device(tc.device)
+    if device.type == "cpu":
+        configure_cpu(tc.threads)
+    precision = resolve_precision(str(tc.precision), device)
+    torch.autograd.set_detect_anomaly(tc.detect_anomaly)
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    data = build_data(
+        cfg.dataset, device=device, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=cfg.seed
+    )
+    if tc.overfit_batches:
+        data.train.limit = tc.overfit_batches
+        data.train.shuffle = False
+        data.val = data.train
+    elif tc.limit_train_batches:
+        data.train.limit = tc.limit_train_batches
+    if tc.limit_eval_batches and not tc.overfit_batches:
+        data.val.limit = tc.limit_eval_batches
+        if data.test is not None:
+            data.test.limit = tc.limit_eval_batches
+    num_classes = len(data.classes)
+    model = build_model(cfg.model, in_channels=data.channels, num_classes=num_classes, image_size=data.image_size)
+    channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model %s: %s parameters; device %s, precision %s, channels_last %s",
+        cfg.model.name, f"{n_params:,}", device, precision, channels_last,
+    )  # fmt: skip
+
+    aug_cfg = OmegaConf.to_container(cfg.augmentation, resolve=True)
+    augment = build_augment(**aug_cfg, channels=data.channels, image_size=data.image_size)
+    pipeline = BatchPipeline(
+        data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed
+    )
+    optimizer = build_optimizer(model, cfg.optimizer)
+    sched_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    schedule = build_scheduler(
+        optimizer,
+        name=sched_cfg.pop("name"),
+        steps_per_epoch=len(data.train),
+        max_epochs=tc.max_epochs,
+        mode=tc.mode,
+        **sched_cfg.pop("options"),
+        **sched_cfg,
+    )
+    ctx = StepContext(
+        device=device,
+        precision=precision,
+        pipeline=pipeline,
+        criterion=nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing),
+        grad_clip=tc.grad_clip,
+        augment=augment,
+    )
+    tracker = MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience)
+    metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard)
+    progress = EpochProgress(rich)
+    ckpt_dir = run_dir / "checkpoints"
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    write_json(
+        run_dir / "provenance.json",
+        provenance(overrides=overrides or [], seed=cfg.seed, data_files=data.files),
+    )
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "epoch": epoch,
+            "tracker": tracker.state_dict(),
+            "rng": rng_state(),
+            "classes": list(data.classes),
+            "config": config_yaml,
+            "model_name": str(cfg.model.name),
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "image_size": data.image_size,
+            "in_channels": data.channels,
+        }
+
+    stop_reason, epoch = "max_epochs", 0
+    best_row: dict = {}
+    try:
+        for epoch in range(1, tc.max_epochs + 1):
+            t0 = time.perf_counter()
+            data.train.set_epoch(epoch)
+            lr = schedule.lr
+            stats = train_one_epoch(
+                model, data.train, optimizer, schedule, ctx, epoch=epoch,
+                progress=progress.start(epoch, tc.max_epochs, len(data.train)),
+            )  # fmt: skip
+            progress.stop()
+            t1 = time.perf_counter()
+            val = evaluate(model, data.val, ctx)
+            eval_s = time.perf_counter() - t1
+            row = {
+                "epoch": epoch, "lr": lr, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
+                "eval_s": eval_s, "seconds": time.perf_counter() - t0,
+                "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
+            }  # fmt: skip
+            schedule.step_epoch(row[tc.monitor])
+            is_best = tracker.update(row[tc.monitor], epoch)
+            if is_best:
+                best_row = row
+                save_checkpoint(checkpoint(epoch), ckpt_dir / "best.pt")
+            save_checkpoint(checkpoint(epoch), ckpt_dir / "last.pt")
+            metrics.write(row)
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs "
+                "(data %.1fs, fwd/bwd %.1fs, eval %.1fs, %.0f img/s)%s",
+                epoch, tc.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                lr, row["seconds"], row["data_s"], row["compute_s"], eval_s, row["img_per_s"],
+                "  *best*" if is_best else "",
+            )  # fmt: skip
+            if tracker.should_stop:
+                stop_reason = "early_stop"
+                log.info(
+                    "early stop: %s did not improve by more than %g for %d epochs (best %.4f at epoch %d)",
+                    tc.monitor, tc.min_delta, tracker.wait, tracker.best, tracker.best_epoch,
+                )  # fmt: skip
+                break
+    finally:
+        progress.stop()
+
+    if (ckpt_dir / "best.pt").exists():
+        from cnnlab.engine.checkpoint import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
+    test = evaluate(model, data.test, ctx) if tc.evaluate and data.test is not None else None
+    summary = {
+        "best_epoch": tracker.best_epoch,
+        "monitor": tc.monitor,
+        "best_value": tracker.best,
+        "best_val_acc": best_row.get("val_acc", float("nan")),
+        "test_acc": None if test is None else test["acc"],
+        "test_loss": None if test is None else test["loss"],
+        "epochs_run": epoch,
+        "stop_reason": stop_reason,
+        "seconds": time.perf_counter() - started,
+    }
+    write_json(run_dir / "summary.json", summary)
+    hparams = {
+        "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "optimizer": str(cfg.optimizer.name),
+        "lr": float(cfg.optimizer.lr), "batch_size": int(tc.batch_size), "seed": int(cfg.seed),
+    }  # fmt: skip
+    metrics.close(hparams, {"hparam/best_val_acc": summary["best_val_acc"], "hparam/test_acc": summary["test_acc"] or 0.0})
+    if test is not None:
+        log.info("test accuracy %.4f (loss %.4f) with the best weights (epoch %d)", test["acc"], test["loss"], tracker.best_epoch)
+    from rich.console import Console
+
+    Console(stderr=not rich, force_terminal=False).print(summary_table(summary, run_dir))
+    return summary
