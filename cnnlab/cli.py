@@ -54,7 +54,7 @@ def hydra_error_message(exc: Exception) -> str | None:
         key = getattr(cause, "key", None)
         parent = getattr(cause, "parent_node", None)
         if key is not None and parent is not None and "not in" in str(cause):
-            hint = difflib.get_close_matches(str(key), [str(k) for k in parent.keys()], n=1)
+            hint = difflib.get_close_matches(str(key), [str(k) for k in parent], n=1)
             did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
             return f"Unknown config key '{cause.full_key}'.{did_you_mean}"
         detail = str(cause).splitlines()[0] if cause is not None else ""

@@ -179,7 +179,12 @@ class TrainConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"base": DatasetConfig},
-    "model": {"mlp": MLPConfig, "lenet": LeNetConfig, "simplecnn": SimpleCNNConfig, "resnet18": ResNet18Config},
+    "model": {
+        "mlp": MLPConfig,
+        "lenet": LeNetConfig,
+        "simplecnn": SimpleCNNConfig,
+        "resnet18": ResNet18Config,
+    },
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
     "scheduler": {"base": SchedulerConfig},
     "augmentation": {"base": AugmentationConfig},

@@ -16,7 +16,12 @@ def git_commit() -> str | None:
     src = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5, check=False
+            ["git", "rev-parse", "HEAD"],  # noqa: S607 (git from PATH, optional)
+            cwd=src,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -94,7 +94,9 @@ class MetricsWriter:
             writer.writerow({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
         if self.tb is not None:
             for key in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "img_per_s"):
-                group = "loss" if "loss" in key else "acc" if "acc" in key else "speed" if "img" in key else "lr"
+                group = (
+                    "loss" if "loss" in key else "acc" if "acc" in key else "speed" if "img" in key else "lr"
+                )
                 self.tb.add_scalar(f"{group}/{key}", row[key], row["epoch"])
 
     def close(self, hparams: dict | None = None, final: dict | None = None) -> None:

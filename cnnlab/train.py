@@ -11,10 +11,9 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-
-from hydra.errors import InstantiationException
 
 from cnnlab.config import validate
 from cnnlab.data.augment import build_augment
@@ -77,7 +76,11 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         torch.use_deterministic_algorithms(True)
 
     data = build_data(
-        cfg.dataset, device=device, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=cfg.seed
+        cfg.dataset,
+        device=device,
+        batch_size=tc.batch_size,
+        eval_batch_size=tc.eval_batch_size,
+        seed=cfg.seed,
     )
     if tc.overfit_batches:
         data.train.limit = tc.overfit_batches
@@ -90,7 +93,9 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         if data.test is not None:
             data.test.limit = tc.limit_eval_batches
     num_classes = len(data.classes)
-    model = build_model(cfg.model, in_channels=data.channels, num_classes=num_classes, image_size=data.image_size)
+    model = build_model(
+        cfg.model, in_channels=data.channels, num_classes=num_classes, image_size=data.image_size
+    )
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     n_params = sum(p.numel() for p in model.parameters())
@@ -215,9 +220,17 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "optimizer": str(cfg.optimizer.name),
         "lr": float(cfg.optimizer.lr), "batch_size": int(tc.batch_size), "seed": int(cfg.seed),
     }  # fmt: skip
-    metrics.close(hparams, {"hparam/best_val_acc": summary["best_val_acc"], "hparam/test_acc": summary["test_acc"] or 0.0})
+    metrics.close(
+        hparams,
+        {"hparam/best_val_acc": summary["best_val_acc"], "hparam/test_acc": summary["test_acc"] or 0.0},
+    )
     if test is not None:
-        log.info("test accuracy %.4f (loss %.4f) with the best weights (epoch %d)", test["acc"], test["loss"], tracker.best_epoch)
+        log.info(
+            "test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
+            test["acc"],
+            test["loss"],
+            tracker.best_epoch,
+        )
     from rich.console import Console
 
     Console(stderr=not rich, force_terminal=False).print(summary_table(summary, run_dir))

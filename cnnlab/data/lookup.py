@@ -42,7 +42,9 @@ def find_root(cfg: DictConfig, looks_complete: Callable[[Path], bool]) -> Path:
             return place
     if not cfg.root and cfg.download and cfg.torchvision_name:
         target = cache_dir(cfg) / cfg.name
-        if _try_download(cfg.torchvision_name, target) and looks_complete(target / cfg.torchvision_name / "raw"):
+        if _try_download(cfg.torchvision_name, target) and looks_complete(
+            target / cfg.torchvision_name / "raw"
+        ):
             return target / cfg.torchvision_name / "raw"
     raise DataError(_not_found_message(cfg, places))
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from cnnlab.data.cifar import has_cifar10, read_cifar10
+from cnnlab.data.folders import read_food11, read_image_folder
 from cnnlab.data.idx import has_idx_files, read_idx_dataset
 from cnnlab.data.loader import TensorLoader
-from cnnlab.data.lookup import find_root
+from cnnlab.data.lookup import cache_dir, find_root
 from cnnlab.data.split import split_indices
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import ConfigError, DataError
@@ -19,11 +22,44 @@ from cnnlab.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
+def _workers(cfg: DictConfig) -> int:
+    return (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
+
+
 def _read_idx(cfg: DictConfig) -> ArraySplits:
     return read_idx_dataset(find_root(cfg, has_idx_files))
 
 
-FORMATS = {"idx": _read_idx}
+def _read_cifar10(cfg: DictConfig) -> ArraySplits:
+    root = find_root(cfg, has_cifar10)
+    return read_cifar10(root, cache_dir=cache_dir(cfg), num_workers=_workers(cfg))
+
+
+def _photo_kwargs(cfg: DictConfig) -> dict:
+    return {
+        "size": cfg.image_size,
+        "num_workers": _workers(cfg),
+        "on_bad_image": cfg.on_bad_image,
+        "cache_dir": cache_dir(cfg) / "decoded" if cfg.cache else None,
+    }
+
+
+def _read_image_folder(cfg: DictConfig) -> ArraySplits:
+    root = find_root(cfg, lambda p: (p / "train").is_dir())
+    return read_image_folder(root, channels=cfg.channels, **_photo_kwargs(cfg))
+
+
+def _read_food11(cfg: DictConfig) -> ArraySplits:
+    root = find_root(cfg, lambda p: (p / "train").is_dir())
+    return read_food11(root, classes=list(cfg.classes), **_photo_kwargs(cfg))
+
+
+FORMATS = {
+    "idx": _read_idx,
+    "cifar10": _read_cifar10,
+    "imagefolder": _read_image_folder,
+    "food11": _read_food11,
+}
 
 
 @dataclass
@@ -74,6 +110,11 @@ def build_data(
     """Locate and read the data, carve validation from train when needed, put every split on device."""
     splits = read_splits(cfg)
     train_x, train_y = splits.train_x, splits.train_y
+    if train_x.shape[1] != len(cfg.mean):
+        raise ConfigError(
+            f"{cfg.name}: the images have {train_x.shape[1]} channels but dataset.mean/std have "
+            f"{len(cfg.mean)} values; set dataset.channels, dataset.mean and dataset.std to match."
+        )
     if splits.val_x is not None:
         val_x, val_y = splits.val_x, splits.val_y
     else:
@@ -85,7 +126,12 @@ def build_data(
                 f"{cfg.name}: dataset.val_split={cfg.val_split} leaves an empty split of "
                 f"{len(train_y)} training images; choose a different val_split."
             )
-        train_x, train_y, val_x, val_y = train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx]
+        train_x, train_y, val_x, val_y = (
+            train_x[train_idx],
+            train_y[train_idx],
+            train_x[val_idx],
+            train_y[val_idx],
+        )
     log.info(
         "data: %s train %d, val %d, test %d images of %s",
         cfg.name, len(train_x), len(val_x), 0 if splits.test_x is None else len(splits.test_x),

@@ -24,12 +24,18 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"Unknown trainer.device '{name}'; choose one of: auto, cpu, cuda, cuda:N, mps.") from None
+        raise ConfigError(
+            f"Unknown trainer.device '{name}'; choose one of: auto, cpu, cuda, cuda:N, mps."
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("trainer.device=cuda but this machine has no usable CUDA GPU; use trainer.device=cpu or auto.")
+            raise ConfigError(
+                "trainer.device=cuda but this machine has no usable CUDA GPU; use trainer.device=cpu or auto."
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist.")
+            raise ConfigError(
+                f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist."
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device=mps but MPS is not available here; use trainer.device=cpu or auto.")
     elif device.type not in ("cpu", "cuda", "mps"):

@@ -31,7 +31,9 @@ class StepContext:
     ema: object | None = None  # ModelEMA
 
 
-def train_one_epoch(model, loader, optimizer, schedule, ctx: StepContext, *, epoch: int, progress=None) -> dict:
+def train_one_epoch(
+    model, loader, optimizer, schedule, ctx: StepContext, *, epoch: int, progress=None
+) -> dict:
     """Train over ``loader`` once; returns loss, accuracy, grad norm and the time split."""
     model.train()
     loss_sum = torch.zeros((), device=ctx.device)

@@ -32,4 +32,6 @@ def build_optimizer(model: nn.Module, cfg: DictConfig, *, decay_bias_norm: bool 
     try:
         return hydra.utils.instantiate(kwargs, groups)
     except Exception as exc:
-        raise ConfigError(f"Could not build optimizer {cfg.get('_target_')}: {exc.__cause__ or exc}.") from None
+        raise ConfigError(
+            f"Could not build optimizer {cfg.get('_target_')}: {exc.__cause__ or exc}."
+        ) from None
