@@ -9,7 +9,9 @@ import pytest
 from cnnlab.train import train
 
 
-@pytest.mark.parametrize("name", ["none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau"])
+@pytest.mark.parametrize(
+    "name", ["none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau"]
+)
 def test_scheduler_options_train(make_cfg, tmp_path, name):
     summary = train(make_cfg(f"scheduler={name}", "trainer.max_epochs=2"), tmp_path / "r")
     assert summary["epochs_run"] == 2
