@@ -114,7 +114,6 @@ def summary_table(summary: dict, run_dir: Path) -> Table:
     table = Table(title="cnnlab train: summary", show_header=False)
     rows = [
         ("best epoch", summary["best_epoch"]),
-        (f"best {summary['monitor']}", f"{summary['best_value']:.4f}"),
         ("best val acc", f"{summary['best_val_acc']:.4f}"),
         ("test acc", "-" if summary["test_acc"] is None else f"{summary['test_acc']:.4f}"),
         ("test loss", "-" if summary["test_loss"] is None else f"{summary['test_loss']:.4f}"),
@@ -122,6 +121,8 @@ def summary_table(summary: dict, run_dir: Path) -> Table:
         ("time", f"{summary['seconds']:.1f} s"),
         ("run dir", str(run_dir)),
     ]
+    if summary["monitor"] != "val_acc":
+        rows.insert(1, (f"best {summary['monitor']}", f"{summary['best_value']:.4f}"))
     for key, value in rows:
         table.add_row(key, str(value))
     return table

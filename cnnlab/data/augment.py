@@ -19,7 +19,6 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 from cnnlab.errors import ConfigError
 
@@ -105,6 +104,13 @@ def _posterize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.minimum((x * levels).floor(), levels - 1) / levels
 
 
+def _tv():
+    """torchvision's v2 kernels, imported only by the strong policy (the import costs ~1-2 s)."""
+    import torchvision.transforms.v2.functional as tv_functional
+
+    return tv_functional
+
+
 # TrivialAugmentWide (Müller & Hutter 2021) with torchvision's "wide" ranges; each colour op takes the
 # images, the strength m in [0, 1] and the signed strength s in [-1, 1], each shaped (k, 1, 1, 1).
 _GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
@@ -116,8 +122,8 @@ _COLOUR = {
     "sharpness": lambda x, m, s: _blend(x, _smooth(x), 1 + 0.99 * s),
     "posterize": lambda x, m, s: _posterize(x, m),
     "solarize": lambda x, m, s: torch.where(x >= 1 - m, 1 - x, x),
-    "autocontrast": lambda x, m, s: TF.autocontrast(x),
-    "equalize": lambda x, m, s: TF.equalize(x),
+    "autocontrast": lambda x, m, s: _tv().autocontrast(x),
+    "equalize": lambda x, m, s: _tv().equalize(x),
 }
 TRIVIAL_OPS = _GEOMETRIC + tuple(_COLOUR)
 
