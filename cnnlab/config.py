@@ -112,6 +112,32 @@ class AdamConfig(OptimizerConfig):
 
 
 @dataclass
+class AdamWConfig(AdamConfig):
+    _target_: str = "torch.optim.AdamW"
+    name: str = "adamw"
+    weight_decay: float = 0.01
+
+
+@dataclass
+class AdagradConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adagrad"
+    name: str = "adagrad"
+    lr: float = 0.01
+    lr_decay: float = 0.0
+    eps: float = 1e-10
+
+
+@dataclass
+class RMSpropConfig(OptimizerConfig):
+    _target_: str = "torch.optim.RMSprop"
+    name: str = "rmsprop"
+    lr: float = 0.001
+    alpha: float = 0.99
+    momentum: float = 0.0
+    eps: float = 1e-8
+
+
+@dataclass
 class SchedulerConfig:
     name: str = "none"
     warmup_epochs: float = 0.0
@@ -163,6 +189,7 @@ class TrainerConfig:
     tensorboard: bool = True
     progress: str = "auto"  # auto | rich | plain
     evaluate: bool = True  # evaluate the best weights on the test split at the end
+    summary: bool = False  # print a layer table with output shapes and parameter counts
 
 
 @dataclass
@@ -185,7 +212,13 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "simplecnn": SimpleCNNConfig,
         "resnet18": ResNet18Config,
     },
-    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
+    "optimizer": {
+        "sgd": SGDConfig,
+        "adam": AdamConfig,
+        "adamw": AdamWConfig,
+        "adagrad": AdagradConfig,
+        "rmsprop": RMSpropConfig,
+    },
     "scheduler": {"base": SchedulerConfig},
     "augmentation": {"base": AugmentationConfig},
     "trainer": {"base": TrainerConfig},

@@ -98,6 +98,14 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     )
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if tc.summary:
+        from rich.console import Console
+
+        from cnnlab.models.summary import format_summary, summarize
+
+        Console(stderr=True).print(
+            format_summary(summarize(model, (data.channels, data.image_size, data.image_size)))
+        )
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "model %s: %s parameters; device %s, precision %s, channels_last %s",

@@ -36,3 +36,29 @@ def test_augmentation_options_train(make_cfg, tmp_path, name):
 def test_mixup_trains(make_cfg, tmp_path):
     cfg = make_cfg("augmentation=basic", "augmentation.mixup_alpha=0.2", "trainer.max_epochs=1")
     assert train(cfg, tmp_path / "r")["epochs_run"] == 1
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad", "rmsprop"])
+def test_optimizer_options_build_and_learn(make_cfg, tmp_path, name):
+    lr = {"sgd": 0.05, "adagrad": 0.05}.get(name, 0.003)
+    summary = train(
+        make_cfg(f"optimizer={name}", f"optimizer.lr={lr}", "trainer.max_epochs=3"), tmp_path / "r"
+    )
+    assert summary["best_val_acc"] > 0.3  # chance is 0.1
+
+
+def test_weight_decay_skips_biases_and_norms():
+    import torch
+
+    from cnnlab.engine.optim import param_groups
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    decay, no_decay = param_groups(model, 0.1, decay_bias_norm=False)
+    assert [p.ndim for p in decay["params"]] == [4] and len(no_decay["params"]) == 3
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_summary_option_prints_layers(make_cfg, tmp_path, capsys):
+    train(make_cfg("trainer.summary=true", "trainer.max_epochs=1"), tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "Conv2d" in err and "16x10x10" in err  # conv2's output shape on 28 px input
