@@ -132,11 +132,17 @@ def test_bad_values_are_one_clear_error(make_cfg, tmp_path, override, fragment):
 
 def test_missing_data_names_every_place(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "nowhere"))
-    cfg = make_cfg("dataset.root=null", "dataset.download=false", f"dataset.cache_dir={tmp_path / 'cache'}")
+    system = tmp_path / "usr-share" / "fashion-mnist"  # the real system dir may hold the data
+    cfg = make_cfg(
+        "dataset.root=null",
+        "dataset.download=false",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        f"dataset.system_dirs=[{system}]",
+    )
     with pytest.raises(DataError) as err:
         train(cfg, tmp_path / "r")
     msg = str(err.value)
-    assert str(tmp_path / "nowhere" / "fashion_mnist") in msg and "/usr/share/datasets/fashion-mnist" in msg
+    assert str(tmp_path / "nowhere" / "fashion_mnist") in msg and str(system) in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "\n" not in msg
 
 
