@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 from torch import nn
 
 from cnnlab.config import validate
@@ -20,7 +21,7 @@ from cnnlab.data.augment import build_augment
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
 from cnnlab.engine.callbacks import MetricTracker
-from cnnlab.engine.checkpoint import atomic_write, rng_state, save_checkpoint
+from cnnlab.engine.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint
 from cnnlab.engine.device import configure_cpu, resolve_device, resolve_precision
 from cnnlab.engine.loop import StepContext, evaluate, train_one_epoch
 from cnnlab.engine.optim import build_optimizer
@@ -99,8 +100,6 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if tc.summary:
-        from rich.console import Console
-
         from cnnlab.models.summary import format_summary, summarize
 
         Console(stderr=True).print(
@@ -185,10 +184,11 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
             }  # fmt: skip
             schedule.step_epoch(row[tc.monitor])
             is_best = tracker.update(row[tc.monitor], epoch)
+            state = checkpoint(epoch)
             if is_best:
                 best_row = row
-                save_checkpoint(checkpoint(epoch), ckpt_dir / "best.pt")
-            save_checkpoint(checkpoint(epoch), ckpt_dir / "last.pt")
+                save_checkpoint(state, ckpt_dir / "best.pt")
+            save_checkpoint(state, ckpt_dir / "last.pt")
             metrics.write(row)
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs "
@@ -208,8 +208,6 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         progress.stop()
 
     if (ckpt_dir / "best.pt").exists():
-        from cnnlab.engine.checkpoint import load_checkpoint
-
         model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
     test = evaluate(model, data.test, ctx) if tc.evaluate and data.test is not None else None
     summary = {
@@ -239,7 +237,5 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
             test["loss"],
             tracker.best_epoch,
         )
-    from rich.console import Console
-
     Console(stderr=not rich, force_terminal=False).print(summary_table(summary, run_dir))
     return summary

@@ -44,13 +44,17 @@ def _photo_kwargs(cfg: DictConfig) -> dict:
     }
 
 
+def _has_train_dir(path: Path) -> bool:
+    return (path / "train").is_dir()
+
+
 def _read_image_folder(cfg: DictConfig) -> ArraySplits:
-    root = find_root(cfg, lambda p: (p / "train").is_dir())
+    root = find_root(cfg, _has_train_dir)
     return read_image_folder(root, channels=cfg.channels, **_photo_kwargs(cfg))
 
 
 def _read_food11(cfg: DictConfig) -> ArraySplits:
-    root = find_root(cfg, lambda p: (p / "train").is_dir())
+    root = find_root(cfg, _has_train_dir)
     return read_food11(root, classes=list(cfg.classes), **_photo_kwargs(cfg))
 
 
@@ -137,7 +141,10 @@ def build_data(
         cfg.name, len(train_x), len(val_x), 0 if splits.test_x is None else len(splits.test_x),
         tuple(train_x.shape[1:]),
     )  # fmt: skip
-    on = lambda t: None if t is None else t.to(device)  # noqa: E731
+
+    def on(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device)
+
     test = None
     if splits.test_x is not None and splits.test_y is not None:
         test = TensorLoader(on(splits.test_x), on(splits.test_y), eval_batch_size, shuffle=False)
