@@ -69,6 +69,16 @@ def make_cfg(tiny_idx):
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture
+def trained_run(make_cfg, tmp_path) -> Path:
+    """A finished 2-epoch LeNet run on the tiny IDX data (checkpoints, metrics, summary)."""
+    from cnnlab.train import train
+
+    run_dir = tmp_path / "run"
+    train(make_cfg("model=lenet"), run_dir)
+    return run_dir
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)

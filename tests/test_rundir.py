@@ -1,0 +1,66 @@
+"""Rebuilding a finished run: model, weights and metadata from the checkpoint; refusals for bad input."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+
+from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.rundir import load_run, untrusted_targets
+
+
+def test_load_run_restores_the_best_weights(trained_run):
+    run = load_run(trained_run)
+    saved = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    assert run.classes == saved["classes"] and len(run.classes) == 10
+    assert (run.in_channels, run.image_size) == (1, 28)
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, saved["model"][key]), key
+    assert not run.model.training
+    assert run.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_missing_run_dir_and_checkpoint_are_named(tmp_path):
+    for target, fragment in ((tmp_path / "nope", "does not exist"), (tmp_path, "no checkpoints/best.pt")):
+        try:
+            load_run(target)
+        except CheckpointError as exc:
+            assert fragment in str(exc) and str(target) in str(exc)
+        else:
+            raise AssertionError("expected CheckpointError")
+
+
+def test_weights_of_another_model_name_the_mismatched_keys(trained_run, tmp_path):
+    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    state["model"]["extra.weight"] = torch.zeros(1)
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.zeros(3)
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(state, bad)
+    try:
+        load_run(trained_run, ckpt=bad)
+    except CheckpointError as exc:
+        assert "extra.weight" in str(exc) and f"{first} has shape (3,)" in str(exc)
+    else:
+        raise AssertionError("expected CheckpointError")
+
+
+def test_foreign_target_in_saved_config_is_refused_unless_trusted(trained_run, tmp_path):
+    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    cfg = OmegaConf.create(state["config"])
+    cfg.model._target_ = "os.system"
+    state["config"] = OmegaConf.to_yaml(cfg)
+    bad = tmp_path / "evil.pt"
+    save_checkpoint(state, bad)
+    try:
+        load_run(trained_run, ckpt=bad)
+    except ConfigError as exc:
+        assert "model._target_=os.system" in str(exc) and "trust_config=true" in str(exc)
+    else:
+        raise AssertionError("expected ConfigError")
+
+
+def test_untrusted_targets_walks_nested_lists():
+    node = {"a": {"_target_": "cnnlab.models.LeNet"}, "b": [{"_target_": "evil.Thing"}]}
+    assert untrusted_targets(node) == ["b[0]._target_=evil.Thing"]
