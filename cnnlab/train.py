@@ -209,7 +209,8 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
 
     if (ckpt_dir / "best.pt").exists():
         model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
-    test = evaluate(model, data.test, ctx) if tc.evaluate and data.test is not None else None
+    scored = tc.evaluate and data.test is not None and data.test_labeled
+    test = evaluate(model, data.test, ctx) if scored else None
     summary = {
         "best_epoch": tracker.best_epoch,
         "monitor": tc.monitor,

@@ -97,3 +97,15 @@ def test_food11_label_out_of_range_names_file(tmp_path):
     write(tmp_path / "train" / "11_0.jpg")
     with pytest.raises(DataError, match=r"11_0\.jpg has label 11"):
         read_food11(tmp_path, **food_args(tmp_path, "error"))
+
+
+def test_unlabeled_test_split_is_loaded_for_predict_but_not_scored(tmp_path, make_cfg):
+    from cnnlab.data.registry import build_data
+
+    write_food11(tmp_path / "food")
+    (tmp_path / "food" / "train" / "2_99.jpg").unlink()
+    cfg = make_cfg("dataset=food11", f"dataset.root={tmp_path / 'food'}", "dataset.image_size=8",
+                   "dataset.num_workers=0", "dataset.cache=false")  # fmt: skip
+    data = build_data(cfg.dataset, device=torch.device("cpu"), batch_size=4, eval_batch_size=2, seed=0)
+    assert not data.test_labeled and data.test_ids == ["0001", "0002", "0003"]
+    assert data.test.y.tolist() == [-1, -1, -1] and data.test.x.shape == (3, 3, 8, 8)

@@ -64,3 +64,16 @@ def test_foreign_target_in_saved_config_is_refused_unless_trusted(trained_run, t
 def test_untrusted_targets_walks_nested_lists():
     node = {"a": {"_target_": "cnnlab.models.LeNet"}, "b": [{"_target_": "evil.Thing"}]}
     assert untrusted_targets(node) == ["b[0]._target_=evil.Thing"]
+
+
+def test_infer_probs_are_softmax_of_the_model_in_input_order(trained_run):
+    from cnnlab.data.loader import BatchPipeline
+    from cnnlab.engine.infer import infer_probs
+
+    run = load_run(trained_run)
+    x = torch.randint(0, 256, (7, 1, 28, 28), dtype=torch.uint8)
+    pipeline = BatchPipeline(run.mean, run.std, torch.device("cpu"))
+    probs = infer_probs(run.model, [x[:4], x[4:]], pipeline=pipeline, device=torch.device("cpu"))
+    assert probs.shape == (7, 10) and torch.allclose(probs.sum(1), torch.ones(7))
+    expected = run.model(pipeline(x, train=False)).softmax(1)
+    assert torch.allclose(probs, expected, atol=1e-5)

@@ -70,7 +70,7 @@ FORMATS = {
 class DataBundle:
     train: TensorLoader
     val: TensorLoader
-    test: TensorLoader | None
+    test: TensorLoader | None  # labels are -1 throughout when ``test_labeled`` is False
     classes: list[str]
     channels: int
     image_size: int
@@ -78,6 +78,7 @@ class DataBundle:
     std: list[float]
     files: list[Path]
     test_ids: list[str] | None = None
+    test_labeled: bool = True
 
 
 def read_splits(cfg: DictConfig) -> ArraySplits:
@@ -146,8 +147,11 @@ def build_data(
         return None if t is None else t.to(device)
 
     test = None
-    if splits.test_x is not None and splits.test_y is not None:
-        test = TensorLoader(on(splits.test_x), on(splits.test_y), eval_batch_size, shuffle=False)
+    if splits.test_x is not None:
+        test_y = splits.test_y
+        if test_y is None:  # an unlabeled test split (food11 test/): for predict, never scored
+            test_y = torch.full((len(splits.test_x),), -1, dtype=torch.long)
+        test = TensorLoader(on(splits.test_x), on(test_y), eval_batch_size, shuffle=False)
     return DataBundle(
         train=TensorLoader(on(train_x), on(train_y), batch_size, shuffle=True, seed=seed),
         val=TensorLoader(on(val_x), on(val_y), eval_batch_size, shuffle=False),
@@ -159,4 +163,5 @@ def build_data(
         std=list(cfg.std),
         files=splits.files,
         test_ids=splits.test_ids,
+        test_labeled=splits.test_y is not None,
     )
