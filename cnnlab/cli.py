@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import logging
 import os
 import sys
@@ -40,6 +42,42 @@ def _train_app():
     return app
 
 
+def _tool_app(config_name: str, target: str):
+    """A Hydra app for a command that reads runs instead of creating one.
+
+    ``conf/<config_name>.yaml`` is its config (it should set ``hydra.run.dir: .`` and
+    ``hydra.output_subdir: null`` so nothing is written beside the user's files); ``target`` is
+    ``"module:function"``, called with the composed config.
+    """
+    import hydra
+
+    from cnnlab.config import register_configs
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path="pkg://cnnlab.conf", config_name=config_name)
+    def app(cfg):
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(cfg)
+
+    return app
+
+
+def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
+    """``cnnlab viz augment run=x`` -> ``what=augment run=x``: leading bare words fill ``names`` in order."""
+    out, names = [], list(names)
+    for arg in rest:
+        if names and "=" not in arg and not arg.startswith("-"):
+            out.append(f"{names.pop(0)}={arg}")
+        else:
+            out.append(arg)
+    return out
+
+
+# command -> (config name, "module:function", names of leading positional arguments)
+TOOLS: dict[str, tuple[str, str, list[str]]] = {}
+
+
 def hydra_error_message(exc: Exception) -> str | None:
     """One sentence for Hydra's composition errors, with a suggestion for a misspelt key or choice."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -74,6 +112,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     apps = {"train": _train_app}
+    for name, (config_name, target, positional) in TOOLS.items():
+        apps[name] = functools.partial(_tool_app, config_name, target)
+        if command == name:
+            rest = positional_overrides(rest, positional)
     if command not in apps:
         print(f"cnnlab: unknown command '{command}'; choose one of: {', '.join(apps)}.", file=sys.stderr)
         sys.exit(2)

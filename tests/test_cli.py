@@ -66,3 +66,12 @@ def test_missing_data_message(tmp_path):
 def test_unknown_command(tmp_path):
     res = run_cli("trian", cwd=tmp_path)
     assert res.returncode == 2 and "unknown command 'trian'" in res.stderr
+
+
+def test_positional_words_become_named_overrides():
+    from cnnlab.cli import positional_overrides
+
+    assert positional_overrides(["augment", "run=x", "-m", "extra"], ["what"]) == [
+        "what=augment", "run=x", "-m", "extra",
+    ]  # fmt: skip
+    assert positional_overrides(["a", "b"], ["what", "path"]) == ["what=a", "path=b"]
