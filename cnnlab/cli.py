@@ -18,6 +18,7 @@ USAGE = """usage: cnnlab <command> [key=value ...]
 commands:
   train     train a model: cnnlab train model=lenet dataset=fashion_mnist trainer.max_epochs=3
             (Hydra: --cfg job shows the composed config, -m runs a sweep, --help lists the groups)
+            continue a stopped run: cnnlab train resume=<run dir>  (or resume=auto)
 
 Run `cnnlab train --help` for the config groups and their options.
 """
@@ -121,9 +122,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     # Let exceptions reach us so user errors print as one sentence, not as Hydra's traceback dump.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = [f"cnnlab {command}", *rest]
     try:
+        if command == "train":
+            from cnnlab.resume import resume_arguments
+
+            rest = resume_arguments(rest)
+        sys.argv = [f"cnnlab {command}", *rest]
         apps[command]()()
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
+        print("cnnlab: aborted.", file=sys.stderr)
+        sys.exit(130)
     except CnnlabError as exc:
         logging.getLogger("cnnlab").error("%s", exc)
         if not logging.getLogger().handlers:

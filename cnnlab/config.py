@@ -91,6 +91,7 @@ class OptimizerConfig:
     name: str = MISSING
     lr: float = 1e-3
     weight_decay: float = 0.0
+    decay_bias_norm: bool = False  # also decay biases and normalisation weights (off, as is usual)
 
 
 @dataclass
@@ -179,8 +180,10 @@ class TrainerConfig:
     mode: str = "max"  # max | min
     patience: int | None = 3  # epochs without improvement before stopping; null disables
     min_delta: float = 0.0
-    grad_clip: float | None = None
+    grad_clip: float | None = None  # clip the gradient norm to this (the norm is logged)
     label_smoothing: float = 0.0
+    accumulate: int = 1  # micro-batches per optimizer step: an effective batch of accumulate*batch_size
+    ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
     limit_train_batches: int | None = None
     limit_eval_batches: int | None = None
     overfit_batches: int | None = None  # train on this many fixed batches and validate on them
@@ -201,7 +204,7 @@ class TrainConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 42
-    out_dir: str | None = None  # set by the CLI to Hydra's run directory
+    resume: str | None = None  # a run directory (or auto) to continue from its checkpoints/last.pt
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -244,7 +247,7 @@ CHOICES = {
 
 POSITIVE = {
     "optimizer": ("lr",),
-    "trainer": ("max_epochs", "batch_size", "eval_batch_size"),
+    "trainer": ("max_epochs", "batch_size", "eval_batch_size", "accumulate"),
     "dataset": ("channels", "image_size", "num_classes"),
 }
 
@@ -269,6 +272,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key} must be a positive number or null, got {value}.")
     if cfg.trainer.min_delta < 0:
         raise ConfigError(f"trainer.min_delta must be 0 or more, got {cfg.trainer.min_delta}.")
+    if cfg.trainer.ema is not None and not 0 < cfg.trainer.ema < 1:
+        raise ConfigError(f"trainer.ema is a decay in (0, 1), e.g. 0.999, or null; got {cfg.trainer.ema}.")
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {cfg.trainer.label_smoothing}.")
     if len(cfg.dataset.mean) != cfg.dataset.channels or len(cfg.dataset.std) != cfg.dataset.channels:

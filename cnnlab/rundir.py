@@ -102,6 +102,11 @@ def load_state_strict(model: nn.Module, state: dict, source: Path) -> None:
     model.load_state_dict(state)
 
 
+def weights_of(state: dict) -> dict:
+    """The weights that scored the checkpoint's monitored value: the EMA's when it was better."""
+    return state["ema"]["module"] if state.get("weights") == "ema" else state["model"]
+
+
 def load_run(
     run_dir: str | Path,
     *,
@@ -124,7 +129,7 @@ def load_run(
         num_classes=len(state["classes"]),
         image_size=int(state["image_size"]),
     )
-    load_state_strict(model, state["model"], path)
+    load_state_strict(model, weights_of(state), path)
     model.to(device).eval()
     return LoadedRun(
         run_dir=Path(run_dir),

@@ -4,6 +4,7 @@ metrics.csv and TensorBoard events."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import sys
 from pathlib import Path
@@ -13,12 +14,19 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cnnlab.engine.checkpoint import atomic_write
+
 log = logging.getLogger("cnnlab")
 
 METRIC_FIELDS = [
     "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
     "data_s", "compute_s", "eval_s", "img_per_s", "grad_norm",
 ]  # fmt: skip
+TB_SCALARS = {
+    "train_loss": "loss", "val_loss": "loss", "ema_val_loss": "loss", "train_acc": "acc", "val_acc": "acc",
+    "ema_val_acc": "acc", "lr": "lr", "img_per_s": "speed",
+}  # fmt: skip
+EMA_FIELDS = ["ema_val_loss", "ema_val_acc", "weights"]  # with trainer.ema: which weights were monitored
 
 
 def use_rich(progress: str) -> bool:
@@ -75,29 +83,71 @@ class EpochProgress:
 
 
 class MetricsWriter:
-    """metrics.csv (one row per epoch, appended and flushed) and TensorBoard scalars."""
+    """metrics.csv (one row per epoch, appended and flushed) and TensorBoard scalars.
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool):
+    ``global_step`` counts optimizer steps over the whole run (the x axis of the per-step learning
+    rate); it is checkpointed so a resumed run continues the same curves.
+    """
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, ema: bool = False):
         self.path = run_dir / "metrics.csv"
+        self.fields = METRIC_FIELDS + (EMA_FIELDS if ema else [])
+        self.global_step = 0
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # lazy: seconds of import time
 
             self.tb = SummaryWriter(str(run_dir / "tb"))
 
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def resume(self, epochs_done: int, best_epoch: int) -> dict:
+        """Drop rows of epochs the checkpoint does not hold (written just before a kill).
+
+        Returns the accuracies of the best epoch's row, for the summary.
+        """
+        rows = [r for r in self.read() if int(r["epoch"]) <= epochs_done]
+
+        def write(f):
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            f.write(text.getvalue().encode())
+
+        atomic_write(self.path, write)
+        best = next((r for r in rows if int(r["epoch"]) == best_epoch), {})
+        return {k: float(v) for k, v in best.items() if k.endswith("acc") and v}
+
     def write(self, row: dict) -> None:
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
+            writer.writerow({k: _fmt(row.get(k)) for k in self.fields})
         if self.tb is not None:
-            for key in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "img_per_s"):
-                group = (
-                    "loss" if "loss" in key else "acc" if "acc" in key else "speed" if "img" in key else "lr"
-                )
-                self.tb.add_scalar(f"{group}/{key}", row[key], row["epoch"])
+            for key, group in TB_SCALARS.items():
+                if key in row:
+                    self.tb.add_scalar(f"{group}/{key}", row[key], row["epoch"])
+
+    def lr_logger(self, optimizer):
+        """A per-optimizer-step callback: counts steps and logs the learning rate to TensorBoard."""
+
+        def on_step() -> None:
+            self.global_step += 1
+            if self.tb is not None:
+                self.tb.add_scalar("lr/step", optimizer.param_groups[0]["lr"], self.global_step)
+
+        return on_step
+
+    def flush(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
 
     def close(self, hparams: dict | None = None, final: dict | None = None) -> None:
         if self.tb is not None:

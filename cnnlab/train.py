@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -21,13 +22,24 @@ from cnnlab.data.augment import build_augment
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
 from cnnlab.engine.callbacks import MetricTracker
-from cnnlab.engine.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint
+from cnnlab.engine.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cnnlab.engine.device import configure_cpu, resolve_device, resolve_precision
-from cnnlab.engine.loop import StepContext, evaluate, train_one_epoch
+from cnnlab.engine.ema import ModelEMA
+from cnnlab.engine.interrupt import Interrupted, SignalGuard
+from cnnlab.engine.loop import (
+    DivergedError,
+    EpochState,
+    StepContext,
+    evaluate,
+    optimizer_steps,
+    train_one_epoch,
+)
 from cnnlab.engine.optim import build_optimizer
 from cnnlab.engine.schedulers import build_scheduler
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.provenance import provenance
+from cnnlab.resume import check_resumable
+from cnnlab.rundir import weights_of
 from cnnlab.runlog import EpochProgress, MetricsWriter, setup_logging, summary_table, use_rich
 
 log = logging.getLogger("cnnlab")
@@ -60,13 +72,44 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
 
 
+def limit_batches(data, tc: DictConfig) -> None:
+    """Apply the debugging limits: overfit a few fixed batches, or cap batches per epoch."""
+    if tc.overfit_batches:
+        data.train.limit = tc.overfit_batches
+        data.train.shuffle = False
+        data.val = data.train
+    elif tc.limit_train_batches:
+        data.train.limit = tc.limit_train_batches
+    if tc.limit_eval_batches and not tc.overfit_batches:
+        data.val.limit = tc.limit_eval_batches
+        if data.test is not None:
+            data.test.limit = tc.limit_eval_batches
+
+
+def better(a: float, b: float, mode: str) -> bool:
+    """Is ``a`` better than ``b`` (NaN never is)?"""
+    if a != a:
+        return False
+    return b != b or (a > b if mode == "max" else a < b)
+
+
 def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None) -> dict:
-    """Train, keep best/last checkpoints, stop early, test the best weights; return the summary."""
+    """Train, keep best/last checkpoints, stop early, test the best weights; return the summary.
+
+    With ``cfg.resume`` set, continue from ``run_dir/checkpoints/last.pt`` exactly where it stopped
+    (mid-epoch too): weights, optimizer, schedule, scaler, EMA, early-stopping state and RNG streams.
+    """
     started = time.perf_counter()
     validate(cfg)
     tc = cfg.trainer
     rich = use_rich(tc.progress)
     setup_logging(run_dir, rich=rich)
+    ckpt_dir = run_dir / "checkpoints"
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    resumed = None
+    if cfg.resume:
+        resumed = load_checkpoint(ckpt_dir / "last.pt")
+        check_resumable(resumed["config"], config_yaml, run_dir)
     seed_everything(cfg.seed)
     device = resolve_device(tc.device)
     if device.type == "cpu":
@@ -83,16 +126,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         eval_batch_size=tc.eval_batch_size,
         seed=cfg.seed,
     )
-    if tc.overfit_batches:
-        data.train.limit = tc.overfit_batches
-        data.train.shuffle = False
-        data.val = data.train
-    elif tc.limit_train_batches:
-        data.train.limit = tc.limit_train_batches
-    if tc.limit_eval_batches and not tc.overfit_batches:
-        data.val.limit = tc.limit_eval_batches
-        if data.test is not None:
-            data.test.limit = tc.limit_eval_batches
+    limit_batches(data, tc)
     num_classes = len(data.classes)
     model = build_model(
         cfg.model, in_channels=data.channels, num_classes=num_classes, image_size=data.image_size
@@ -121,12 +155,13 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     schedule = build_scheduler(
         optimizer,
         name=sched_cfg.pop("name"),
-        steps_per_epoch=len(data.train),
+        steps_per_epoch=optimizer_steps(data.train, tc.accumulate),
         max_epochs=tc.max_epochs,
         mode=tc.mode,
         **sched_cfg.pop("options"),
         **sched_cfg,
     )
+    ema = ModelEMA(model, tc.ema) if tc.ema else None
     ctx = StepContext(
         device=device,
         precision=precision,
@@ -134,25 +169,32 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         criterion=nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing),
         grad_clip=tc.grad_clip,
         augment=augment,
+        ema=ema,
+        accumulate=tc.accumulate,
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
     )
     tracker = MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience)
-    metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard)
+    metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, ema=ema is not None)
+    ctx.on_step = metrics.lr_logger(optimizer)
     progress = EpochProgress(rich)
-    ckpt_dir = run_dir / "checkpoints"
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    write_json(
-        run_dir / "provenance.json",
-        provenance(overrides=overrides or [], seed=cfg.seed, data_files=data.files),
-    )
+    if not resumed:
+        write_json(
+            run_dir / "provenance.json",
+            provenance(overrides=overrides or [], seed=cfg.seed, data_files=data.files),
+        )
 
-    def checkpoint(epoch: int) -> dict:
-        return {
+    def checkpoint(epoch: int, weights: str, partial: EpochState | None = None) -> dict:
+        state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),
-            "epoch": epoch,
+            "scaler": ctx.scaler.state_dict(),
+            "epoch": epoch,  # epochs completed
+            "weights": weights,  # which weights scored the monitored value: "raw" or "ema"
             "tracker": tracker.state_dict(),
             "rng": rng_state(),
+            "pipeline_rng": pipeline.generator.get_state(),
+            "global_step": metrics.global_step,
             "classes": list(data.classes),
             "config": config_yaml,
             "model_name": str(cfg.model.name),
@@ -161,67 +203,124 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
             "image_size": data.image_size,
             "in_channels": data.channels,
         }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        if partial is not None:
+            state["partial"] = partial.state_dict()
+        return state
 
-    stop_reason, epoch = "max_epochs", 0
-    best_row: dict = {}
+    start_epoch, partial, best_row, weights = 1, None, {}, "raw"
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["scheduler"])
+        ctx.scaler.load_state_dict(resumed["scaler"])
+        tracker.load_state_dict(resumed["tracker"])
+        if ema is not None:
+            ema.load_state_dict(resumed["ema"])
+        set_rng_state(resumed["rng"])
+        pipeline.generator.set_state(resumed["pipeline_rng"])
+        metrics.global_step = resumed["global_step"]
+        start_epoch = resumed["epoch"] + 1
+        partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
+        best_row = metrics.resume(resumed["epoch"], tracker.best_epoch)
+        log.info("resuming %s after epoch %d%s", run_dir, resumed["epoch"],
+                 f", step {partial.step}" if partial else "")  # fmt: skip
+
+    stop_reason, epoch = "max_epochs", start_epoch - 1
     try:
-        for epoch in range(1, tc.max_epochs + 1):
-            t0 = time.perf_counter()
-            data.train.set_epoch(epoch)
-            lr = schedule.lr
-            stats = train_one_epoch(
-                model, data.train, optimizer, schedule, ctx, epoch=epoch,
-                progress=progress.start(epoch, tc.max_epochs, len(data.train)),
-            )  # fmt: skip
-            progress.stop()
-            t1 = time.perf_counter()
-            val = evaluate(model, data.val, ctx)
-            eval_s = time.perf_counter() - t1
-            row = {
-                "epoch": epoch, "lr": lr, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
-                "eval_s": eval_s, "seconds": time.perf_counter() - t0,
-                "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
-            }  # fmt: skip
-            schedule.step_epoch(row[tc.monitor])
-            is_best = tracker.update(row[tc.monitor], epoch)
-            state = checkpoint(epoch)
-            if is_best:
-                best_row = row
-                save_checkpoint(state, ckpt_dir / "best.pt")
-            save_checkpoint(state, ckpt_dir / "last.pt")
-            metrics.write(row)
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs "
-                "(data %.1fs, fwd/bwd %.1fs, eval %.1fs, %.0f img/s)%s",
-                epoch, tc.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-                lr, row["seconds"], row["data_s"], row["compute_s"], eval_s, row["img_per_s"],
-                "  *best*" if is_best else "",
-            )  # fmt: skip
-            if tracker.should_stop:
-                stop_reason = "early_stop"
+        with SignalGuard() as guard:
+            ctx.should_stop = guard.requested
+            for epoch in range(start_epoch, tc.max_epochs + 1):
+                t0 = time.perf_counter()
+                data.train.set_epoch(epoch)
+                lr = schedule.lr if partial is None else partial.lr
+                state = partial or EpochState(lr=lr)
+                partial = None
+                try:
+                    stats = train_one_epoch(
+                        model, data.train, optimizer, schedule, ctx, epoch=epoch, state=state,
+                        progress=progress.start(epoch, tc.max_epochs, len(data.train)),
+                    )  # fmt: skip
+                except DivergedError:
+                    write_json(run_dir / "summary.json", {"status": "diverged", "epochs_run": epoch,
+                               "best_epoch": tracker.best_epoch, "best_value": tracker.best})  # fmt: skip
+                    raise
+                finally:
+                    progress.stop()
+                if state.interrupted:
+                    save_checkpoint(checkpoint(epoch - 1, weights, partial=state), ckpt_dir / "last.pt")
+                    name = signal.Signals(guard.signum).name
+                    raise Interrupted(
+                        f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved "
+                        f"in {ckpt_dir / 'last.pt'}: continue with `cnnlab train resume={run_dir}`.",
+                        guard.signum,
+                    )
+                t1 = time.perf_counter()
+                val = evaluate(model, data.val, ctx)
+                row = {
+                    "epoch": epoch, "lr": lr, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
+                    "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
+                }  # fmt: skip
+                value, weights = row[tc.monitor], "raw"
+                if ema is not None:
+                    ema_val = evaluate(ema.module, data.val, ctx)
+                    row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
+                    if better(row[f"ema_{tc.monitor}"], value, tc.mode):
+                        value, weights = row[f"ema_{tc.monitor}"], "ema"
+                row["weights"] = weights
+                row["eval_s"] = time.perf_counter() - t1
+                row["seconds"] = time.perf_counter() - t0
+                schedule.step_epoch(value)
+                is_best = tracker.update(value, epoch)
+                metrics.write(row)
+                ckpt = checkpoint(epoch, weights)
+                if is_best:
+                    best_row = row
+                    save_checkpoint(ckpt, ckpt_dir / "best.pt")
+                save_checkpoint(ckpt, ckpt_dir / "last.pt")
                 log.info(
-                    "early stop: %s did not improve by more than %g for %d epochs (best %.4f at epoch %d)",
-                    tc.monitor, tc.min_delta, tracker.wait, tracker.best, tracker.best_epoch,
+                    "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.3g | %.1fs "
+                    "(data %.1fs, fwd/bwd %.1fs, eval %.1fs, %.0f img/s)%s",
+                    epoch, tc.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"],
+                    row["val_acc"], f" | ema acc {row['ema_val_acc']:.4f}" if ema is not None else "",
+                    lr, row["seconds"], row["data_s"], row["compute_s"], row["eval_s"], row["img_per_s"],
+                    "  *best*" if is_best else "",
                 )  # fmt: skip
-                break
+                if tracker.should_stop:
+                    stop_reason = "early_stop"
+                    log.info(
+                        "early stop: %s did not improve by more than %g for %d epochs "
+                        "(best %.4f at epoch %d)",
+                        tc.monitor, tc.min_delta, tracker.wait, tracker.best, tracker.best_epoch,
+                    )  # fmt: skip
+                    break
     finally:
         progress.stop()
+        metrics.flush()
 
+    best_weights = "raw"
     if (ckpt_dir / "best.pt").exists():
-        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
+        best = load_checkpoint(ckpt_dir / "best.pt", map_location=device)
+        best_weights = best.get("weights", "raw")
+        model.load_state_dict(weights_of(best))
     scored = tc.evaluate and data.test is not None and data.test_labeled
     test = evaluate(model, data.test, ctx) if scored else None
     summary = {
+        "status": "finished",
         "best_epoch": tracker.best_epoch,
         "monitor": tc.monitor,
         "best_value": tracker.best,
         "best_val_acc": best_row.get("val_acc", float("nan")),
+        "best_weights": best_weights,
         "test_acc": None if test is None else test["acc"],
         "test_loss": None if test is None else test["loss"],
         "epochs_run": epoch,
         "stop_reason": stop_reason,
         "seconds": time.perf_counter() - started,
     }
+    if best_weights == "ema":
+        summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
     write_json(run_dir / "summary.json", summary)
     hparams = {
         "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "optimizer": str(cfg.optimizer.name),

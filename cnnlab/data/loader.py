@@ -42,12 +42,16 @@ class TensorLoader:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from index ``start`` on (a run resumed mid-epoch skips what it did)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(len(self.x), generator=g).to(self.x.device)
         else:
             order = None
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is None:
                 yield self.x[sl], self.y[sl]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -16,6 +17,8 @@ from cnnlab.errors import CnnlabError
 
 class DivergedError(CnnlabError):
     """The loss became NaN or infinite."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -29,56 +32,118 @@ class StepContext:
     grad_clip: float | None = None
     augment: object | None = None  # BatchAugment, for mixup/cutmix
     ema: object | None = None  # ModelEMA
+    accumulate: int = 1  # micro-batches per optimizer step
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
+    on_step: Callable[[], None] | None = None  # after every optimizer step (per-step logging)
+    should_stop: Callable[[], bool] | None = None  # polled after every optimizer step (signals)
+
+
+@dataclass
+class EpochState:
+    """Running totals of one training epoch; checkpointed when a run is interrupted mid-epoch."""
+
+    lr: float = float("nan")  # at the start of the epoch, for metrics.csv
+    step: int = 0  # micro-batches done
+    loss_sum: torch.Tensor | float = 0.0
+    correct: torch.Tensor | int = 0
+    seen: int = 0
+    data_s: float = 0.0
+    compute_s: float = 0.0
+    grad_norm: float = float("nan")
+    first_bad_step: torch.Tensor | int = -1  # first step whose loss was not finite
+    interrupted: bool = field(default=False, compare=False)
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "interrupted"}
+
+
+def group_sizes(loader, accumulate: int) -> list[int]:
+    """Samples in each optimizer step's group of ``accumulate`` micro-batches (the last may be short).
+
+    Each micro-batch's mean loss is weighted by its share of its group, so accumulating k batches of
+    b gives the gradient of one batch of k*b, partial last group included.
+    """
+    n, bs = loader.num_samples, loader.batch_size
+    sizes = [min(bs, n - i * bs) for i in range(len(loader))]
+    return [sum(sizes[g : g + accumulate]) for g in range(0, len(sizes), accumulate)]
+
+
+def optimizer_steps(loader, accumulate: int) -> int:
+    return -(-len(loader) // accumulate)
 
 
 def train_one_epoch(
-    model, loader, optimizer, schedule, ctx: StepContext, *, epoch: int, progress=None
+    model, loader, optimizer, schedule, ctx: StepContext, *, epoch: int, state: EpochState, progress=None
 ) -> dict:
-    """Train over ``loader`` once; returns loss, accuracy, grad norm and the time split."""
+    """Train over ``loader`` from ``state.step`` on, updating ``state``; returns the epoch's statistics.
+
+    Stops early, with ``state.interrupted`` set, when ``ctx.should_stop()`` turns true after an
+    optimizer step, so the caller can checkpoint a state that resumes exactly.
+    """
     model.train()
-    loss_sum = torch.zeros((), device=ctx.device)
-    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
-    seen, data_s, grad_norm = 0, 0.0, float("nan")
-    start = time.perf_counter()
-    t = start
-    for step, (xb, yb) in enumerate(loader):
+    device = ctx.device
+    loss_sum = torch.as_tensor(state.loss_sum, device=device, dtype=torch.float32)
+    correct = torch.as_tensor(state.correct, device=device, dtype=torch.long)
+    first_bad = torch.as_tensor(state.first_bad_step, device=device, dtype=torch.long)
+    groups = group_sizes(loader, ctx.accumulate)
+    scaler = ctx.scaler
+    optimizer.zero_grad(set_to_none=True)
+    t = time.perf_counter()
+    for step, (xb, yb) in enumerate(loader.batches(start=state.step), start=state.step):
         x = ctx.pipeline(xb, train=True)
         mixing = ctx.augment is not None and ctx.augment.mixes
         if mixing:
             x, y_a, y_b, lam = ctx.augment.mix(x, yb, ctx.pipeline.generator)
-        data_s += time.perf_counter() - t
-        with autocast(ctx.device, ctx.precision):
+        t_data = time.perf_counter()
+        state.data_s += t_data - t
+        with autocast(device, ctx.precision):
             logits = model(x)
             loss = mixed_loss(ctx.criterion, logits, y_a, y_b, lam) if mixing else ctx.criterion(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if ctx.grad_clip:
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip))
-        optimizer.step()
-        schedule.step_batch()
-        if ctx.ema is not None:
-            ctx.ema.update(model)
         n = len(yb)
-        loss_sum += loss.detach().float() * n
+        scale = 1.0 if ctx.accumulate == 1 else n / groups[step // ctx.accumulate]
+        scaler.scale(loss * scale).backward()
+        detached = loss.detach().float()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
+        loss_sum += detached * n
         correct += (logits.detach().argmax(1) == yb).sum()
-        seen += n
+        state.seen += n
+        state.step = step + 1
+        if state.step % ctx.accumulate == 0 or state.step == len(loader):
+            if ctx.grad_clip:
+                scaler.unscale_(optimizer)
+                state.grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step_batch()
+            if ctx.ema is not None:
+                ctx.ema.update(model)
+            if ctx.on_step is not None:
+                ctx.on_step()
+            if ctx.should_stop is not None and ctx.should_stop() and state.step < len(loader):
+                state.interrupted = True
         if progress is not None:
-            progress(step + 1, len(loader), loss)
+            progress(state.step, len(loader), loss)
         t = time.perf_counter()
-    train_loss = float(loss_sum) / max(seen, 1)  # one sync per epoch, not per step
+        state.compute_s += t - t_data
+        if state.interrupted:
+            break
+    state.loss_sum, state.correct, state.first_bad_step = loss_sum, correct, first_bad
+    train_loss = float(loss_sum) / max(state.seen, 1)  # one sync per epoch, not per step
     if not math.isfinite(train_loss):
+        bad = int(first_bad)
         raise DivergedError(
-            f"Training diverged in epoch {epoch}: the loss became {train_loss}; "
+            f"Training diverged in epoch {epoch} at step {bad + 1 if bad >= 0 else '?'}: the loss became "
+            f"{'nan' if math.isnan(train_loss) else 'inf'} with learning rate {schedule.lr:.3g}; "
             "lower optimizer.lr or set trainer.grad_clip."
         )
-    total = time.perf_counter() - start
     return {
         "train_loss": train_loss,
-        "train_acc": float(correct) / max(seen, 1),
-        "grad_norm": grad_norm,
-        "data_s": data_s,
-        "compute_s": total - data_s,
-        "images": seen,
+        "train_acc": float(correct) / max(state.seen, 1),
+        "grad_norm": state.grad_norm,
+        "data_s": state.data_s,
+        "compute_s": state.compute_s,
+        "images": state.seen,
     }
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from cnnlab.errors import ConfigError
 
-OWN_KEYS = ("name",)  # cnnlab's keys, not constructor arguments
+OWN_KEYS = ("name", "decay_bias_norm")  # cnnlab's keys, not constructor arguments
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bias_norm: bool) -> list[dict]:
@@ -22,8 +22,9 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_norm: bool) -
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: DictConfig, *, decay_bias_norm: bool = False):
+def build_optimizer(model: nn.Module, cfg: DictConfig):
     kwargs = OmegaConf.to_container(cfg, resolve=True)
+    decay_bias_norm = bool(kwargs.get("decay_bias_norm", False))
     for key in OWN_KEYS:
         kwargs.pop(key, None)
     if "betas" in kwargs:
