@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.checkpoint import load_checkpoint, load_safetensors
 from cnnlab.errors import CheckpointError, ConfigError
 
 TRUSTED_TARGETS = ("cnnlab.", "torch.", "torchvision.")
@@ -64,7 +64,10 @@ def check_trusted(cfg: DictConfig, source: Path, *, trust_config: bool) -> None:
 
 
 def run_checkpoint(run_dir: Path, ckpt: str | Path | None = None, name: str = "best.pt") -> Path:
-    """The checkpoint to read: ``ckpt`` if given, else ``<run_dir>/checkpoints/<name>``."""
+    """The checkpoint to read: ``ckpt`` if given, else ``<run_dir>/checkpoints/<name>``.
+
+    For the default ``best.pt``, ``best.safetensors`` beside it is preferred: it holds tensors only.
+    """
     run_dir = Path(run_dir)
     if ckpt is not None:
         return Path(ckpt)
@@ -73,6 +76,8 @@ def run_checkpoint(run_dir: Path, ckpt: str | Path | None = None, name: str = "b
             f"Run directory {run_dir} does not exist; pass run=<a directory written by cnnlab train>."
         )
     path = run_dir / "checkpoints" / name
+    if name == "best.pt" and path.with_suffix(".safetensors").is_file():
+        return path.with_suffix(".safetensors")
     if not path.is_file():
         raise CheckpointError(
             f"{run_dir} has no checkpoints/{name}; it is not a finished cnnlab run "
@@ -118,7 +123,10 @@ def load_run(
     from cnnlab.train import build_model  # train imports the whole engine; keep this module light
 
     path = run_checkpoint(Path(run_dir), ckpt)
-    state = load_checkpoint(path, map_location=device)
+    if path.suffix == ".safetensors":
+        state = load_safetensors(path)
+    else:
+        state = load_checkpoint(path, map_location=device)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a cnnlab checkpoint (no model weights and config in it).")
     cfg = OmegaConf.create(state["config"])

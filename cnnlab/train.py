@@ -22,7 +22,14 @@ from cnnlab.data.augment import build_augment
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
 from cnnlab.engine.callbacks import MetricTracker
-from cnnlab.engine.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cnnlab.engine.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_safetensors,
+    set_rng_state,
+)
 from cnnlab.engine.device import configure_cpu, resolve_device, resolve_precision
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
@@ -278,6 +285,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
                 if is_best:
                     best_row = row
                     save_checkpoint(ckpt, ckpt_dir / "best.pt")
+                    save_safetensors(ckpt, weights_of(ckpt), ckpt_dir / "best.safetensors")
                 save_checkpoint(ckpt, ckpt_dir / "last.pt")
                 log.info(
                     "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.3g | %.1fs "

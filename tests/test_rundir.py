@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -10,8 +11,12 @@ from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.rundir import load_run, untrusted_targets
 
 
-def test_load_run_restores_the_best_weights(trained_run):
+@pytest.mark.parametrize("source", ["best.safetensors", "best.pt"])
+def test_load_run_restores_the_best_weights(trained_run, source):
+    if source == "best.pt":
+        (trained_run / "checkpoints" / "best.safetensors").unlink()
     run = load_run(trained_run)
+    assert run.checkpoint_path.name == source
     saved = load_checkpoint(trained_run / "checkpoints" / "best.pt")
     assert run.classes == saved["classes"] and len(run.classes) == 10
     assert (run.in_channels, run.image_size) == (1, 28)
@@ -77,3 +82,20 @@ def test_infer_probs_are_softmax_of_the_model_in_input_order(trained_run):
     assert probs.shape == (7, 10) and torch.allclose(probs.sum(1), torch.ones(7))
     expected = run.model(pipeline(x, train=False)).softmax(1)
     assert torch.allclose(probs, expected, atol=1e-5)
+
+
+def test_safetensors_holds_the_best_weights_and_their_metadata(trained_run):
+    from cnnlab.engine.checkpoint import load_safetensors
+
+    best = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    shared = load_safetensors(trained_run / "checkpoints" / "best.safetensors")
+    assert shared["classes"] == best["classes"] and shared["image_size"] == 28
+    assert shared["mean"] == best["mean"] and shared["model_name"] == "lenet"
+    assert all(torch.equal(shared["model"][k], v) for k, v in best["model"].items())
+
+
+def test_a_foreign_safetensors_file_is_refused(trained_run, tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"not safetensors at all")
+    with pytest.raises(CheckpointError, match="not a cnnlab safetensors file"):
+        load_run(trained_run, ckpt=bad)
