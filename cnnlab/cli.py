@@ -20,6 +20,8 @@ commands:
             (Hydra: --cfg job shows the composed config, -m runs a sweep, --help lists the groups)
             continue a stopped run: cnnlab train resume=<run dir>  (or resume=auto)
 
+  export    share a run's best weights: cnnlab export run=<run dir> format=safetensors|torchscript|onnx
+
 Run `cnnlab train --help` for the config groups and their options.
 """
 
@@ -76,7 +78,9 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 
 
 # command -> (config name, "module:function", names of leading positional arguments)
-TOOLS: dict[str, tuple[str, str, list[str]]] = {}
+TOOLS: dict[str, tuple[str, str, list[str]]] = {
+    "export": ("export", "cnnlab.export:main", []),
+}
 
 
 def hydra_error_message(exc: Exception) -> str | None:

@@ -1,0 +1,83 @@
+"""``cnnlab export run=<dir> format=safetensors|torchscript|onnx``: share a run's best weights safely.
+
+safetensors holds tensors only (nothing to execute when loaded), with the metadata needed to use
+them; TorchScript and ONNX hold the whole network for runtimes without cnnlab. Every file is
+written to a temporary name and renamed, and checked against the PyTorch model before it is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.engine.checkpoint import atomic_write, save_safetensors
+from cnnlab.errors import ConfigError
+from cnnlab.rundir import LoadedRun, load_run
+
+log = logging.getLogger("cnnlab")
+
+FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+
+
+def _example(run: LoadedRun) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, run.in_channels, run.image_size, run.image_size, generator=g)
+
+
+def _safetensors(run: LoadedRun, out: Path) -> None:
+    meta = {
+        "model_name": str(run.cfg.model.name), "classes": run.classes, "mean": run.mean, "std": run.std,
+        "image_size": run.image_size, "in_channels": run.in_channels, "epoch": run.epoch,
+        "config": OmegaConf.to_yaml(run.cfg, resolve=True),
+    }  # fmt: skip
+    save_safetensors(meta, run.model.state_dict(), out)
+
+
+def _torchscript(run: LoadedRun, out: Path) -> None:
+    traced = torch.jit.trace(run.model, _example(run))
+    atomic_write(out, lambda f: torch.jit.save(traced, f))
+    loaded = torch.jit.load(str(out))
+    torch.testing.assert_close(loaded(_example(run)), run.model(_example(run)), rtol=1e-4, atol=1e-5)
+
+
+def _onnx(run: LoadedRun, out: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "format=onnx needs the onnx and onnxscript packages; install them with "
+            "`pip install 'cnnlab[export]'` or choose format=safetensors or torchscript."
+        ) from None
+    batch = torch.export.Dim("batch", min=1)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        path = Path(tmp) / out.name
+        torch.onnx.export(
+            run.model, (_example(run),), str(path), input_names=["images"], output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False,
+        )  # fmt: skip
+        atomic_write(out, lambda f: f.write(path.read_bytes()))
+
+
+def export(run_dir: Path, fmt: str, out: Path | None = None, *, trust_config: bool = False) -> Path:
+    if fmt not in FORMATS:
+        raise ConfigError(f"Unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}.")
+    run = load_run(run_dir, trust_config=trust_config)
+    out = Path(out) if out else run_dir / "export" / f"{run.cfg.model.name}{FORMATS[fmt]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}[fmt](run, out)
+    log.info("exported %s (%s) to %s", run.checkpoint_path, fmt, out)
+    return out
+
+
+def main(cfg: DictConfig) -> None:
+    if not cfg.run:
+        raise ConfigError("Name the run to export: cnnlab export run=<run dir> format=safetensors.")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = export(Path(cfg.run), str(cfg.format), cfg.out, trust_config=cfg.trust_config)
+    print(out)
