@@ -22,6 +22,8 @@ commands:
 
   export    share a run's best weights: cnnlab export run=<run dir> format=safetensors|torchscript|onnx
 
+  data      check a dataset's files: cnnlab data verify dataset=food11 dataset.root=<dir>
+
 Run `cnnlab train --help` for the config groups and their options.
 """
 
@@ -80,6 +82,7 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 # command -> (config name, "module:function", names of leading positional arguments)
 TOOLS: dict[str, tuple[str, str, list[str]]] = {
     "export": ("export", "cnnlab.export:main", []),
+    "data": ("data", "cnnlab.data.verify:main", ["action"]),
 }
 
 

@@ -207,6 +207,14 @@ class TrainConfig:
     resume: str | None = None  # a run directory (or auto) to continue from its checkpoints/last.pt
 
 
+@dataclass
+class DataCommandConfig:
+    """``cnnlab data <action> dataset=...``."""
+
+    dataset: DatasetConfig = MISSING
+    action: str = "verify"
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"base": DatasetConfig},
     "model": {
@@ -232,6 +240,7 @@ def register_configs() -> None:
     """Store the schemas so YAML files can extend them (``defaults: [/schema/model/lenet@_here_]``)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="data_schema", node=DataCommandConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
