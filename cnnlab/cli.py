@@ -18,6 +18,9 @@ USAGE = """usage: cnnlab <command> [key=value ...]
 commands:
   train     train a model: cnnlab train model=lenet dataset=fashion_mnist trainer.max_epochs=3
             (Hydra: --cfg job shows the composed config, -m runs a sweep, --help lists the groups)
+  predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
+            [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
+            (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
 
 Run `cnnlab train --help` for the config groups and their options.
 """
@@ -75,7 +78,9 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 
 
 # command -> (config name, "module:function", names of leading positional arguments)
-TOOLS: dict[str, tuple[str, str, list[str]]] = {}
+TOOLS: dict[str, tuple[str, str, list[str]]] = {
+    "predict": ("predict", "cnnlab.predict:main", []),
+}
 
 
 def hydra_error_message(exc: Exception) -> str | None:
