@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 import cnnlab.predict.command as command
+from cnnlab.config import register_configs
 from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.predict import predict
 from cnnlab.predict.submission import write_csv
-from tests.conftest import make_images, run_cli
+from tests.conftest import make_images, run_cli, write_tiny_idx
 
 COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # one class per colour, learnable in an epoch
 
@@ -30,6 +34,28 @@ def save_image(path, colour, seed=0, shape=(8, 8), mode="RGB"):
     pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
     Image.fromarray(pixels).convert(mode).save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    """Like conftest's ``trained_run`` (2-epoch LeNet on tiny Fashion-MNIST-format data), trained once
+    for the module; tests must not write into it (they pass out= or take a copy with :func:`own_run`)."""
+    from cnnlab.train import train
+
+    base = tmp_path_factory.mktemp("digits")
+    data = write_tiny_idx(base / "data")
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("cnnlab.conf", version_base="1.3"):
+        overrides = [f"dataset.root={data}", "trainer.device=cpu", "trainer.max_epochs=2",
+                     "trainer.tensorboard=false", "trainer.batch_size=32"]  # fmt: skip
+        cfg = compose("train", overrides=overrides)
+    train(cfg, base / "run")
+    return base / "run"
+
+
+def own_run(shared_run, tmp_path):
+    return shutil.copytree(shared_run, tmp_path / "run")
 
 
 @pytest.fixture
@@ -94,9 +120,9 @@ def test_input_folder_of_arbitrary_images_is_resized(food_run, tmp_path):
     assert all(r[1] in ("red", "green", "blue") for r in rows)
 
 
-def test_probs_columns_sum_to_one(trained_run, tmp_path):
+def test_probs_columns_sum_to_one(shared_run, tmp_path):
     out = tmp_path / "probs.csv"
-    result = predict(trained_run, probs=True, out=str(out), device="cpu")
+    result = predict(shared_run, probs=True, out=str(out), device="cpu")
     header, rows = read_csv(out)
     assert header == ["ImageId", *result.classes] and len(rows) == 100
     sums = np.array([[float(v) for v in r[1:]] for r in rows]).sum(1)
@@ -104,42 +130,43 @@ def test_probs_columns_sum_to_one(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("tta", ["flip", 5, 9])
-def test_tta_keeps_the_format(trained_run, tmp_path, tta):
-    plain = predict(trained_run, out=str(tmp_path / "plain.csv"), device="cpu")
-    augmented = predict(trained_run, out=str(tmp_path / "tta.csv"), device="cpu", tta=tta)
+def test_tta_keeps_the_format(shared_run, tmp_path, tta):
+    plain = predict(shared_run, out=str(tmp_path / "plain.csv"), device="cpu")
+    augmented = predict(shared_run, out=str(tmp_path / "tta.csv"), device="cpu", tta=tta)
     header, rows = read_csv(tmp_path / "tta.csv")
     assert header == plain.header and [r[0] for r in rows] == plain.ids
     assert torch.allclose(augmented.probs.sum(1), torch.ones(100), atol=1e-5)
     assert not torch.allclose(augmented.probs, plain.probs)  # the views did change the inputs
 
 
-def test_ensemble_averages_member_probabilities(trained_run, make_cfg, tmp_path):
+def test_ensemble_averages_member_probabilities(shared_run, make_cfg, tmp_path):
     from cnnlab.train import train
 
     second = tmp_path / "second"
     train(make_cfg("model=mlp", "trainer.max_epochs=1"), second)
-    a = predict(trained_run, out=str(tmp_path / "a.csv"), device="cpu")
+    a = predict(shared_run, out=str(tmp_path / "a.csv"), device="cpu")
     b = predict(second, out=str(tmp_path / "b.csv"), device="cpu")
-    both = predict([str(trained_run), str(second)], probs=True, out=str(tmp_path / "ab.csv"), device="cpu")
+    both = predict([str(shared_run), str(second)], probs=True, out=str(tmp_path / "ab.csv"), device="cpu")
     assert torch.allclose(both.probs, (a.probs + b.probs) / 2, atol=1e-6)
     _, rows = read_csv(tmp_path / "ab.csv")
     written = torch.tensor([[float(v) for v in r[1:]] for r in rows])
     assert torch.allclose(written, both.probs, atol=1e-5)
 
 
-def test_digit_csv_input(trained_run, tmp_path):
+def test_digit_csv_input(shared_run, tmp_path):
     test_csv = write_digit_csv(tmp_path / "test.csv")
-    result = predict(trained_run, input=str(test_csv), out=str(tmp_path / "s.csv"), device="cpu")
+    result = predict(shared_run, input=str(test_csv), out=str(tmp_path / "s.csv"), device="cpu")
     header, rows = read_csv(tmp_path / "s.csv")
     assert header == ["ImageId", "Label"] and [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
     assert result.accuracy is None
     _, labels = make_images(5, seed=3)
     train_csv = write_digit_csv(tmp_path / "train.csv", labels=labels.tolist())
-    labeled = predict(trained_run, input=str(train_csv), out=str(tmp_path / "t.csv"), device="cpu")
+    labeled = predict(shared_run, input=str(train_csv), out=str(tmp_path / "t.csv"), device="cpu")
     assert labeled.accuracy is not None
 
 
-def test_cli_prints_destination_rows_and_accuracy(trained_run, tmp_path):
+def test_cli_prints_destination_rows_and_accuracy(shared_run, tmp_path):
+    trained_run = own_run(shared_run, tmp_path)
     res = run_cli("predict", f"run={trained_run}", "tta=flip", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"wrote 100 rows (ImageId,Label) for the fashion_mnist test split to {trained_run}" in res.stdout
@@ -180,25 +207,26 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_message_and_writes_nothing(trained_run, tmp_path, case):
+def test_bad_input_is_one_message_and_writes_nothing(shared_run, tmp_path, case):
     make_args, message = BAD_INPUTS[case]
-    args = make_args(trained_run, tmp_path)
+    args = make_args(shared_run, tmp_path)
     if not any(a.startswith("run=") for a in args):
-        args = [f"run={trained_run}", *args]
+        args = [f"run={shared_run}", *args]
     res = run_cli("predict", *args, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
-    assert not list(trained_run.glob("*submission*")) and not list(tmp_path.glob("*submission*"))
+    assert not list(shared_run.glob("*submission*")) and not list(tmp_path.glob("*submission*"))
 
 
-def test_ensemble_of_runs_with_other_classes_is_refused(trained_run, food_run, tmp_path):
-    res = run_cli("predict", f"run=[{trained_run},{food_run}]", cwd=tmp_path)
+def test_ensemble_of_runs_with_other_classes_is_refused(shared_run, food_run, tmp_path):
+    res = run_cli("predict", f"run=[{shared_run},{food_run}]", cwd=tmp_path)
     assert res.returncode == 2
     assert "Ensemble members must agree on classes" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "submission.csv").exists()
 
 
-def test_failure_while_writing_keeps_the_previous_submission(trained_run, monkeypatch):
+def test_failure_while_writing_keeps_the_previous_submission(shared_run, tmp_path, monkeypatch):
+    trained_run = own_run(shared_run, tmp_path)
     previous = trained_run / "submission.csv"
     previous.write_text("ImageId,Label\n1,7\n")
     real_make_rows = command.make_rows
