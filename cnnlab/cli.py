@@ -19,9 +19,10 @@ commands:
   train     train a model: cnnlab train model=lenet dataset=fashion_mnist trainer.max_epochs=3
             (Hydra: --cfg job shows the composed config, -m runs a sweep, --help lists the groups)
             continue a stopped run: cnnlab train resume=<run dir>  (or resume=auto)
-
+  predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
+            [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
+            (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
   export    share a run's best weights: cnnlab export run=<run dir> format=safetensors|torchscript|onnx
-
   data      check a dataset's files: cnnlab data verify dataset=food11 dataset.root=<dir>
 
 Run `cnnlab train --help` for the config groups and their options.
@@ -81,6 +82,7 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 
 # command -> (config name, "module:function", names of leading positional arguments)
 TOOLS: dict[str, tuple[str, str, list[str]]] = {
+    "predict": ("predict", "cnnlab.predict:main", []),
     "export": ("export", "cnnlab.export:main", []),
     "data": ("data", "cnnlab.data.verify:main", ["action"]),
 }

@@ -18,6 +18,18 @@ from cnnlab.errors import ConfigError
 
 
 @dataclass
+class SubmissionConfig:
+    """How ``cnnlab predict`` writes a Kaggle submission for this dataset."""
+
+    id_column: str = "id"
+    label_column: str = "label"
+    # stem: the image's file name without extension (1-based position when images have no file names,
+    # e.g. IDX, CIFAR binary, test.csv); index1 / index0: the row's 1- or 0-based position.
+    id_source: str = "stem"
+    label_as: str = "name"  # name: the class name; index: the class index
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING
     format: str = MISSING  # one of cnnlab.data.registry.FORMATS
@@ -40,6 +52,7 @@ class DatasetConfig:
     cache: bool = False
     num_workers: int | None = None
     on_bad_image: str = "error"
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
 
 
 @dataclass
@@ -254,6 +267,8 @@ CHOICES = {
     ("dataset", "on_bad_image"): ("error", "skip"),
 }
 
+SUBMISSION_CHOICES = {"id_source": ("stem", "index1", "index0"), "label_as": ("name", "index")}
+
 POSITIVE = {
     "optimizer": ("lr",),
     "trainer": ("max_epochs", "batch_size", "eval_batch_size", "accumulate"),
@@ -272,6 +287,7 @@ def validate(cfg: DictConfig) -> None:
         value = str(cfg[group][key])
         if value not in allowed:
             raise ConfigError(f"Unknown {group}.{key} '{value}'; choose one of: {', '.join(allowed)}.")
+    check_submission(cfg.dataset.submission)
     split = cfg.dataset.val_split
     if not 0 < split < 1:
         raise ConfigError(f"dataset.val_split must be between 0 and 1 (exclusive), got {split}.")
@@ -290,3 +306,12 @@ def validate(cfg: DictConfig) -> None:
             f"dataset.mean and dataset.std need one value per channel ({cfg.dataset.channels}), "
             f"got {len(cfg.dataset.mean)} and {len(cfg.dataset.std)}."
         )
+
+
+def check_submission(sub: DictConfig) -> None:
+    """``dataset.submission`` choices, checked at train time and again by predict (after overrides)."""
+    for key, allowed in SUBMISSION_CHOICES.items():
+        if str(sub[key]) not in allowed:
+            raise ConfigError(
+                f"Unknown dataset.submission.{key} '{sub[key]}'; choose one of: {', '.join(allowed)}."
+            )

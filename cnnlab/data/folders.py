@@ -12,11 +12,11 @@ VAL_NAMES = ("val", "valid", "validation")
 TEST_NAMES = ("test", "testing")
 
 
-def _find_split(root: Path, names: tuple[str, ...]) -> Path | None:
+def find_split(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / name for name in names if (root / name).is_dir()), None)
 
 
-def _has_subdirs(path: Path) -> bool:
+def has_subdirs(path: Path) -> bool:
     return any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
 
 
@@ -44,9 +44,9 @@ def read_image_folder(
     )
     files, labels, classes = scan_class_folders(root / "train")
     train = decode(files, labels)
-    val_dir, test_dir = _find_split(root, VAL_NAMES), _find_split(root, TEST_NAMES)
+    val_dir, test_dir = find_split(root, VAL_NAMES), find_split(root, TEST_NAMES)
     val = decode(*scan_class_folders(val_dir, classes)[:2]) if val_dir else None
-    labeled_test = test_dir is not None and _has_subdirs(test_dir)
+    labeled_test = test_dir is not None and has_subdirs(test_dir)
     test = None
     if test_dir is not None:
         if labeled_test:
@@ -80,7 +80,7 @@ def read_food11(
     )
     n = len(classes)
     train = decode(*scan_food11(root / "train", labeled=True, num_classes=n))
-    val_dir, test_dir = _find_split(root, VAL_NAMES), _find_split(root, TEST_NAMES)
+    val_dir, test_dir = find_split(root, VAL_NAMES), find_split(root, TEST_NAMES)
     val = decode(*scan_food11(val_dir, labeled=True, num_classes=n)) if val_dir else None
     test = decode(*scan_food11(test_dir, labeled=False, num_classes=n)) if test_dir else None
     return _splits(train, val, test, list(classes), labeled_test=False)

@@ -22,7 +22,7 @@ from cnnlab.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-def _workers(cfg: DictConfig) -> int:
+def workers(cfg: DictConfig) -> int:
     return (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
 
 
@@ -32,29 +32,29 @@ def _read_idx(cfg: DictConfig) -> ArraySplits:
 
 def _read_cifar10(cfg: DictConfig) -> ArraySplits:
     root = find_root(cfg, has_cifar10)
-    return read_cifar10(root, cache_dir=cache_dir(cfg), num_workers=_workers(cfg))
+    return read_cifar10(root, cache_dir=cache_dir(cfg), num_workers=workers(cfg))
 
 
 def _photo_kwargs(cfg: DictConfig) -> dict:
     return {
         "size": cfg.image_size,
-        "num_workers": _workers(cfg),
+        "num_workers": workers(cfg),
         "on_bad_image": cfg.on_bad_image,
         "cache_dir": cache_dir(cfg) / "decoded" if cfg.cache else None,
     }
 
 
-def _has_train_dir(path: Path) -> bool:
+def has_train_dir(path: Path) -> bool:
     return (path / "train").is_dir()
 
 
 def _read_image_folder(cfg: DictConfig) -> ArraySplits:
-    root = find_root(cfg, _has_train_dir)
+    root = find_root(cfg, has_train_dir)
     return read_image_folder(root, channels=cfg.channels, **_photo_kwargs(cfg))
 
 
 def _read_food11(cfg: DictConfig) -> ArraySplits:
-    root = find_root(cfg, _has_train_dir)
+    root = find_root(cfg, has_train_dir)
     return read_food11(root, classes=list(cfg.classes), **_photo_kwargs(cfg))
 
 
