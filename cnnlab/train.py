@@ -223,14 +223,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         "seconds": time.perf_counter() - started,
     }
     write_json(run_dir / "summary.json", summary)
-    hparams = {
-        "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "optimizer": str(cfg.optimizer.name),
-        "lr": float(cfg.optimizer.lr), "batch_size": int(tc.batch_size), "seed": int(cfg.seed),
-    }  # fmt: skip
-    metrics.close(
-        hparams,
-        {"hparam/best_val_acc": summary["best_val_acc"], "hparam/test_acc": summary["test_acc"] or 0.0},
-    )
+    metrics.close(cfg, overrides or [], summary)
     if test is not None:
         log.info(
             "test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
