@@ -113,6 +113,5 @@ class SweepSummary(Callback):
         from cnnlab.runs import report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            report(sweep_dir)
+        if sweep_dir.is_dir() and report(sweep_dir):
             print(f"wrote {sweep_dir / 'summary.csv'}")
