@@ -8,7 +8,6 @@ import importlib
 import logging
 import os
 import sys
-from pathlib import Path
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
@@ -19,11 +18,16 @@ commands:
   train     train a model: cnnlab train model=lenet dataset=fashion_mnist trainer.max_epochs=3
             (Hydra: --cfg job shows the composed config, -m runs a sweep, --help lists the groups)
             continue a stopped run: cnnlab train resume=<run dir>  (or resume=auto)
+            sweeps: cnnlab train -m optimizer=sgd,adam optimizer.lr=0.01,0.1
+                    cnnlab train hparams_search=fashion_mnist      (Optuna TPE; see conf/hparams_search/)
+                    add hydra/launcher=joblib to run the jobs in parallel
   predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
             [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
             (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
   export    share a run's best weights: cnnlab export run=<run dir> format=safetensors|torchscript|onnx
   data      check a dataset's files: cnnlab data verify dataset=food11 dataset.root=<dir>
+  runs      compare runs: cnnlab runs multirun/<date>/<time>   or   cnnlab runs outputs
+            (a table sorted by the metric; writes <dir>/summary.csv)
 
 Run `cnnlab train --help` for the config groups and their options.
 """
@@ -31,7 +35,6 @@ Run `cnnlab train --help` for the config groups and their options.
 
 def _train_app():
     import hydra
-    from hydra.core.hydra_config import HydraConfig
 
     from cnnlab.config import register_configs
 
@@ -39,11 +42,9 @@ def _train_app():
 
     @hydra.main(version_base="1.3", config_path="pkg://cnnlab.conf", config_name="train")
     def app(cfg):
-        from cnnlab.train import train
+        from cnnlab.sweep import train_job
 
-        hc = HydraConfig.get()
-        summary = train(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
-        return summary["best_value"]  # what a sweeper optimises
+        return train_job(cfg)  # the monitored metric, what a sweeper optimises
 
     return app
 
@@ -83,6 +84,7 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 # command -> (config name, "module:function", names of leading positional arguments)
 TOOLS: dict[str, tuple[str, str, list[str]]] = {
     "predict": ("predict", "cnnlab.predict:main", []),
+    "runs": ("runs", "cnnlab.runs:main", ["dir"]),
     "export": ("export", "cnnlab.export:main", []),
     "data": ("data", "cnnlab.data.verify:main", ["action"]),
 }

@@ -7,6 +7,7 @@ directory. The trainer then refuses to continue if anything that shapes the trai
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -37,7 +38,11 @@ def config_changes(saved_yaml: str, current_yaml: str) -> list[str]:
 
 
 def is_unfinished(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "summary.json").exists()
+    """Stopped before the end (killed or interrupted), not finished, failed or diverged."""
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "summary.json").exists():
+        return False
+    status = run_dir / "status.json"
+    return not status.exists() or json.loads(status.read_text()).get("status") == "interrupted"
 
 
 def saved_overrides(run_dir: Path) -> list[str]:

@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -149,11 +150,46 @@ class MetricsWriter:
         if self.tb is not None:
             self.tb.flush()
 
-    def close(self, hparams: dict | None = None, final: dict | None = None) -> None:
+    def close(self, cfg: DictConfig | None = None, overrides: list[str] = (), summary: dict | None = None):
+        """Log the run's hyperparameters and final metrics for TensorBoard's hparams view, then close.
+
+        ``run_name="."`` keeps them in the run's own tb/ folder, so ``tensorboard --logdir multirun/...``
+        lists every job of a sweep as one row of the hparams table.
+        """
         if self.tb is not None:
-            if hparams and final:
-                self.tb.add_hparams(hparams, final, run_name=".")
+            if cfg is not None and summary is not None:
+                self.tb.add_hparams(run_hparams(cfg, list(overrides)), final_metrics(summary), run_name=".")
             self.tb.close()
+
+
+def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict:
+    """What to compare runs by: model, data, optimizer, lr, batch size, seed, and every overridden key.
+
+    An overridden key is logged with its value in the composed config (``optimizer.lr`` -> 0.01);
+    a group choice (``optimizer=sgd``) or a list is logged as the text the user wrote.
+    """
+    hparams = {
+        "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "optimizer": str(cfg.optimizer.name),
+        "lr": float(cfg.optimizer.lr), "batch_size": int(cfg.trainer.batch_size), "seed": int(cfg.seed),
+    }  # fmt: skip
+    for item in overrides:
+        key, sep, text = item.lstrip("+~").partition("=")
+        if not sep or key.startswith("hydra"):
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        hparams[key] = value if isinstance(value, bool | int | float | str) else text
+    return hparams
+
+
+def final_metrics(summary: dict) -> dict:
+    """The hparams view's metric columns (TensorBoard wants numbers: metrics a run lacks are left out)."""
+    final = {
+        "hparam/best_val_acc": summary["best_val_acc"],
+        "hparam/test_acc": summary["test_acc"],
+        f"hparam/best_{summary['monitor']}": summary["best_value"],
+        "hparam/epochs_run": summary["epochs_run"],
+    }
+    return {key: float(value) for key, value in final.items() if value is not None}
 
 
 def _fmt(value):

@@ -34,7 +34,6 @@ from cnnlab.engine.device import configure_cpu, resolve_device, resolve_precisio
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
 from cnnlab.engine.loop import (
-    DivergedError,
     EpochState,
     StepContext,
     evaluate,
@@ -231,6 +230,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         start_epoch = resumed["epoch"] + 1
         partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
         best_row = metrics.resume(resumed["epoch"], tracker.best_epoch)
+        (run_dir / "status.json").unlink(missing_ok=True)  # the interruption record is history now
         log.info("resuming %s after epoch %d%s", run_dir, resumed["epoch"],
                  f", step {partial.step}" if partial else "")  # fmt: skip
 
@@ -249,10 +249,6 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
                         model, data.train, optimizer, schedule, ctx, epoch=epoch, state=state,
                         progress=progress.start(epoch, tc.max_epochs, len(data.train)),
                     )  # fmt: skip
-                except DivergedError:
-                    write_json(run_dir / "summary.json", {"status": "diverged", "epochs_run": epoch,
-                               "best_epoch": tracker.best_epoch, "best_value": tracker.best})  # fmt: skip
-                    raise
                 finally:
                     progress.stop()
                 if state.interrupted:
@@ -330,14 +326,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     if best_weights == "ema":
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
     write_json(run_dir / "summary.json", summary)
-    hparams = {
-        "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "optimizer": str(cfg.optimizer.name),
-        "lr": float(cfg.optimizer.lr), "batch_size": int(tc.batch_size), "seed": int(cfg.seed),
-    }  # fmt: skip
-    metrics.close(
-        hparams,
-        {"hparam/best_val_acc": summary["best_val_acc"], "hparam/test_acc": summary["test_acc"] or 0.0},
-    )
+    metrics.close(cfg, overrides or [], summary)
     if test is not None:
         log.info(
             "test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",

@@ -149,6 +149,7 @@ def fake_run(root, name, overrides, *, finished=False):
 def test_resume_auto_picks_the_newest_unfinished_run_with_the_same_overrides(tmp_path):
     old = fake_run(tmp_path, "a", ["model=mlp"])
     fake_run(tmp_path, "b", ["model=mlp"], finished=True)
+    (fake_run(tmp_path, "e", ["model=mlp"]) / "status.json").write_text('{"status": "diverged"}')
     fake_run(tmp_path, "c", ["model=lenet"])
     os.utime(old / "checkpoints" / "last.pt", (1, 1))
     new = fake_run(tmp_path, "d", ["model=mlp"])
@@ -164,5 +165,11 @@ def test_divergence_names_epoch_and_step_and_marks_the_run(make_cfg, tmp_path):
     run = tmp_path / "d"
     with pytest.raises(DivergedError, match=r"diverged in epoch 1 at step \d+: the loss became (nan|inf)"):
         train(make_cfg("optimizer=sgd", "optimizer.lr=1e6", "trainer.channels_last=false"), run)
-    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
-    assert not (run / "checkpoints" / "last.pt").exists()
+    assert not (run / "summary.json").exists() and not (run / "checkpoints" / "last.pt").exists()
+
+
+def test_divergence_from_the_cli_exits_3_and_is_recorded(tiny_idx, tmp_path):
+    proc = run_cli("train", f"dataset.root={tiny_idx}", "optimizer=sgd", "optimizer.lr=1e6",
+                   "trainer.tensorboard=false", "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 3 and "Training diverged in epoch 1 at step" in proc.stderr
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "diverged"

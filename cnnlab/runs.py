@@ -1,0 +1,199 @@
+"""``cnnlab runs DIR``: one table of every run under DIR, sorted by the metric, and DIR/summary.csv.
+
+DIR may be a sweep (``multirun/<date>/<time>``, one job per numbered folder) or any folder of single
+runs (``outputs/``): every folder below it holding a ``summary.json``, a ``status.json`` (the failure
+record the train command leaves) or a ``.hydra/`` is a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from cnnlab.engine.checkpoint import atomic_write
+from cnnlab.errors import ConfigError
+
+RUN_MARKERS = ("summary.json", "status.json", ".hydra")
+# Finished runs first, best metric first within a status.
+STATUS_RANK = {"ok": 0, "diverged": 1, "failed": 2, "interrupted": 3, "incomplete": 4}
+CSV_FIELDS = [
+    "run", "status", "monitor", "best_value", "best_val_acc", "test_acc", "best_epoch", "epochs_run",
+    "stop_reason", "seconds", "overrides", "error",
+]  # fmt: skip
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every run folder under ``root`` (``root`` itself included); run folders are not searched further."""
+    if any((root / marker).exists() for marker in RUN_MARKERS):
+        return [root]
+
+    def natural(path: Path):  # job 10 after job 9
+        return (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name)
+
+    runs = []
+    for child in sorted((p for p in root.iterdir() if p.is_dir()), key=natural):
+        runs.extend(find_runs(child))
+    return runs
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    hydra_file = run_dir / ".hydra" / "overrides.yaml"
+    if hydra_file.is_file():
+        return [str(o) for o in yaml.safe_load(hydra_file.read_text()) or []]
+    return [str(o) for o in _json(run_dir / "provenance.json").get("overrides", [])]
+
+
+def _mode(run_dir: Path, monitor: str | None) -> str:
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.is_file():
+        mode = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("mode")
+        if mode in ("max", "min"):
+            return mode
+    return "min" if monitor and "loss" in monitor else "max"
+
+
+def read_run(run_dir: Path, root: Path) -> dict:
+    """One row: what the run's summary.json and status.json say, and its overrides."""
+    summary, status = _json(run_dir / "summary.json"), _json(run_dir / "status.json")
+    row = {field: summary.get(field) for field in CSV_FIELDS}
+    row.update(
+        run=str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+        status=status.get("status") or ("ok" if summary else "incomplete"),
+        error=status.get("error", ""),
+        overrides=_overrides(run_dir),
+        mode=_mode(run_dir, summary.get("monitor")),
+    )
+    if row["seconds"] is None:
+        row["seconds"] = status.get("seconds")
+    return row
+
+
+def split_override(item: str) -> tuple[str, str]:
+    key, _, value = item.partition("=")
+    return key.lstrip("+~"), value
+
+
+def sort_rows(rows: list[dict]) -> tuple[list[dict], str]:
+    """Rows by status, then by the shared monitored metric (best_val_acc when runs monitor different ones)."""
+    targets = {(r["monitor"], r["mode"]) for r in rows if r["status"] == "ok"}
+    field, mode = ("best_value", targets.pop()[1]) if len(targets) == 1 else ("best_val_acc", "max")
+
+    def key(row):
+        value = row[field]
+        if value is None or not math.isfinite(value):
+            return STATUS_RANK.get(row["status"], 9), True, 0.0
+        return STATUS_RANK.get(row["status"], 9), False, -value if mode == "max" else value
+
+    return sorted(rows, key=key), field
+
+
+def collect(root: Path) -> list[dict]:
+    rows = [read_run(run, root) for run in find_runs(root)]
+    return sort_rows(rows)[0]
+
+
+def varying_keys(rows: list[dict]) -> list[str]:
+    """Override keys whose value is not the same in every run: what tells the runs apart."""
+    keys: dict[str, set] = {}
+    for row in rows:
+        for item in row["overrides"]:
+            key, value = split_override(item)
+            keys.setdefault(key, set()).add(value)
+    return [k for k, values in keys.items() if len(values) > 1 or any(k not in _keys(r) for r in rows)]
+
+
+def _keys(row: dict) -> set[str]:
+    return {split_override(item)[0] for item in row["overrides"]}
+
+
+def _num(value, digits: int = 4) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def runs_table(rows: list[dict], *, title: str) -> Table:
+    varying = varying_keys(rows)
+    common = sorted({o for r in rows for o in r["overrides"]} - {o for r in rows for o in _shown(r, varying)})
+    monitors = {r["monitor"] for r in rows if r["monitor"]}
+    extra = monitors.pop() if len(monitors) == 1 and "val_acc" not in monitors else None
+    table = Table(title=title, caption=("common: " + " ".join(common)) if common else None)
+    for name in ("#", "run", "overrides", *([f"best {extra}"] if extra else []), "best val acc",
+                 "test acc", "epochs", "time", "status"):  # fmt: skip
+        right = name in ("#", "epochs", "time") or name.startswith("best") or name.endswith("acc")
+        table.add_column(name, justify="right" if right else "left", overflow="fold")
+    for rank, row in enumerate(rows, 1):
+        status = row["status"] if not row["error"] else f"{row['status']}: {row['error']}"
+        style = {"ok": "green", "diverged": "yellow"}.get(row["status"], "red")
+        epochs = "-" if row["epochs_run"] is None else f"{row['epochs_run']} (best {row['best_epoch']})"
+        seconds = "-" if row["seconds"] is None else f"{row['seconds']:.1f}s"
+        cells = [str(rank), row["run"], " ".join(map(_short, _shown(row, varying))) or "-"]
+        cells += [_num(row["best_value"])] if extra else []
+        cells += [_num(row["best_val_acc"]), _num(row["test_acc"]), epochs, seconds, f"[{style}]{status}[/]"]
+        table.add_row(*cells)
+    return table
+
+
+def _shown(row: dict, keys: list[str]) -> list[str]:
+    return [o for o in row["overrides"] if split_override(o)[0] in keys]
+
+
+def _short(item: str) -> str:
+    """``optimizer.lr=0.028977052667178302`` -> ``optimizer.lr=0.02898``: Optuna's samples, readable."""
+    key, value = split_override(item)
+    try:
+        number = float(value)
+    except ValueError:
+        return item
+    return item if value.lstrip("-").isdigit() else f"{key}={number:.4g}"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """summary.csv: the table's rows, plus one column per override key for analysis in pandas."""
+    keys = list(dict.fromkeys(split_override(o)[0] for r in rows for o in r["overrides"]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*CSV_FIELDS, *keys], extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        values = dict(split_override(o) for o in row["overrides"])
+        writer.writerow({**row, "overrides": " ".join(row["overrides"]), **values})
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def report(root: Path, *, csv_file: bool = True, console: Console | None = None) -> list[dict]:
+    """Print the table of the runs under ``root`` and write ``root/summary.csv``; return the rows."""
+    rows = collect(root)
+    if rows:
+        if csv_file:
+            write_csv(root / "summary.csv", rows)
+        failed = sum(r["status"] != "ok" for r in rows)
+        title = f"{root}: {len(rows)} runs" + (f", {failed} not ok" if failed else "")
+        console = console or Console()
+        if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
+            console = Console(width=200)
+        console.print(runs_table(rows, title=title))
+    return rows
+
+
+def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "dir"):
+        raise ConfigError("Name the folder to compare: cnnlab runs multirun/<date>/<time> (or outputs).")
+    root = Path(cfg.dir)
+    if not root.is_dir():
+        raise ConfigError(f"No folder {root}; give a sweep folder (multirun/<date>/<time>) or outputs.")
+    if not report(root, csv_file=cfg.csv):
+        raise ConfigError(
+            f"No runs under {root}: looked for folders holding summary.json, status.json or .hydra/."
+        )
+    if cfg.csv:
+        print(f"wrote {root / 'summary.csv'}")
