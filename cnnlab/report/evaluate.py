@@ -38,7 +38,9 @@ def main(cfg) -> dict:
     )  # fmt: skip
 
 
-def after_train(run_dir: Path, *, device: torch.device, precision: str, labeled: bool, limit, tensorboard: bool):
+def after_train(
+    run_dir: Path, *, device: torch.device, precision: str, labeled: bool, limit, tensorboard: bool
+):
     """End of ``train``: the curves, and the evaluation report when the test split has labels.
 
     The run was just trained by this user, so its config is trusted. ``limit`` (batches) mirrors
@@ -179,7 +181,9 @@ def reliability_figure(bins: list[dict], ece: float, title: str):
     return fig
 
 
-def worst_figure(x: torch.Tensor, p: np.ndarray, labels: np.ndarray, classes: list[str], count: int, name: str):
+def worst_figure(
+    x: torch.Tensor, p: np.ndarray, labels: np.ndarray, classes: list[str], count: int, name: str
+):
     """The ``count`` most confident mistakes, titled ``pred (true)`` in red with the confidence."""
     pred, conf = p.argmax(1), p.max(1)
     wrong = np.flatnonzero(pred != labels)

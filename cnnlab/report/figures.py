@@ -77,7 +77,7 @@ def image_grid(target, images, titles, *, colors=None, cols: int = 6, title: str
             continue
         data, cmap = to_display(images[i])
         ax.imshow(data, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(titles[i], fontsize=8, color=None if colors is None else colors[i])
+        ax.set_title(titles[i], fontsize=8, color="black" if colors is None else colors[i])
     if title:
         target.suptitle(title)
 
@@ -91,18 +91,24 @@ def grid_figure(images, titles, *, colors=None, cols: int = 6, title: str = "", 
     return fig
 
 
-def mosaic(maps: torch.Tensor, cols: int) -> np.ndarray:
-    """Tile ``(N, H, W)`` maps in a grid, each scaled to [0, 1] on its own; gaps are NaN (drawn blank)."""
-    n, h, w = maps.shape
-    rows, cols = grid_shape(n, cols)
-    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
-    flat = maps.detach().float().cpu().reshape(n, -1)
+def mosaic(maps: torch.Tensor, cols: int) -> tuple[np.ndarray, object]:
+    """Tile ``(N, H, W)`` maps or ``(N, 3, H, W)`` RGB tiles in a grid, each scaled to [0, 1] on its own
+    (as ``imshow`` does for one map). Returns the image and its colormap (gaps show white)."""
+    from matplotlib import colormaps
+
+    x = maps.detach().float().cpu()
+    rgb = x.dim() == 4
+    n, h, w = len(x), x.shape[-2], x.shape[-1]
+    flat = x.reshape(n, -1)
     lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    scaled = ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(n, h, w).numpy()
+    scaled = ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(x.shape).numpy()
+    rows, cols = grid_shape(n, cols)
+    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1, *((3,) if rgb else ())), 1.0 if rgb else np.nan)
     for i in range(n):
         r, c = divmod(i, cols)
-        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = scaled[i]
-    return out
+        tile = scaled[i].transpose(1, 2, 0) if rgb else scaled[i]
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = tile
+    return out, None if rgb else colormaps["gray"].with_extremes(bad="white")
 
 
 def class_colors(num_classes: int):

@@ -58,13 +58,19 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
         if n:
             ece += n / len(labels) * abs(acc - mean_conf)
         table.append(
-            {"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n, "confidence": mean_conf, "accuracy": acc}
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "count": n,
+                "confidence": mean_conf,
+                "accuracy": acc,
+            }
         )
     return {"ece": float(ece), "bins": table}
 
 
 def most_confused(cm: np.ndarray, k: int) -> list[tuple[int, int, int]]:
-    """The ``k`` largest off-diagonal counts as ``(true, predicted, count)``, largest first, zeros left out."""
+    """The ``k`` largest off-diagonal counts as ``(true, predicted, count)``, largest first, no zeros."""
     off = cm.copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(-off, axis=None, kind="stable")[:k]
@@ -98,7 +104,12 @@ def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str], *, bins
         ],
         "confusion_matrix": cm.tolist(),
         "most_confused": [
-            {"true": classes[t], "predicted": classes[p], "count": n, "share_of_true": n / max(int(cm[t].sum()), 1)}
+            {
+                "true": classes[t],
+                "predicted": classes[p],
+                "count": n,
+                "share_of_true": n / max(int(cm[t].sum()), 1),
+            }
             for t, p, n in most_confused(cm, pairs)
         ],
         "calibration": cal["bins"],

@@ -35,7 +35,11 @@ def run_data(run: LoadedRun, device: torch.device, *, data_root: str | None = No
         dataset.root = str(data_root)
     tc = run.cfg.trainer
     return build_data(
-        dataset, device=device, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=run.cfg.seed
+        dataset,
+        device=device,
+        batch_size=tc.batch_size,
+        eval_batch_size=tc.eval_batch_size,
+        seed=run.cfg.seed,
     )
 
 
@@ -62,7 +66,9 @@ def probs(
 def capture_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collect the input of every call of ``module`` (e.g. the classifier: the penultimate features)."""
     seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach().float().cpu()))
+    handle = module.register_forward_hook(
+        lambda _m, inputs, _out: seen.append(inputs[0].detach().float().cpu())
+    )
     try:
         yield seen
     finally:
