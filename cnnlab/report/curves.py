@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from cnnlab.errors import DataError
-from cnnlab.report.figures import new_figure, save_figure
+from cnnlab.report.figures import new_figure, run_label, save_figure
 
 CURVES_SIZE = (15.0, 4.5)  # inches
 
@@ -55,5 +55,5 @@ def curves_figure(rows: list[dict[str, float]], title: str):
 def write_curves(run_dir: Path, *, tb=None) -> Path:
     """``<run_dir>/report/curves.png`` (and a TensorBoard image when ``tb`` is given)."""
     rows = read_metrics(run_dir)
-    fig = curves_figure(rows, f"Training curves: {Path(run_dir).name} ({len(rows)} epochs)")
+    fig = curves_figure(rows, f"Training curves: {run_label(run_dir)} ({len(rows)} epochs)")
     return save_figure(fig, Path(run_dir) / "report" / "curves.png", tb=tb, tag="report/curves")

@@ -19,7 +19,7 @@ from rich.table import Table
 from cnnlab.engine.checkpoint import atomic_write
 from cnnlab.errors import ConfigError
 from cnnlab.report.curves import write_curves
-from cnnlab.report.figures import WRONG, grid_figure, new_figure, save_figure, tensorboard_writer
+from cnnlab.report.figures import WRONG, grid_figure, new_figure, run_label, save_figure, tensorboard_writer
 from cnnlab.report.metrics import summarize
 from cnnlab.report.source import labeled_test, open_run, probs, run_data
 from cnnlab.rundir import LoadedRun, load_run
@@ -90,7 +90,7 @@ def write_report(
         cm = np.array(metrics["confusion_matrix"])
         _write_csv(out / "confusion_matrix.csv", ["true \\ predicted", *run.classes],
                    [[name, *row] for name, row in zip(run.classes, cm.tolist(), strict=True)])  # fmt: skip
-        name = run.run_dir.name
+        name = run_label(run.run_dir)
         fig = confusion_figure(cm, run.classes, f"Confusion matrix: {name} (test, accuracy "
                                                 f"{metrics['accuracy']:.4f})")  # fmt: skip
         save_figure(fig, out / "confusion_matrix.png", tb=tb, tag="report/confusion_matrix")

@@ -39,6 +39,12 @@ def save_figure(fig, path: Path, *, tb=None, tag: str | None = None) -> Path:
     return Path(path)
 
 
+def run_label(run_dir: Path) -> str:
+    """``2026-11-22/12-00-00`` for Hydra's ``outputs/<date>/<time>``: the time alone says too little."""
+    path = Path(run_dir).resolve()
+    return f"{path.parent.name}/{path.name}"
+
+
 def tensorboard_writer(run_dir: Path | None, enabled: bool = True):
     """A SummaryWriter on ``<run_dir>/tb`` when asked for and tensorboard is installed, else None."""
     if run_dir is None or not enabled:

@@ -28,6 +28,7 @@ from cnnlab.report.figures import (
     grid_shape,
     image_grid,
     new_figure,
+    run_label,
     save_figure,
     tensorboard_writer,
 )  # fmt: skip
@@ -128,7 +129,7 @@ def predictions(cfg, tb) -> Path | None:
     titles = [f"{run.classes[pred[i]]} ({run.classes[y[i]]})" for i in chosen]
     colors = [WRONG if wrong[i] else RIGHT for i in chosen]
     what = "mistakes" if cfg.only == "wrong" else "predictions"
-    title = f"Test {what} of {run.run_dir.name}: predicted (true); {int(wrong.sum())} of {len(y)} wrong"
+    title = f"Test {what} of {run_label(run.run_dir)}: predicted (true); {int(wrong.sum())} of {len(y)} wrong"
     fig = grid_figure(x[chosen.to(x.device)].cpu(), titles, colors=colors, cols=6, title=title)
     name = "predictions_wrong.png" if cfg.only == "wrong" else "predictions.png"
     return save_figure(fig, _report(cfg, name), tb=tb, tag=f"viz/{name[:-4]}")
@@ -155,7 +156,7 @@ def embeddings(cfg, tb) -> Path:
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2, title="true class")
     ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2",
            title=f"t-SNE of the penultimate-layer features ({feats.shape[1]}-d) of {len(x)} test images: "
-                 f"{run.run_dir.name} (perplexity {perplexity:g})")  # fmt: skip
+                 f"{run_label(run.run_dir)} (perplexity {perplexity:g})")  # fmt: skip
     fig.tight_layout()
     if tb is not None:
         images = x.cpu().float() / 255
