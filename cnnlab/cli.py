@@ -28,6 +28,11 @@ commands:
   data      check a dataset's files: cnnlab data verify dataset=food11 dataset.root=<dir>
   runs      compare runs: cnnlab runs multirun/<date>/<time>   or   cnnlab runs outputs
             (a table sorted by the metric; writes <dir>/summary.csv)
+  evaluate  score a run on its labeled test split: per-class table, confusion matrix, calibration
+            cnnlab evaluate run=outputs/2026-11-22/12-00-00        (writes <run>/report/)
+  viz       pictures of a run: cnnlab viz <what> run=<dir>, <what> one of curves, filters,
+            feature_maps, kernels, predictions, embeddings, augment
+            (cnnlab viz augment dataset=cifar10 augmentation=strong works without a run)
 
 Run `cnnlab train --help` for the config groups and their options.
 """
@@ -61,13 +66,22 @@ def _tool_app(config_name: str, target: str):
     from cnnlab.config import register_configs
 
     register_configs()
+    failed: list[CnnlabError] = []
 
     @hydra.main(version_base="1.3", config_path="pkg://cnnlab.conf", config_name=config_name)
     def app(cfg):
         module, func = target.split(":")
-        return getattr(importlib.import_module(module), func)(cfg)
+        try:
+            return getattr(importlib.import_module(module), func)(cfg)
+        except CnnlabError as exc:  # raised again below: inside Hydra it would add its own stderr line
+            failed.append(exc)
 
-    return app
+    def run():
+        app()
+        if failed:
+            raise failed[0]
+
+    return run
 
 
 def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
@@ -87,6 +101,8 @@ TOOLS: dict[str, tuple[str, str, list[str]]] = {
     "runs": ("runs", "cnnlab.runs:main", ["dir"]),
     "export": ("export", "cnnlab.export:main", []),
     "data": ("data", "cnnlab.data.verify:main", ["action"]),
+    "evaluate": ("evaluate", "cnnlab.report.evaluate:main", []),
+    "viz": ("viz", "cnnlab.report.viz:main", ["what"]),
 }
 
 
@@ -144,8 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         print("cnnlab: aborted.", file=sys.stderr)
         sys.exit(130)
     except CnnlabError as exc:
-        logging.getLogger("cnnlab").error("%s", exc)
-        if not logging.getLogger().handlers:
+        if logging.getLogger().handlers:  # train's console and train.log
+            logging.getLogger("cnnlab").error("%s", exc)
+        else:  # logging's last-resort handler would print it a second time
             print(f"cnnlab: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Exception as exc:

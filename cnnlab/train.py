@@ -335,4 +335,9 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
             tracker.best_epoch,
         )
     Console(stderr=not rich, force_terminal=False).print(summary_table(summary, run_dir))
+    if tc.evaluate:  # report/: curves, and the evaluation report when the test split has labels
+        from cnnlab.report.evaluate import after_train
+
+        after_train(run_dir, device=device, precision=precision, labeled=bool(scored),
+                    limit=tc.limit_eval_batches, tensorboard=tc.tensorboard)  # fmt: skip
     return summary
