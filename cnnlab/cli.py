@@ -10,6 +10,7 @@ import os
 import sys
 
 from cnnlab import __version__
+from cnnlab.engine.interrupt import Interrupted
 from cnnlab.errors import CnnlabError
 
 USAGE = """usage: cnnlab <command> [key=value ...]
@@ -38,28 +39,12 @@ Run `cnnlab train --help` for the config groups and their options.
 """
 
 
-def _train_app():
-    import hydra
+def _hydra_app(config_name: str, target: str):
+    """The Hydra app of a command: ``conf/<config_name>.yaml`` composed, then ``target`` called with it.
 
-    from cnnlab.config import register_configs
-
-    register_configs()
-
-    @hydra.main(version_base="1.3", config_path="pkg://cnnlab.conf", config_name="train")
-    def app(cfg):
-        from cnnlab.sweep import train_job
-
-        return train_job(cfg)  # the monitored metric, what a sweeper optimises
-
-    return app
-
-
-def _tool_app(config_name: str, target: str):
-    """A Hydra app for a command that reads runs instead of creating one.
-
-    ``conf/<config_name>.yaml`` is its config (it should set ``hydra.run.dir: .`` and
-    ``hydra.output_subdir: null`` so nothing is written beside the user's files); ``target`` is
-    ``"module:function"``, called with the composed config.
+    ``target`` is ``"module:function"``. Commands that read runs instead of creating one set
+    ``hydra.run.dir: .`` and ``hydra.output_subdir: null`` in their config, so nothing is written
+    beside the user's files.
     """
     import hydra
 
@@ -74,6 +59,8 @@ def _tool_app(config_name: str, target: str):
         try:
             return getattr(importlib.import_module(module), func)(cfg)
         except CnnlabError as exc:  # raised again below: inside Hydra it would add its own stderr line
+            if isinstance(exc, Interrupted):
+                raise  # at once: a signal must also stop the remaining jobs of a sweep
             failed.append(exc)
 
     def run():
@@ -97,6 +84,7 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 
 # command -> (config name, "module:function", names of leading positional arguments)
 TOOLS: dict[str, tuple[str, str, list[str]]] = {
+    "train": ("train", "cnnlab.sweep:train_job", []),  # returns the metric a sweeper optimises
     "predict": ("predict", "cnnlab.predict:main", []),
     "runs": ("runs", "cnnlab.runs:main", ["dir"]),
     "export": ("export", "cnnlab.export:main", []),
@@ -139,9 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cnnlab {__version__}")
         return
     command, rest = argv[0], argv[1:]
-    apps = {"train": _train_app}
+    apps = {}
     for name, (config_name, target, positional) in TOOLS.items():
-        apps[name] = functools.partial(_tool_app, config_name, target)
+        apps[name] = functools.partial(_hydra_app, config_name, target)
         if command == name:
             rest = positional_overrides(rest, positional)
     if command not in apps:

@@ -112,6 +112,13 @@ def weights_of(state: dict) -> dict:
     return state["ema"]["module"] if state.get("weights") == "ema" else state["model"]
 
 
+def read_weights(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint dict from ``.pt`` or ``.safetensors``: weights (``model``), config and metadata."""
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    return load_checkpoint(path, map_location=device)
+
+
 def load_run(
     run_dir: str | Path,
     *,
@@ -123,10 +130,7 @@ def load_run(
     from cnnlab.train import build_model  # train imports the whole engine; keep this module light
 
     path = run_checkpoint(Path(run_dir), ckpt)
-    if path.suffix == ".safetensors":
-        state = load_safetensors(path)
-    else:
-        state = load_checkpoint(path, map_location=device)
+    state = read_weights(path, device=device)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a cnnlab checkpoint (no model weights and config in it).")
     cfg = OmegaConf.create(state["config"])

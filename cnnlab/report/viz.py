@@ -16,7 +16,6 @@ from rich.console import Console
 from cnnlab.data.augment import build_augment
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.errors import ConfigError
 from cnnlab.report import layers
 from cnnlab.report.curves import write_curves
@@ -33,7 +32,7 @@ from cnnlab.report.figures import (
     tensorboard_writer,
 )  # fmt: skip
 from cnnlab.report.source import capture_inputs, classifier_layer, labeled_test, open_run, probs, run_data
-from cnnlab.rundir import run_checkpoint
+from cnnlab.rundir import read_weights, run_checkpoint
 
 log = logging.getLogger("cnnlab")
 WHATS = ("curves", "filters", "feature_maps", "kernels", "predictions", "embeddings", "augment")
@@ -167,7 +166,7 @@ def embeddings(cfg, tb) -> Path:
 def augment(cfg, tb) -> Path:
     """One training batch before and after the augmentation policy, through the trainer's BatchPipeline."""
     if cfg.run:
-        source = OmegaConf.create(load_checkpoint(run_checkpoint(Path(cfg.run), cfg.ckpt))["config"])
+        source = OmegaConf.create(read_weights(run_checkpoint(Path(cfg.run), cfg.ckpt))["config"])
         dataset, aug, seed = source.dataset, source.augmentation, int(source.seed)
         if cfg.data_root:
             dataset.root = str(cfg.data_root)
