@@ -122,8 +122,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         configure_cpu(tc.threads)
     precision = resolve_precision(str(tc.precision), device)
     torch.autograd.set_detect_anomaly(tc.detect_anomaly)
-    if tc.deterministic:
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(bool(tc.deterministic))  # set either way: the flag is global
 
     data = build_data(
         cfg.dataset,

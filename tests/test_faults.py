@@ -1,0 +1,107 @@
+"""Hostile and broken surroundings: nothing already written is lost, nothing runs, one clear message."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+
+import pytest
+import torch
+
+import cnnlab.engine.checkpoint as checkpoint_module
+from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.errors import CheckpointError
+from cnnlab.train import train
+from tests.conftest import run_cli
+from tests.test_data_folders import write_food11
+from tests.test_train import read_metrics, without_timing
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "best.pt"
+    evil.write_bytes(pickle.dumps({"model": RunsCode(marker)}))
+    with pytest.raises(CheckpointError, match="contain code, so it was not loaded"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_predict_refuses_a_hostile_checkpoint_in_a_run(trained_run, tmp_path):
+    marker = tmp_path / "pwned"
+    (trained_run / "checkpoints" / "best.safetensors").unlink()
+    (trained_run / "checkpoints" / "best.pt").write_bytes(pickle.dumps({"model": RunsCode(marker)}))
+    proc = run_cli("predict", f"run={trained_run}", cwd=tmp_path)
+    assert proc.returncode == 2 and "can be loaded safely" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists() and not (trained_run / "submission.csv").exists()
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(make_cfg, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_save = torch.save
+    saves = {"n": 0}
+
+    def save_until_disk_fills(obj, f):
+        saves["n"] += 1
+        if obj.get("epoch") == 2:  # half a file, then the disk is full
+            f.write(b"\x00" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoints"))
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_disk_fills)
+    with pytest.raises(OSError, match="No space left"):
+        train(make_cfg("trainer.max_epochs=3", "trainer.patience=null"), run)
+    monkeypatch.undo()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.pt", "best.safetensors", "last.pt",
+    ]  # fmt: skip
+
+
+def test_save_checkpoint_failing_halfway_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, target)
+
+    def broken(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", broken)
+    with pytest.raises(OSError):
+        save_checkpoint({"epoch": 2}, target)
+    assert load_checkpoint(target)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_an_output_dir_that_cannot_be_created_is_one_line(tiny_idx, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    proc = run_cli("train", f"dataset.root={tiny_idx}", f"hydra.run.dir={tmp_path / 'a-file' / 'run'}",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"cannot use {tmp_path / 'a-file' / 'run'} (Not a directory)" in proc.stderr
+
+
+def test_deterministic_food11_with_worker_processes_is_bit_identical(make_cfg, tmp_path):
+    root = tmp_path / "food"
+    write_food11(root)
+    (root / "train" / "2_99.jpg").unlink()
+    common = (
+        "dataset=food11", f"dataset.root={root}", "dataset.image_size=8", "dataset.num_workers=2",
+        "dataset.cache=false", "model=simplecnn", "augmentation=standard", "trainer.deterministic=true",
+        "trainer.batch_size=2", "trainer.max_epochs=2", "seed=3",
+    )  # fmt: skip
+    train(make_cfg(*common), tmp_path / "a")
+    train(make_cfg(*common), tmp_path / "b")
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert len(a) == 2 and without_timing(a) == without_timing(b)
+    wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
