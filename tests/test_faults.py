@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import pickle
 
 import pytest
@@ -14,22 +13,15 @@ from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.train import train
 from tests.conftest import run_cli
+from tests.test_data_cifar import Exploit
 from tests.test_data_folders import write_food11
 from tests.test_train import read_metrics, without_timing
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "best.pt"
-    evil.write_bytes(pickle.dumps({"model": RunsCode(marker)}))
+    evil.write_bytes(pickle.dumps({"model": Exploit(marker)}))
     with pytest.raises(CheckpointError, match="contain code, so it was not loaded"):
         load_checkpoint(evil)
     assert not marker.exists()
@@ -38,7 +30,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_predict_refuses_a_hostile_checkpoint_in_a_run(trained_run, tmp_path):
     marker = tmp_path / "pwned"
     (trained_run / "checkpoints" / "best.safetensors").unlink()
-    (trained_run / "checkpoints" / "best.pt").write_bytes(pickle.dumps({"model": RunsCode(marker)}))
+    (trained_run / "checkpoints" / "best.pt").write_bytes(pickle.dumps({"model": Exploit(marker)}))
     proc = run_cli("predict", f"run={trained_run}", cwd=tmp_path)
     assert proc.returncode == 2 and "can be loaded safely" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists() and not (trained_run / "submission.csv").exists()
