@@ -153,17 +153,14 @@ def main(argv: list[str] | None = None) -> None:
         else:  # logging's last-resort handler would print it a second time
             print(f"cnnlab: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except OSError as exc:  # an unwritable output dir, a full disk: the environment, not a bug
-        if exc.filename is None:
-            raise
-        print(
-            f"cnnlab: error: cannot use {exc.filename} ({exc.strerror}); choose a writable place "
-            "(e.g. hydra.run.dir=<dir>) or free some disk space.",
-            file=sys.stderr,
-        )
-        sys.exit(2)
     except Exception as exc:
         message = hydra_error_message(exc)
+        if message is None and isinstance(exc, OSError) and exc.filename is not None:
+            # an unwritable output dir, a full disk: the environment, not a bug
+            message = (
+                f"cannot use {exc.filename} ({exc.strerror}); choose a writable place "
+                "(e.g. hydra.run.dir=<dir>) or free some disk space."
+            )
         if message is None:
             raise
         print(f"cnnlab: error: {message}", file=sys.stderr)
