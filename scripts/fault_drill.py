@@ -156,13 +156,20 @@ def cifar_pickle_exploit(work):
 
 
 def checkpoint_of_another_model(work):
+    """A LeNet run whose best.pt holds an MLP's weights (its config still says LeNet)."""
+    import torch
+
     run = copy_run(work, "other-model")
-    data = work / "idx"
     other = work / "mlp-run"
     mlp = ["model=mlp", "trainer.max_epochs=1", f"hydra.run.dir={other}"]
-    cnnlab("train", f"dataset.root={data}", *FAST, *mlp, cwd=work)
-    proc = cnnlab("predict", f"run={run}", f"ckpt={other / 'checkpoints' / 'best.pt'}", cwd=work)
-    return outcome(proc, 2, [run / "checkpoints" / "best.pt"], [run / "submission.csv"])
+    cnnlab("train", f"dataset.root={work / 'idx'}", *FAST, *mlp, cwd=work)
+    best = run / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    state["model"] = torch.load(other / "checkpoints" / "best.pt", weights_only=True)["model"]
+    torch.save(state, best)
+    (run / "checkpoints" / "best.safetensors").unlink()
+    proc = cnnlab("predict", f"run={run}", cwd=work)
+    return outcome(proc, 2, [best], [run / "submission.csv"])
 
 
 def hostile_checkpoint(work):

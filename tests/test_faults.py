@@ -36,21 +36,60 @@ def test_predict_refuses_a_hostile_checkpoint_in_a_run(trained_run, tmp_path):
     assert not marker.exists() and not (trained_run / "submission.csv").exists()
 
 
+class FillsUp:
+    """A file object on a disk that fills after ``room`` bytes: half a write lands, then ENOSPC."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if len(data) > self.room:
+            self.f.write(data[: self.room])
+            raise OSError(errno.ENOSPC, "No space left on device", self.f.name)
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def fill_disk_when(monkeypatch, should_fill):
+    """Make checkpoint writes whose target passes ``should_fill(path)`` hit a full disk."""
+    real_fdopen = checkpoint_module.os.fdopen
+    real_atomic_write = checkpoint_module.atomic_write
+
+    def atomic_write(path, write):
+        if not should_fill(path):
+            return real_atomic_write(path, write)
+        monkeypatch.setattr(
+            checkpoint_module.os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode), 500)
+        )
+        try:
+            return real_atomic_write(path, write)
+        finally:
+            monkeypatch.setattr(checkpoint_module.os, "fdopen", real_fdopen)
+
+    monkeypatch.setattr(checkpoint_module, "atomic_write", atomic_write)
+
+
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(make_cfg, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real_save = torch.save
-    saves = {"n": 0}
+    saves = []
 
-    def save_until_disk_fills(obj, f):
-        saves["n"] += 1
-        if obj.get("epoch") == 2:  # half a file, then the disk is full
-            f.write(b"\x00" * 1000)
-            raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoints"))
-        real_save(obj, f)
+    def second_epoch(path):
+        saves.append(path.name)
+        return saves.count("last.pt") == 2 and path.name == "last.pt"
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_disk_fills)
+    fill_disk_when(monkeypatch, second_epoch)
     with pytest.raises(OSError, match="No space left"):
-        train(make_cfg("trainer.max_epochs=3", "trainer.patience=null"), run)
+        train(make_cfg("trainer.max_epochs=3", "trainer.patience=null", "optimizer.lr=1e-12"), run)
     monkeypatch.undo()
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
     assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 1
@@ -61,15 +100,10 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(make_cfg,
 
 def test_save_checkpoint_failing_halfway_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "last.pt"
-    save_checkpoint({"epoch": 1}, target)
-
-    def broken(obj, f):
-        f.write(b"partial")
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(checkpoint_module.torch, "save", broken)
-    with pytest.raises(OSError):
-        save_checkpoint({"epoch": 2}, target)
+    save_checkpoint({"epoch": 1, "w": torch.zeros(1000)}, target)
+    fill_disk_when(monkeypatch, lambda path: True)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({"epoch": 2, "w": torch.ones(1000)}, target)
     assert load_checkpoint(target)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 

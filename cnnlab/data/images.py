@@ -50,7 +50,7 @@ def open_image(path: Path, *, size: int | None, channels: int = 3) -> torch.Tens
             f"({Image.MAX_IMAGE_PIXELS}); {SKIP_HINT}."
         ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # UnidentifiedImageError is an OSError
-        raise DataError(f"{path} is not a readable image (truncated JPEG?) ({exc}); {SKIP_HINT}.") from exc
+        raise DataError(f"{path} is not a readable image ({exc}); {SKIP_HINT}.") from exc
     if size is not None and img.size != (size, size):
         # PIL widens the bilinear kernel when shrinking, i.e. it antialiases.
         img = img.resize((size, size), Image.Resampling.BILINEAR)

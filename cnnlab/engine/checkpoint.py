@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -33,7 +34,11 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Serialise in memory first: torch's zip writer reports a failed write (a full disk, a file-size
+    limit) as a RuntimeError about stream positions, while a plain write raises the OSError it is."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
