@@ -173,3 +173,14 @@ def test_divergence_from_the_cli_exits_3_and_is_recorded(tiny_idx, tmp_path):
                    "trainer.tensorboard=false", "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 3 and "Training diverged in epoch 1 at step" in proc.stderr
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "diverged"
+
+
+def test_a_second_ctrl_c_aborts_at_once():
+    from cnnlab.engine.interrupt import SignalGuard
+
+    with SignalGuard() as guard:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert guard.requested() and guard.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
