@@ -151,9 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         if command == "train":
+            from cnnlab.engine.distributed import hydra_overrides
             from cnnlab.resume import resume_arguments
 
-            rest = resume_arguments(rest)
+            rest = hydra_overrides(resume_arguments(rest))  # under torchrun: one run dir for all ranks
         sys.argv = [f"cnnlab {command}", *rest]
         apps[command]()()
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
