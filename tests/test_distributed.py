@@ -83,11 +83,12 @@ def test_distributed_settings_that_cannot_work_are_refused(monkeypatch, options,
         distributed.setup(tc)
 
 
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_idx, tmp_path):
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_idx, make_cfg, tmp_path):
     """torchrun: one run directory (rank 0's), files written once, the same loss curve as one process."""
+    from cnnlab.train import train
+
     args = ["train", f"dataset.root={tiny_idx}", *TINY]
-    single = run_cli(*args, "hydra.run.dir=single", cwd=tmp_path)
-    assert single.returncode == 0, single.stderr[-2000:]
+    train(make_cfg(*TINY), tmp_path / "single")
 
     work = tmp_path / "ddp"
     work.mkdir()
@@ -145,8 +146,8 @@ def test_slurm_preset_composes_into_an_sbatch_script(tmp_path):
 def test_submitit_local_runs_a_two_job_sweep_and_a_requeued_job_resumes(tiny_idx, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "hydra/launcher=submitit_local", f"dataset.root={tiny_idx}", *TINY,
-            "model=mlp", "optimizer.lr=0.001,0.01", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    first = run_cli(*args, "trainer.max_epochs=1", "trainer.evaluate=false", cwd=tmp_path)
+            "model=mlp", "trainer.evaluate=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    first = run_cli(*args, "optimizer.lr=0.001,0.01", "trainer.max_epochs=1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     for job in ("0", "1"):
         assert json.loads((sweep / job / "summary.json").read_text())["status"] == "finished"
@@ -155,8 +156,7 @@ def test_submitit_local_runs_a_two_job_sweep_and_a_requeued_job_resumes(tiny_idx
     # Job 0 as SLURM leaves it when time runs out: last.pt written, no summary. Run again (a requeue
     # runs the same job in the same directory): it continues from epoch 1 instead of starting over.
     (sweep / "0" / "summary.json").unlink()
-    again = run_cli(*args, "trainer.max_epochs=2", "trainer.evaluate=false", cwd=tmp_path)
+    again = run_cli(*args, "optimizer.lr=0.001", "trainer.max_epochs=2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" in (sweep / "0" / "train.log").read_text()
-    assert "resuming" not in (sweep / "1" / "train.log").read_text()
     assert [r["epoch"] for r in rows(sweep / "0")] == ["1", "2"]
