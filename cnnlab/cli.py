@@ -21,6 +21,8 @@ commands:
             sweeps: cnnlab train -m optimizer=sgd,adam optimizer.lr=0.01,0.1
                     cnnlab train hparams_search=fashion_mnist      (Optuna TPE; see conf/hparams_search/)
                     add hydra/launcher=joblib to run the jobs in parallel
+            data parallel: torchrun --nproc_per_node=N -m cnnlab train ...  (trainer.batch_size is global)
+            on SLURM: cnnlab train -m hydra/launcher=slurm hydra.launcher.partition=<name> ...
   predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
             [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
             (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
