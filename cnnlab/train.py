@@ -310,13 +310,13 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
                 schedule.step_epoch(value)
                 is_best = tracker.update(value, epoch)
                 metrics.write(row)
-                ckpt = checkpoint(epoch, weights)
                 if is_best:
                     best_row = row
-                if is_best and main:
-                    save_checkpoint(ckpt, ckpt_dir / "best.pt")
-                    save_safetensors(ckpt, weights_of(ckpt), ckpt_dir / "best.safetensors")
-                if main:
+                if main:  # rank 0 alone writes checkpoints
+                    ckpt = checkpoint(epoch, weights)
+                    if is_best:
+                        save_checkpoint(ckpt, ckpt_dir / "best.pt")
+                        save_safetensors(ckpt, weights_of(ckpt), ckpt_dir / "best.safetensors")
                     save_checkpoint(ckpt, ckpt_dir / "last.pt")
                 log.info(
                     "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.3g | %.1fs "
