@@ -22,6 +22,8 @@ commands:
             sweeps: cnnlab train -m optimizer=sgd,adam optimizer.lr=0.01,0.1
                     cnnlab train hparams_search=fashion_mnist      (Optuna TPE; see conf/hparams_search/)
                     add hydra/launcher=joblib to run the jobs in parallel
+            data parallel: torchrun --nproc_per_node=N -m cnnlab train ...  (trainer.batch_size is global)
+            on SLURM: cnnlab train -m hydra/launcher=slurm hydra.launcher.partition=<name> ...
   predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
             [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
             (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
@@ -139,9 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         if command == "train":
+            from cnnlab.engine.distributed import hydra_overrides
             from cnnlab.resume import resume_arguments
 
-            rest = resume_arguments(rest)
+            rest = hydra_overrides(resume_arguments(rest))  # under torchrun: one run dir for all ranks
         sys.argv = [f"cnnlab {command}", *rest]
         apps[command]()()
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it

@@ -189,6 +189,8 @@ class TrainerConfig:
     precision: str = "auto"  # auto | 32 | bf16 | 16
     channels_last: bool | None = None  # None: on for models with convolutions
     threads: int | None = None
+    backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
     monitor: str = "val_acc"  # val_acc | val_loss
     mode: str = "max"  # max | min
     patience: int | None = 3  # epochs without improvement before stopping; null disables
@@ -264,6 +266,7 @@ CHOICES = {
     ("trainer", "monitor"): ("val_acc", "val_loss"),
     ("trainer", "mode"): ("max", "min"),
     ("trainer", "progress"): ("auto", "rich", "plain"),
+    ("trainer", "backend"): ("auto", "nccl", "gloo"),
     ("dataset", "on_bad_image"): ("error", "skip"),
 }
 

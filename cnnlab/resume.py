@@ -17,7 +17,7 @@ from cnnlab.errors import ConfigError
 # Keys a resumed run may change: how long, how patiently, where and how loudly it runs.
 MAY_CHANGE = (
     "resume", "trainer.max_epochs", "trainer.patience", "trainer.progress", "trainer.tensorboard",
-    "trainer.device", "trainer.threads", "trainer.evaluate", "trainer.summary",
+    "trainer.device", "trainer.threads", "trainer.evaluate", "trainer.summary", "trainer.backend",
 )  # fmt: skip
 
 

@@ -87,15 +87,17 @@ class MetricsWriter:
     """metrics.csv (one row per epoch, appended and flushed) and TensorBoard scalars.
 
     ``global_step`` counts optimizer steps over the whole run (the x axis of the per-step learning
-    rate); it is checkpointed so a resumed run continues the same curves.
+    rate); it is checkpointed so a resumed run continues the same curves. With ``enabled=False``
+    (data-parallel ranks other than 0) it counts steps but writes nothing.
     """
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool, ema: bool = False):
+    def __init__(self, run_dir: Path, *, tensorboard: bool, ema: bool = False, enabled: bool = True):
         self.path = run_dir / "metrics.csv"
         self.fields = METRIC_FIELDS + (EMA_FIELDS if ema else [])
         self.global_step = 0
+        self.enabled = enabled
         self.tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter  # lazy: seconds of import time
 
             self.tb = SummaryWriter(str(run_dir / "tb"))
@@ -120,11 +122,14 @@ class MetricsWriter:
             writer.writerows(rows)
             f.write(text.getvalue().encode())
 
-        atomic_write(self.path, write)
+        if self.enabled:
+            atomic_write(self.path, write)
         best = next((r for r in rows if int(r["epoch"]) == best_epoch), {})
         return {k: float(v) for k, v in best.items() if k.endswith("acc") and v}
 
     def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -74,15 +75,25 @@ def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict
 
 
 def train_job(cfg: DictConfig) -> float | None:
-    """Train in Hydra's output directory; return the monitored metric for a sweeper (None: failed)."""
+    """Train in Hydra's output directory; return the monitored metric for a sweeper (None: failed).
+
+    Under submitit (``hydra/launcher=slurm``) a job with several tasks trains data-parallel, a
+    requeued job resumes from its own ``last.pt``, and SIGUSR2 (time limit or preemption) checkpoints
+    and then hands over to submitit, which requeues the job.
+    """
     import torch
 
+    from cnnlab.engine import distributed
     from cnnlab.runlog import setup_logging, use_rich
     from cnnlab.train import train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
+    distributed.export_submitit_env()
+    requeue = distributed.requeue_handler()
+    if distributed.resumable_here(run_dir):
+        cfg.resume = str(run_dir)
     if sweep:
         cfg.trainer.device, cfg.trainer.threads = job_resources(
             n_jobs=hc.launcher.get("n_jobs"),
@@ -96,6 +107,12 @@ def train_job(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg, run_dir, overrides=list(hc.overrides.task))
     except BaseException as exc:
+        if requeue is not None and getattr(exc, "exit_code", None) == 128 + getattr(signal, "SIGUSR2", 0):
+            requeue(signal.SIGUSR2, None)  # submitit requeues (rank 0) and exits; last.pt is saved
+        if not distributed.is_main_process():  # rank 0 records and reports
+            if sweep and isinstance(exc, Exception):
+                return None
+            raise
         record = record_failure(run_dir, exc, seconds=time.perf_counter() - started)
         if not sweep or record["status"] == "interrupted" or not isinstance(exc, Exception):
             raise  # a signal stops the whole sweep; the job's last.pt can be resumed
@@ -104,6 +121,8 @@ def train_job(cfg: DictConfig) -> float | None:
         setup_logging(run_dir, rich=use_rich(str(cfg.trainer.progress)))
         log.error("job %d %s: %s", hc.job.num, record["status"], record["error"])
         return None
+    finally:
+        distributed.teardown()
     return summary["best_value"]
 
 

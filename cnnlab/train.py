@@ -21,6 +21,7 @@ from cnnlab.config import validate
 from cnnlab.data.augment import build_augment
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
+from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import MetricTracker
 from cnnlab.engine.checkpoint import (
     atomic_write,
@@ -30,7 +31,7 @@ from cnnlab.engine.checkpoint import (
     save_safetensors,
     set_rng_state,
 )
-from cnnlab.engine.device import configure_cpu, resolve_device, resolve_precision
+from cnnlab.engine.device import configure_cpu, resolve_precision
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
 from cnnlab.engine.loop import (
@@ -104,12 +105,21 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
 
     With ``cfg.resume`` set, continue from ``run_dir/checkpoints/last.pt`` exactly where it stopped
     (mid-epoch too): weights, optimizer, schedule, scaler, EMA, early-stopping state and RNG streams.
+
+    Under torchrun every process calls this; they train one model data-parallel, and only rank 0
+    writes (see :mod:`cnnlab.engine.distributed`).
     """
     started = time.perf_counter()
     validate(cfg)
     tc = cfg.trainer
-    rich = use_rich(tc.progress)
-    setup_logging(run_dir, rich=rich)
+    dist = distributed.setup(tc)
+    run_dir = dist.broadcast(Path(run_dir))  # one run directory for all ranks: rank 0's
+    main = dist.is_main
+    rich = use_rich(tc.progress) and main
+    if main:
+        setup_logging(run_dir, rich=rich)
+    else:
+        distributed.worker_logging(dist.rank)
     ckpt_dir = run_dir / "checkpoints"
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     resumed = None
@@ -117,7 +127,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         resumed = load_checkpoint(ckpt_dir / "last.pt")
         check_resumable(resumed["config"], config_yaml, run_dir)
     seed_everything(cfg.seed)
-    device = resolve_device(tc.device)
+    device = dist.device
     if device.type == "cpu":
         configure_cpu(tc.threads)
     precision = resolve_precision(str(tc.precision), device)
@@ -132,12 +142,17 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         seed=cfg.seed,
     )
     limit_batches(data, tc)
+    for loader in (data.train, data.val, data.test):
+        if loader is not None and dist.enabled:
+            loader.shard(dist.rank, dist.world_size)
     num_classes = len(data.classes)
     model = build_model(
         cfg.model, in_channels=data.channels, num_classes=num_classes, image_size=data.image_size
     )
+    model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    train_model = distributed.wrap(model, dist)  # DDP (gradient all-reduce) or the model itself
     if tc.summary:
         from cnnlab.models.summary import format_summary, summarize
 
@@ -149,11 +164,18 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         "model %s: %s parameters; device %s, precision %s, channels_last %s",
         cfg.model.name, f"{n_params:,}", device, precision, channels_last,
     )  # fmt: skip
+    if dist.enabled:
+        log.info(
+            "data parallel: %d processes (%s), global batch %d, %d per process%s",
+            dist.world_size, distributed.resolve_backend(str(tc.backend), device), tc.batch_size,
+            tc.batch_size // dist.world_size, ", SyncBatchNorm" if tc.sync_batchnorm else "",
+        )  # fmt: skip
+        torch.manual_seed(cfg.seed + dist.rank)  # distinct dropout masks per rank; weights come from rank 0
 
     aug_cfg = OmegaConf.to_container(cfg.augmentation, resolve=True)
     augment = build_augment(**aug_cfg, channels=data.channels, image_size=data.image_size)
     pipeline = BatchPipeline(
-        data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed
+        data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed + dist.rank
     )
     optimizer = build_optimizer(model, cfg.optimizer)
     sched_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
@@ -177,12 +199,14 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         ema=ema,
         accumulate=tc.accumulate,
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
+        world_size=dist.world_size,
+        totals=dist.totals,
     )
     tracker = MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience)
-    metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, ema=ema is not None)
+    metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, ema=ema is not None, enabled=main)
     ctx.on_step = metrics.lr_logger(optimizer)
     progress = EpochProgress(rich)
-    if not resumed:
+    if not resumed and main:
         write_json(
             run_dir / "provenance.json",
             provenance(overrides=overrides or [], seed=cfg.seed, data_files=data.files),
@@ -228,15 +252,19 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         metrics.global_step = resumed["global_step"]
         start_epoch = resumed["epoch"] + 1
         partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
+        if partial is not None and not main:  # the saved sums are all ranks' (see below): count once
+            partial.loss_sum, partial.correct, partial.seen = 0.0, 0, 0
         best_row = metrics.resume(resumed["epoch"], tracker.best_epoch)
-        (run_dir / "status.json").unlink(missing_ok=True)  # the interruption record is history now
+        if main:
+            (run_dir / "status.json").unlink(missing_ok=True)  # the interruption record is history now
         log.info("resuming %s after epoch %d%s", run_dir, resumed["epoch"],
                  f", step {partial.step}" if partial else "")  # fmt: skip
 
     stop_reason, epoch = "max_epochs", start_epoch - 1
     try:
         with SignalGuard() as guard:
-            ctx.should_stop = guard.requested
+            # Every rank stops at the same step (a signal may reach only some of them).
+            ctx.should_stop = (lambda: dist.any(guard.requested())) if dist.enabled else guard.requested
             for epoch in range(start_epoch, tc.max_epochs + 1):
                 t0 = time.perf_counter()
                 data.train.set_epoch(epoch)
@@ -245,14 +273,19 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
                 partial = None
                 try:
                     stats = train_one_epoch(
-                        model, data.train, optimizer, schedule, ctx, epoch=epoch, state=state,
+                        train_model, data.train, optimizer, schedule, ctx, epoch=epoch, state=state,
                         progress=progress.start(epoch, tc.max_epochs, len(data.train)),
                     )  # fmt: skip
                 finally:
                     progress.stop()
                 if state.interrupted:
-                    save_checkpoint(checkpoint(epoch - 1, weights, partial=state), ckpt_dir / "last.pt")
-                    name = signal.Signals(guard.signum).name
+                    if dist.enabled:  # rank 0 saves the sums of every rank's partial epoch
+                        state.loss_sum, state.correct, seen = dist.totals(state.loss_sum, state.correct,
+                                                                          state.seen)  # fmt: skip
+                        state.seen = int(seen)
+                    if main:
+                        save_checkpoint(checkpoint(epoch - 1, weights, partial=state), ckpt_dir / "last.pt")
+                    name = signal.Signals(guard.signum or signal.SIGTERM).name
                     raise Interrupted(
                         f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved "
                         f"in {ckpt_dir / 'last.pt'}: continue with `cnnlab train resume={run_dir}`.",
@@ -276,12 +309,14 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
                 schedule.step_epoch(value)
                 is_best = tracker.update(value, epoch)
                 metrics.write(row)
-                ckpt = checkpoint(epoch, weights)
                 if is_best:
                     best_row = row
-                    save_checkpoint(ckpt, ckpt_dir / "best.pt")
-                    save_safetensors(ckpt, weights_of(ckpt), ckpt_dir / "best.safetensors")
-                save_checkpoint(ckpt, ckpt_dir / "last.pt")
+                if main:  # rank 0 alone writes checkpoints
+                    ckpt = checkpoint(epoch, weights)
+                    if is_best:
+                        save_checkpoint(ckpt, ckpt_dir / "best.pt")
+                        save_safetensors(ckpt, weights_of(ckpt), ckpt_dir / "best.safetensors")
+                    save_checkpoint(ckpt, ckpt_dir / "last.pt")
                 log.info(
                     "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.3g | %.1fs "
                     "(data %.1fs, fwd/bwd %.1fs, eval %.1fs, %.0f img/s)%s",
@@ -303,6 +338,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         metrics.flush()
 
     best_weights = "raw"
+    dist.barrier()  # rank 0 has written best.pt (run directories are on a shared file system)
     if (ckpt_dir / "best.pt").exists():
         best = load_checkpoint(ckpt_dir / "best.pt", map_location=device)
         best_weights = best.get("weights", "raw")
@@ -324,6 +360,8 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     }
     if best_weights == "ema":
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
+    if not main:
+        return summary
     write_json(run_dir / "summary.json", summary)
     metrics.close(cfg, overrides or [], summary)
     if test is not None:

@@ -17,6 +17,8 @@ class TensorLoader:
 
     With ``shuffle`` the order of epoch ``e`` comes from a generator seeded by ``(seed, e)``, so a
     resumed run sees the same batches as an uninterrupted one without saving generator state.
+    After :meth:`shard`, ``len()``, ``batch_size`` and ``num_samples`` still describe the global
+    batches; iteration yields this rank's slice of each.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0):
@@ -26,11 +28,16 @@ class TensorLoader:
         self.seed = seed
         self.epoch = 0
         self.limit: int | None = None
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Yield only rank ``rank``'s contiguous part of every batch (data-parallel training)."""
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n = -(-len(self.x) // self.batch_size)
-        # A final batch of one sample breaks BatchNorm in training; it is dropped (see __iter__).
-        if self.shuffle and len(self.x) % self.batch_size == 1 and n > 1:
+        # A final batch of one sample (per rank) breaks BatchNorm in training; it is dropped.
+        if self.shuffle and 0 < len(self.x) % self.batch_size < 2 * self.world_size and n > 1:
             n -= 1
         return n if self.limit is None else min(n, self.limit)
 
@@ -52,7 +59,11 @@ class TensorLoader:
         else:
             order = None
         for i in range(start, len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, len(self.x))
+            if self.world_size > 1:
+                m = hi - lo
+                lo, hi = lo + m * self.rank // self.world_size, lo + m * (self.rank + 1) // self.world_size
+            sl = slice(lo, hi)
             if order is None:
                 yield self.x[sl], self.y[sl]
             else:

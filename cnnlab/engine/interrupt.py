@@ -1,7 +1,8 @@
-"""Ctrl-C and SIGTERM: finish the current step, checkpoint, exit with 128 + signal number.
+"""Ctrl-C, SIGTERM and SIGUSR2: finish the current step, checkpoint, exit with 128 + signal number.
 
-A cluster sends SIGTERM before preemption; the exit status (130 for SIGINT, 143 for SIGTERM) tells a
-scheduler the run did not finish. A second Ctrl-C aborts at once.
+A cluster sends SIGTERM before preemption (SLURM with submitit sends SIGUSR2 before the time limit);
+the exit status (130 for SIGINT, 143 for SIGTERM) tells a scheduler the run did not finish. A second
+Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class Interrupted(CnnlabError):
 class SignalGuard:
     """Within ``with SignalGuard() as guard``, SIGINT/SIGTERM set ``guard.signum`` instead of killing."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, n))
 
     def __init__(self):
         self.signum: int | None = None

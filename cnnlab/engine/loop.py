@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +22,11 @@ class DivergedError(CnnlabError):
     exit_code = 3
 
 
+def local_totals(*values) -> list[float]:
+    """Per-process counts as floats; under DDP, ``Dist.totals`` sums them over all ranks instead."""
+    return [float(v) for v in values]
+
+
 @dataclass
 class StepContext:
     """What a step needs besides model and batch: built once per run by the trainer."""
@@ -36,6 +42,8 @@ class StepContext:
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
     on_step: Callable[[], None] | None = None  # after every optimizer step (per-step logging)
     should_stop: Callable[[], bool] | None = None  # polled after every optimizer step (signals)
+    world_size: int = 1  # data-parallel processes, each holding its slice of every batch
+    totals: Callable[..., list[float]] = local_totals  # sums of counts over processes
 
 
 @dataclass
@@ -61,7 +69,8 @@ def group_sizes(loader, accumulate: int) -> list[int]:
     """Samples in each optimizer step's group of ``accumulate`` micro-batches (the last may be short).
 
     Each micro-batch's mean loss is weighted by its share of its group, so accumulating k batches of
-    b gives the gradient of one batch of k*b, partial last group included.
+    b gives the gradient of one batch of k*b, partial last group included. Under DDP the sizes are
+    global and each rank's share is scaled by the world size, since DDP averages over ranks.
     """
     n, bs = loader.num_samples, loader.batch_size
     sizes = [min(bs, n - i * bs) for i in range(len(loader))]
@@ -96,19 +105,26 @@ def train_one_epoch(
             x, y_a, y_b, lam = ctx.augment.mix(x, yb, ctx.pipeline.generator)
         t_data = time.perf_counter()
         state.data_s += t_data - t
-        with autocast(device, ctx.precision):
-            logits = model(x)
-            loss = mixed_loss(ctx.criterion, logits, y_a, y_b, lam) if mixing else ctx.criterion(logits, yb)
         n = len(yb)
-        scale = 1.0 if ctx.accumulate == 1 else n / groups[step // ctx.accumulate]
-        scaler.scale(loss * scale).backward()
+        scale = n * ctx.world_size / groups[step // ctx.accumulate]  # 1.0 for one process, no accumulation
+        boundary = (step + 1) % ctx.accumulate == 0 or step + 1 == len(loader)
+        # DDP: all-reduce gradients only on the micro-batch that ends an accumulation group.
+        sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, ctx.precision):
+                logits = model(x)
+                if mixing:
+                    loss = mixed_loss(ctx.criterion, logits, y_a, y_b, lam)
+                else:
+                    loss = ctx.criterion(logits, yb)
+            scaler.scale(loss * scale).backward()
         detached = loss.detach().float()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
         loss_sum += detached * n
         correct += (logits.detach().argmax(1) == yb).sum()
         state.seen += n
         state.step = step + 1
-        if state.step % ctx.accumulate == 0 or state.step == len(loader):
+        if boundary:
             if ctx.grad_clip:
                 scaler.unscale_(optimizer)
                 state.grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip))
@@ -129,7 +145,8 @@ def train_one_epoch(
         if state.interrupted:
             break
     state.loss_sum, state.correct, state.first_bad_step = loss_sum, correct, first_bad
-    train_loss = float(loss_sum) / max(state.seen, 1)  # one sync per epoch, not per step
+    total_loss, total_correct, seen = ctx.totals(loss_sum, correct, state.seen)  # one sync per epoch
+    train_loss = total_loss / max(seen, 1)
     if not math.isfinite(train_loss):
         bad = int(first_bad)
         raise DivergedError(
@@ -139,25 +156,28 @@ def train_one_epoch(
         )
     return {
         "train_loss": train_loss,
-        "train_acc": float(correct) / max(state.seen, 1),
+        "train_acc": total_correct / max(seen, 1),
         "grad_norm": state.grad_norm,
         "data_s": state.data_s,
         "compute_s": state.compute_s,
-        "images": state.seen,
+        "images": int(seen),
     }
 
 
 @torch.no_grad()
 def evaluate(model, loader, ctx: StepContext) -> dict:
-    """Mean cross-entropy (without label smoothing) and accuracy over ``loader``."""
+    """Mean cross-entropy (without label smoothing) and accuracy over ``loader`` (all ranks' shards)."""
     model.eval()
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     seen = 0
     for xb, yb in loader:
+        if not len(yb):  # a rank's slice of a final batch smaller than the world size
+            continue
         with autocast(ctx.device, ctx.precision):
             logits = model(ctx.pipeline(xb, train=False))
         loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
-    return {"loss": float(loss_sum) / max(seen, 1), "acc": float(correct) / max(seen, 1)}
+    loss_sum, correct, seen = ctx.totals(loss_sum, correct, seen)
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
