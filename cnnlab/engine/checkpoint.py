@@ -30,7 +30,7 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:  # a write() error names no file
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:  # write() names none
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
