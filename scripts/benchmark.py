@@ -64,9 +64,9 @@ class Case:
 
 
 CASES = {
-    "lenet_fashion": Case(["dataset=fashion_mnist", "model=lenet"], 150, "LeNet / Fashion-MNIST"),
+    "lenet_fashion": Case(["dataset=fashion_mnist", "model=lenet"], 100, "LeNet / Fashion-MNIST"),
     "simplecnn_cifar": Case(
-        ["dataset=cifar10", "model=simplecnn", "augmentation=basic"], 25, "simplecnn / CIFAR-10 (crop+flip)"
+        ["dataset=cifar10", "model=simplecnn", "augmentation=basic"], 15, "simplecnn / CIFAR-10 (crop+flip)"
     ),
     "resnet18_cifar": Case(
         [
@@ -76,8 +76,8 @@ CASES = {
             "augmentation=basic",
             "trainer.batch_size=64",
         ],
-        2,
-        "resnet18 (CIFAR stem) / CIFAR-10, batch 64",
+        1,
+        "resnet18 (CIFAR stem) / CIFAR-10",
     ),
 }
 
@@ -337,7 +337,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("32", "bf16"), default="32")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the classic loop")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--food11-per-class", type=int, default=30)
+    parser.add_argument("--food11-per-class", type=int, default=20)
     args = parser.parse_args()
     configure_cpu(args.threads)
     register_configs()
