@@ -152,6 +152,8 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if tc.compile:
+        model.compile()  # in place, so state_dict keys, EMA copies and checkpoints stay those of the model
     train_model = distributed.wrap(model, dist)  # DDP (gradient all-reduce) or the model itself
     if tc.summary:
         from cnnlab.models.summary import format_summary, summarize
@@ -372,7 +374,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
             tracker.best_epoch,
         )
     Console(stderr=not rich, force_terminal=False).print(summary_table(summary, run_dir))
-    if tc.evaluate:  # report/: curves, and the evaluation report when the test split has labels
+    if tc.evaluate and tc.report:  # report/: curves, and the evaluation report when the test split has labels
         from cnnlab.report.evaluate import after_train
 
         after_train(run_dir, device=device, precision=precision, labeled=bool(scored),

@@ -1,0 +1,120 @@
+"""Speed knobs change speed, not results: channels_last, bf16 autocast on the CPU and torch.compile give
+the predictions of the plain fp32 model within a tolerance, on tiny models (no timing is asserted).
+
+The food11 decoded cache (hit, and invalidation when a file changes) is tested in test_data_images.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.data.loader import BatchPipeline
+from cnnlab.engine.device import autocast, resolve_precision
+from cnnlab.engine.infer import infer_probs
+from cnnlab.models.lenet import LeNet
+from cnnlab.models.simplecnn import SimpleCNN
+
+CPU = torch.device("cpu")
+
+
+def tiny_models() -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [
+        LeNet(in_channels=1, num_classes=10, image_size=28),
+        SimpleCNN(in_channels=1, num_classes=10, image_size=28, channels=[8, 16]),
+    ]
+
+
+def batches() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8, generator=g) for _ in range(2)]
+
+
+def probs(model: nn.Module, *, channels_last=False, precision="32") -> torch.Tensor:
+    pipeline = BatchPipeline([0.5], [0.5], CPU, channels_last=channels_last)
+    return infer_probs(model, batches(), pipeline=pipeline, device=CPU, precision=precision)
+
+
+def train_steps(model: nn.Module, *, channels_last: bool, precision: str, steps: int = 3) -> nn.Module:
+    """A few Adam steps through the trainer's pipeline and autocast; returns the trained model."""
+    model = copy.deepcopy(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pipeline = BatchPipeline([0.5], [0.5], CPU, channels_last=channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for i in range(steps):
+        x = pipeline(batches()[i % 2], train=False)
+        with autocast(CPU, precision):
+            loss = nn.functional.cross_entropy(model(x), torch.arange(16) % 10)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_channels_last_gives_the_same_predictions(index):
+    model = tiny_models()[index]
+    reference = probs(model)
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    assert torch.allclose(probs(fast, channels_last=True), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_bf16_autocast_on_cpu_gives_nearly_the_same_predictions(index):
+    model = tiny_models()[index]
+    reference = probs(model)
+    low = probs(model, precision="bf16")
+    assert (low - reference).abs().max() < 0.05
+    assert (low.argmax(1) == reference.argmax(1)).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize(("channels_last", "precision", "atol"), [(True, "32", 1e-4), (False, "bf16", 0.05)])
+def test_training_with_a_knob_reaches_nearly_the_same_weights(channels_last, precision, atol):
+    model = tiny_models()[1]
+    reference = train_steps(model, channels_last=False, precision="32")
+    fast = train_steps(model, channels_last=channels_last, precision=precision)
+    for (name, a), b in zip(reference.state_dict().items(), fast.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=atol), name
+    assert torch.allclose(probs(fast, channels_last=channels_last), probs(reference), atol=atol)
+
+
+def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):
+    monkeypatch.setattr("cnnlab.engine.device.cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", CPU) == "32"
+    monkeypatch.setattr("cnnlab.engine.device.cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", CPU) == "bf16"
+
+
+@pytest.mark.slow  # inductor compiles C++ for ~15 s on 2 cores: run with the real-data tests
+def test_compile_gives_the_same_predictions_and_state_dict_keys():
+    model = tiny_models()[0]
+    compiled = copy.deepcopy(model)
+    compiled.compile()  # what trainer.compile=true does
+    assert list(compiled.state_dict()) == list(model.state_dict())
+    assert torch.allclose(probs(compiled), probs(model), atol=1e-5)
+
+
+def test_trainer_compile_runs_a_tiny_training(make_cfg, tmp_path, monkeypatch):
+    """The wiring of trainer.compile (in place, checkpoints, EMA copy), with the quick eager backend."""
+    from cnnlab.train import train
+
+    calls = []
+    original = nn.Module.compile
+
+    def eager_compile(self, **kwargs):
+        calls.append(type(self).__name__)
+        original(self, backend="eager")
+
+    monkeypatch.setattr(nn.Module, "compile", eager_compile)
+    cfg = make_cfg("trainer.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                   "trainer.report=false", "trainer.ema=0.9")  # fmt: skip
+    summary = train(cfg, tmp_path / "run")
+    assert calls == ["LeNet"]
+    assert summary["status"] == "finished" and summary["test_acc"] is not None
+    assert not (tmp_path / "run" / "report").exists()
