@@ -132,7 +132,9 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         configure_cpu(tc.threads)
     precision = resolve_precision(str(tc.precision), device)
     torch.autograd.set_detect_anomaly(tc.detect_anomaly)
-    torch.use_deterministic_algorithms(bool(tc.deterministic))  # set either way: the flag is global
+    if torch.are_deterministic_algorithms_enabled() != bool(tc.deterministic):
+        # Set either way (the flag is global), but only on a change: the call imports torch._inductor.
+        torch.use_deterministic_algorithms(bool(tc.deterministic))
 
     data = build_data(
         cfg.dataset,

@@ -131,3 +131,14 @@ def test_deterministic_food11_with_worker_processes_is_bit_identical(make_cfg, t
     wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
     wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_trainer_deterministic_sets_the_global_flag_both_ways(make_cfg, tiny_idx, tmp_path):
+    common = (f"dataset.root={tiny_idx}", "trainer.max_epochs=1", "trainer.limit_train_batches=1")
+    try:
+        train(make_cfg(*common, "trainer.deterministic=true"), tmp_path / "a")
+        assert torch.are_deterministic_algorithms_enabled()
+        train(make_cfg(*common, "trainer.deterministic=false"), tmp_path / "b")
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
