@@ -117,7 +117,7 @@ def train_one_epoch(
                     loss = mixed_loss(ctx.criterion, logits, y_a, y_b, lam)
                 else:
                     loss = ctx.criterion(logits, yb)
-            scaler.scale(loss * scale).backward()
+            scaler.scale(loss * scale if scale != 1.0 else loss).backward()
         detached = loss.detach().float()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
         loss_sum += detached * n
