@@ -189,7 +189,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto | 32 | bf16 | 16
     channels_last: bool | None = None  # None: on for models with convolutions
     compile: bool = False  # torch.compile the model in place (no gain measured on CPUs, 5-40 s compile)
-    threads: int | None = None
+    threads: int | None = None  # None: all cores (fastest when idle); 1 when other jobs share the cores
     backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
     monitor: str = "val_acc"  # val_acc | val_loss
