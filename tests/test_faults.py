@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -142,3 +144,14 @@ def test_trainer_deterministic_sets_the_global_flag_both_ways(make_cfg, tiny_idx
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_written_files_get_the_usual_permissions_not_temp_file_ones(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)  # the process's umask, which cnnlab read when it was imported
+    path = tmp_path / "out.json"
+    checkpoint_module.atomic_write(path, lambda f: f.write(b"{}"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    path.chmod(0o640)
+    checkpoint_module.atomic_write(path, lambda f: f.write(b"[]"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_bytes() == b"[]"  # replaced: mode kept
