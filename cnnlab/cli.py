@@ -147,6 +147,13 @@ def main(argv: list[str] | None = None) -> None:
             rest = hydra_overrides(resume_arguments(rest))  # under torchrun: one run dir for all ranks
         sys.argv = [f"cnnlab {command}", *rest]
         apps[command]()()
+        if command == "train":
+            from cnnlab.sweep import take_sweep_failure
+
+            failure = take_sweep_failure()
+            if failure is not None:  # printed, not logged: the log now is the last job's train.log
+                print(f"cnnlab: error: {failure}", file=sys.stderr)
+                sys.exit(failure.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
         print("cnnlab: aborted.", file=sys.stderr)
         sys.exit(130)

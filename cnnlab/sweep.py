@@ -126,12 +126,41 @@ def train_job(cfg: DictConfig) -> float | None:
     return summary["best_value"]
 
 
+class SweepFailed(CnnlabError):
+    """Some jobs of a sweep failed (the others ran); the command exits 1 so scripts notice."""
+
+    exit_code = 1
+
+
+_failures: list[str] = []  # set at the end of a sweep, read by the CLI (Hydra swallows callback errors)
+
+
+def take_sweep_failure() -> SweepFailed | None:
+    """The error for the sweep that just ended if a job of it failed, once."""
+    message = _failures.pop() if _failures else None
+    _failures.clear()
+    return SweepFailed(message) if message else None
+
+
 class SweepSummary(Callback):
-    """At the end of a sweep: print the table of its jobs and write ``<sweep dir>/summary.csv``."""
+    """At the end of a sweep: print the table of its jobs and write ``<sweep dir>/summary.csv``.
+
+    If a job failed with an error, leave a message for :func:`take_sweep_failure`: the CLI then exits
+    1. A diverged job is a result of its hyperparameters (a learning rate too high for a search to
+    explore), so it does not fail the sweep.
+    """
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from cnnlab.runs import report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir() and report(sweep_dir):
+        rows = report(sweep_dir) if sweep_dir.is_dir() else []
+        if rows:
             print(f"wrote {sweep_dir / 'summary.csv'}")
+        failed = [row for row in rows if row["status"] == "failed"]
+        if failed:
+            _failures.append(
+                f"{len(failed)} of {len(rows)} jobs of the sweep in {sweep_dir} failed "
+                f"(job {failed[0]['run']}: {failed[0]['error']}); "
+                "see each one's status.json, fix the cause and run those again."
+            )

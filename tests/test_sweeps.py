@@ -61,8 +61,14 @@ def test_failed_and_diverged_jobs_are_reported_and_the_others_finish(tiny_idx, t
     # batch_size=0 fails its check; lr=1e12 makes the loss NaN; the other job trains.
     res = run_cli("train", "-m", f"dataset.root={tiny_idx}", *FAST, "optimizer=sgd",
                   "trainer.batch_size=0,32", "optimizer.lr=0.01,1e12", cwd=tmp_path)  # fmt: skip
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1, res.stderr  # every job ran, but two failed: scripts must notice
     root = sweep_dir(tmp_path)
+    assert (
+        res.stderr.rstrip()
+        .splitlines()[-1]
+        .startswith(f"cnnlab: error: 2 of 4 jobs of the sweep in {root.relative_to(tmp_path)} failed (job ")
+    )
+    assert "Traceback" not in res.stderr
     rows = {(r["trainer.batch_size"], float(r["optimizer.lr"])): r for r in read_csv(root / "summary.csv")}
     assert rows["32", 0.01]["status"] == "ok"
     assert rows["32", 1e12]["status"] == "diverged"
