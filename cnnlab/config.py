@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from cnnlab.engine.tta import parse_tta
 from cnnlab.errors import ConfigError
 
 
@@ -88,6 +89,8 @@ class SimpleCNNConfig(ModelConfig):
     dropout: float = 0.0
     fc: list[int] = field(default_factory=list)
     pool_first: bool = True
+    convs: int = 1  # 3x3 convolutions per stage
+    whiten: int = 0  # patch size of a whitening first layer fitted to the training data; 0: none
 
 
 @dataclass
@@ -200,6 +203,7 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     accumulate: int = 1  # micro-batches per optimizer step: an effective batch of accumulate*batch_size
     ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
+    tta: str | None = None  # test-time augmentation in validation and test: null | flip | <n> crops (1-9)
     limit_train_batches: int | None = None
     limit_eval_batches: int | None = None
     overfit_batches: int | None = None  # train on this many fixed batches and validate on them
@@ -304,6 +308,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.min_delta must be 0 or more, got {cfg.trainer.min_delta}.")
     if cfg.trainer.ema is not None and not 0 < cfg.trainer.ema < 1:
         raise ConfigError(f"trainer.ema is a decay in (0, 1), e.g. 0.999, or null; got {cfg.trainer.ema}.")
+    parse_tta(cfg.trainer.tta)
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {cfg.trainer.label_smoothing}.")
     if len(cfg.dataset.mean) != cfg.dataset.channels or len(cfg.dataset.std) != cfg.dataset.channels:

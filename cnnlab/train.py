@@ -43,13 +43,17 @@ from cnnlab.engine.loop import (
 )
 from cnnlab.engine.optim import build_optimizer
 from cnnlab.engine.schedulers import build_scheduler
+from cnnlab.engine.tta import tta_views
 from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.models.whiten import fit_to_data
 from cnnlab.provenance import provenance
 from cnnlab.resume import check_resumable
 from cnnlab.rundir import weights_of
 from cnnlab.runlog import EpochProgress, MetricsWriter, setup_logging, summary_table, use_rich
 
 log = logging.getLogger("cnnlab")
+
+FIT_IMAGES = 5000  # training images that data-initialised layers (model.whiten) are fitted to
 
 
 def seed_everything(seed: int) -> None:
@@ -154,6 +158,9 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if not resumed:  # a resumed run loads the fitted layers with its weights
+        plain = BatchPipeline(data.mean, data.std, device)
+        fit_to_data(model, data.train.x[:FIT_IMAGES], lambda x: plain(x, train=False))
     if tc.compile:
         model.compile()  # in place, so state_dict keys, EMA copies and checkpoints stay those of the model
     train_model = distributed.wrap(model, dist)  # DDP (gradient all-reduce) or the model itself
@@ -205,6 +212,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
         world_size=dist.world_size,
         totals=dist.totals,
+        eval_views=tta_views(tc.tta, data.image_size),
     )
     tracker = MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience)
     metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, ema=ema is not None, enabled=main)

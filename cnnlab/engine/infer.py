@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -27,16 +28,25 @@ def infer_probs(
     uint8 batch to another of the same shape; the probabilities of all views are averaged.
     """
     model.eval()
-    views = list(views) or [lambda x: x]
-    out = []
-    for xb in batches:
-        xb = xb.to(device)
-        probs = 0
-        for view in views:
-            with autocast(device, precision):
-                logits = model(pipeline(view(xb), train=False))
-            probs = probs + logits.float().softmax(1)
-        out.append((probs / len(views)).cpu())
+    out = [view_log_probs(model, xb.to(device), pipeline=pipeline, device=device, precision=precision,
+                          views=views).exp().cpu() for xb in batches]  # fmt: skip
     if not out:
         return torch.empty(0, 0)
     return torch.cat(out)
+
+
+def view_log_probs(model, xb: torch.Tensor, *, pipeline, device, precision: str, views=()) -> torch.Tensor:
+    """Log of the mean of the ``views``' softmax probabilities for one uint8 batch (float32, on ``device``).
+
+    With one view (or none) this is the log-softmax of the logits, so a loss computed from it equals
+    the usual cross-entropy; with several it is the log of the averaged probabilities.
+    """
+    views = list(views) or [lambda x: x]
+    outs = []
+    for view in views:
+        with autocast(device, precision):
+            logits = model(pipeline(view(xb), train=False))
+        outs.append(logits.float().log_softmax(1))
+    if len(outs) == 1:
+        return outs[0]
+    return torch.logsumexp(torch.stack(outs), 0) - math.log(len(outs))

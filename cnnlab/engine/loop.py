@@ -13,6 +13,7 @@ from torch import nn
 
 from cnnlab.data.augment import mixed_loss
 from cnnlab.engine.device import autocast
+from cnnlab.engine.infer import view_log_probs
 from cnnlab.errors import CnnlabError
 
 
@@ -44,6 +45,7 @@ class StepContext:
     should_stop: Callable[[], bool] | None = None  # polled after every optimizer step (signals)
     world_size: int = 1  # data-parallel processes, each holding its slice of every batch
     totals: Callable[..., list[float]] = local_totals  # sums of counts over processes
+    eval_views: list[Callable] = field(default_factory=list)  # test-time augmentation (engine.tta)
 
 
 @dataclass
@@ -166,7 +168,8 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model, loader, ctx: StepContext) -> dict:
-    """Mean cross-entropy (without label smoothing) and accuracy over ``loader`` (all ranks' shards)."""
+    """Mean cross-entropy (without label smoothing) and accuracy over ``loader`` (all ranks' shards),
+    of the probabilities averaged over ``ctx.eval_views`` when test-time augmentation is on."""
     model.eval()
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
@@ -174,10 +177,10 @@ def evaluate(model, loader, ctx: StepContext) -> dict:
     for xb, yb in loader:
         if not len(yb):  # a rank's slice of a final batch smaller than the world size
             continue
-        with autocast(ctx.device, ctx.precision):
-            logits = model(ctx.pipeline(xb, train=False))
-        loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
+        log_probs = view_log_probs(model, xb, pipeline=ctx.pipeline, device=ctx.device,
+                                   precision=ctx.precision, views=ctx.eval_views)  # fmt: skip
+        loss_sum += nn.functional.nll_loss(log_probs, yb, reduction="sum")
+        correct += (log_probs.argmax(1) == yb).sum()
         seen += len(yb)
     loss_sum, correct, seen = ctx.totals(loss_sum, correct, seen)
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}

@@ -1,17 +1,33 @@
-"""A plain stack of 3x3 convolution stages with a small fully connected head."""
+"""A plain stack of 3x3 convolution stages with a small fully connected head.
+
+With ``convs=2`` and ``whiten=2`` it is the shape of airbench's CIFAR-10 network: a patch-whitening
+first layer, then stages of conv -> pool -> BN -> ReLU -> conv -> BN -> ReLU.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from cnnlab.errors import ConfigError
+from cnnlab.models.whiten import PatchWhitening
 
 
-def _check(*, in_channels: int, num_classes: int, image_size: int, channels, fc, dropout: float) -> None:
+def _check(
+    *,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    channels,
+    fc,
+    dropout: float,
+    convs: int,
+    whiten: int,
+) -> None:
     for key, value in (
         ("in_channels", in_channels),
         ("num_classes", num_classes),
         ("image_size", image_size),
+        ("convs", convs),
     ):
         if value <= 0:
             raise ConfigError(f"SimpleCNN needs a positive {key}, got {value}.")
@@ -21,20 +37,32 @@ def _check(*, in_channels: int, num_classes: int, image_size: int, channels, fc,
         raise ConfigError(f"model.fc sizes must be positive, got {list(fc)}.")
     if not 0 <= dropout < 1:
         raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}.")
+    if not 0 <= whiten < image_size:
+        raise ConfigError(
+            f"model.whiten is the whitening patch size: 0 (off) or 1 to {image_size - 1}, got {whiten}."
+        )
 
 
-def _stage(c_in: int, c_out: int, *, pool: bool, batch_norm: bool, pool_first: bool) -> list[nn.Module]:
-    """conv3x3 -> [pool] -> [BN] -> ReLU, or conv3x3 -> [BN] -> ReLU -> [pool] when not ``pool_first``.
+def _stage(
+    c_in: int, c_out: int, *, pool: bool, batch_norm: bool, pool_first: bool, convs: int
+) -> list[nn.Module]:
+    """conv3x3 -> [pool] -> [BN] -> ReLU, or conv3x3 -> [BN] -> ReLU -> [pool] when not ``pool_first``;
+    then ``convs - 1`` more conv3x3 -> [BN] -> ReLU at the stage's output size.
 
     Pooling first runs BN and ReLU on a quarter of the pixels. Max-pool commutes with ReLU (and with
     BN's affine step while its scale is positive), so the network barely changes; small CNNs trained
     ~30% faster this way with no accuracy loss (PERF_NOTES).
     """
-    norm_act = [nn.BatchNorm2d(c_out)] if batch_norm else []
-    norm_act.append(nn.ReLU(inplace=True))
+
+    def conv(width: int) -> nn.Conv2d:
+        return nn.Conv2d(width, c_out, 3, padding=1, bias=not batch_norm)
+
+    def norm_act() -> list[nn.Module]:
+        return [*([nn.BatchNorm2d(c_out)] if batch_norm else []), nn.ReLU(inplace=True)]
+
     pooling = [nn.MaxPool2d(2)] if pool else []
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)
-    return [conv, *pooling, *norm_act] if pool_first else [conv, *norm_act, *pooling]
+    first = [conv(c_in), *pooling, *norm_act()] if pool_first else [conv(c_in), *norm_act(), *pooling]
+    return first + [layer for _ in range(convs - 1) for layer in (conv(c_out), *norm_act())]
 
 
 class SimpleCNN(nn.Module):
@@ -57,6 +85,8 @@ class SimpleCNN(nn.Module):
         dropout: float = 0.0,
         fc: list[int] = (),
         pool_first: bool = True,
+        convs: int = 1,
+        whiten: int = 0,
     ):
         super().__init__()
         _check(
@@ -66,12 +96,17 @@ class SimpleCNN(nn.Module):
             channels=channels,
             fc=fc,
             dropout=dropout,
+            convs=convs,
+            whiten=whiten,
         )
         stages: list[nn.Module] = []
         size, width = image_size, in_channels
+        if whiten:
+            stages += [PatchWhitening(in_channels, whiten), nn.ReLU(inplace=True)]
+            size, width = image_size - whiten + 1, stages[0].out_channels
         for c in channels:
             pool = size >= 2  # a 2x2 pool would leave nothing of a 1-pixel map
-            stages += _stage(width, c, pool=pool, batch_norm=batch_norm, pool_first=pool_first)
+            stages += _stage(width, c, pool=pool, batch_norm=batch_norm, pool_first=pool_first, convs=convs)
             size, width = (size // 2 if pool else size), c
         self.features = nn.Sequential(*stages)
         flat = width * size * size

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnlab.engine.checkpoint import atomic_write
+from cnnlab.engine.tta import tta_views
 from cnnlab.errors import ConfigError
 from cnnlab.report.curves import write_curves
 from cnnlab.report.figures import WRONG, grid_figure, new_figure, run_label, save_figure, tensorboard_writer
@@ -75,10 +76,12 @@ def write_report(
     batch = int(run.cfg.trainer.eval_batch_size)
     if limit:
         x, y = x[: limit * batch], y[: limit * batch]
-    p = probs(run, x, device=device, precision=precision, batch_size=batch).numpy()
+    tta = run.cfg.trainer.get("tta")  # score as the run's own validation and test did
+    p = probs(run, x, device=device, precision=precision, batch_size=batch,
+              views=tta_views(tta, run.image_size)).numpy()  # fmt: skip
     labels = y.cpu().numpy()
     metrics = summarize(p, labels, run.classes, bins=bins, pairs=pairs)
-    metrics.update(checkpoint=str(run.checkpoint_path), epoch=run.epoch, precision=precision)
+    metrics.update(checkpoint=str(run.checkpoint_path), epoch=run.epoch, precision=precision, tta=tta)
 
     out = run.run_dir / "report"
     tb = tensorboard_writer(run.run_dir, tensorboard)

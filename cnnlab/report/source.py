@@ -54,12 +54,18 @@ def labeled_test(data: DataBundle, run_dir: Path, what: str) -> tuple[torch.Tens
 
 
 def probs(
-    run: LoadedRun, x: torch.Tensor, *, device: torch.device, precision: str = "32", batch_size: int = 1000
+    run: LoadedRun,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    precision: str = "32",
+    batch_size: int = 1000,
+    views=(),
 ) -> torch.Tensor:
     """Class probabilities ``(N, K)`` for uint8 images ``x``, through :func:`infer_probs`."""
     pipeline = BatchPipeline(run.mean, run.std, device)
     batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
-    return infer_probs(run.model, batches, pipeline=pipeline, device=device, precision=precision)
+    return infer_probs(run.model, batches, pipeline=pipeline, device=device, precision=precision, views=views)
 
 
 @contextlib.contextmanager
