@@ -32,9 +32,14 @@ class PatchWhitening(nn.Module):
         """Set the filters from normalised float images ``(N, C, H, W)``."""
         k = self.kernel_size
         c = x.shape[1]
-        patches = x.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
-        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        moment = torch.zeros(c * k * k, c * k * k, dtype=torch.float64, device=x.device)
+        count = 0
+        for chunk in x.split(500):  # all patches of 5,000 CIFAR images at once would take ~0.5 GB
+            patches = chunk.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
+            patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
+            moment += patches.T @ patches
+            count += len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(moment / count)
         filters = eigenvectors.T / (eigenvalues + self.eps).sqrt().unsqueeze(1)
         filters = filters.reshape(-1, c, k, k).to(self.weight)
         self.weight.copy_(torch.cat([filters, -filters]))
