@@ -7,6 +7,7 @@ import logging
 import random
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -20,7 +21,7 @@ from torch import nn
 from cnnlab.config import validate
 from cnnlab.data.augment import build_augment
 from cnnlab.data.loader import BatchPipeline
-from cnnlab.data.registry import build_data
+from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import MetricTracker
 from cnnlab.engine.checkpoint import (
@@ -104,42 +105,87 @@ def better(a: float, b: float, mode: str) -> bool:
     return b != b or (a > b if mode == "max" else a < b)
 
 
-def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None) -> dict:
-    """Train, keep best/last checkpoints, stop early, test the best weights; return the summary.
+@dataclass
+class Run:
+    """Everything one training run holds: built once by :func:`build_run`, saved whole by
+    :meth:`checkpoint` and put back by :meth:`restore`."""
 
-    With ``cfg.resume`` set, continue from ``run_dir/checkpoints/last.pt`` exactly where it stopped
-    (mid-epoch too): weights, optimizer, schedule, scaler, EMA, early-stopping state and RNG streams.
+    cfg: DictConfig
+    run_dir: Path
+    dist: distributed.Dist
+    data: DataBundle
+    model: nn.Module
+    train_model: nn.Module  # DDP (gradient all-reduce) around ``model``, or the model itself
+    optimizer: torch.optim.Optimizer
+    schedule: object  # cnnlab.engine.schedulers.Schedule
+    ema: ModelEMA | None
+    pipeline: BatchPipeline
+    ctx: StepContext
+    tracker: MetricTracker
+    metrics: MetricsWriter
+    config_yaml: str
 
-    Under torchrun every process calls this; they train one model data-parallel, and only rank 0
-    writes (see :mod:`cnnlab.engine.distributed`).
-    """
-    started = time.perf_counter()
-    validate(cfg)
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def checkpoint(self, epoch: int, weights: str, partial: EpochState | None = None) -> dict:
+        data = self.data
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.ctx.scaler.state_dict(),
+            "epoch": epoch,  # epochs completed
+            "weights": weights,  # which weights scored the monitored value: "raw" or "ema"
+            "tracker": self.tracker.state_dict(),
+            "rng": rng_state(),
+            "pipeline_rng": self.pipeline.generator.get_state(),
+            "global_step": self.metrics.global_step,
+            "classes": list(data.classes),
+            "config": self.config_yaml,
+            "model_name": str(self.cfg.model.name),
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "image_size": data.image_size,
+            "in_channels": data.channels,
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if partial is not None:
+            state["partial"] = partial.state_dict()
+        return state
+
+    def restore(self, resumed: dict) -> tuple[int, EpochState | None, dict]:
+        """Load a ``last.pt``; return the epoch to start at, the partial epoch (or None) and the best row."""
+        self.model.load_state_dict(resumed["model"])
+        self.optimizer.load_state_dict(resumed["optimizer"])
+        self.schedule.load_state_dict(resumed["scheduler"])
+        self.ctx.scaler.load_state_dict(resumed["scaler"])
+        self.tracker.load_state_dict(resumed["tracker"])
+        if self.ema is not None:
+            self.ema.load_state_dict(resumed["ema"])
+        set_rng_state(resumed["rng"])
+        self.pipeline.generator.set_state(resumed["pipeline_rng"])
+        self.metrics.global_step = resumed["global_step"]
+        partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
+        if partial is not None and not self.dist.is_main:  # the saved sums are all ranks': count once
+            partial.loss_sum, partial.correct, partial.seen = 0.0, 0, 0
+        best_row = self.metrics.resume(resumed["epoch"], self.tracker.best_epoch)
+        if self.dist.is_main:
+            (self.run_dir / "status.json").unlink(missing_ok=True)  # the interruption record is history now
+        log.info("resuming %s after epoch %d%s", self.run_dir, resumed["epoch"],
+                 f", step {partial.step}" if partial else "")  # fmt: skip
+        return resumed["epoch"] + 1, partial, best_row
+
+
+def build_run(
+    cfg: DictConfig, run_dir: Path, dist: distributed.Dist, *, config_yaml: str, resumed: dict | None
+) -> Run:
+    """Data, model, augmentation, optimizer, schedule, EMA and metrics writer for ``cfg``."""
     tc = cfg.trainer
-    dist = distributed.setup(tc)
-    run_dir = dist.broadcast(Path(run_dir))  # one run directory for all ranks: rank 0's
-    main = dist.is_main
-    rich = use_rich(tc.progress) and main
-    if main:
-        setup_logging(run_dir, rich=rich)
-    else:
-        distributed.worker_logging(dist.rank)
-    ckpt_dir = run_dir / "checkpoints"
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    resumed = None
-    if cfg.resume:
-        resumed = load_checkpoint(ckpt_dir / "last.pt")
-        check_resumable(resumed["config"], config_yaml, run_dir)
-    seed_everything(cfg.seed)
     device = dist.device
-    if device.type == "cpu":
-        configure_cpu(tc.threads)
     precision = resolve_precision(str(tc.precision), device)
-    torch.autograd.set_detect_anomaly(tc.detect_anomaly)
-    if torch.are_deterministic_algorithms_enabled() != bool(tc.deterministic):
-        # Set either way (the flag is global), but only on a change: the call imports torch._inductor.
-        torch.use_deterministic_algorithms(bool(tc.deterministic))
-
     data = build_data(
         cfg.dataset,
         device=device,
@@ -151,9 +197,8 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     for loader in (data.train, data.val, data.test):
         if loader is not None and dist.enabled:
             loader.shard(dist.rank, dist.world_size)
-    num_classes = len(data.classes)
     model = build_model(
-        cfg.model, in_channels=data.channels, num_classes=num_classes, image_size=data.image_size
+        cfg.model, in_channels=data.channels, num_classes=len(data.classes), image_size=data.image_size
     )
     model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
@@ -163,7 +208,7 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         fit_to_data(model, data.train.x[:FIT_IMAGES], lambda x: plain(x, train=False))
     if tc.compile:
         model.compile()  # in place, so state_dict keys, EMA copies and checkpoints stay those of the model
-    train_model = distributed.wrap(model, dist)  # DDP (gradient all-reduce) or the model itself
+    train_model = distributed.wrap(model, dist)
     if tc.summary:
         from cnnlab.models.summary import format_summary, summarize
 
@@ -214,65 +259,69 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
         totals=dist.totals,
         eval_views=tta_views(tc.tta, data.image_size),
     )
-    tracker = MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience)
-    metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, ema=ema is not None, enabled=main)
+    metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, ema=ema is not None, enabled=dist.is_main)
     ctx.on_step = metrics.lr_logger(optimizer)
-    progress = EpochProgress(rich)
-    if not resumed and main:
+    return Run(
+        cfg=cfg, run_dir=run_dir, dist=dist, data=data, model=model, train_model=train_model,
+        optimizer=optimizer, schedule=schedule, ema=ema, pipeline=pipeline, ctx=ctx,
+        tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
+        config_yaml=config_yaml,
+    )  # fmt: skip
+
+
+def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None) -> dict:
+    """Train, keep best/last checkpoints, stop early, test the best weights; return the summary.
+
+    With ``cfg.resume`` set, continue from ``run_dir/checkpoints/last.pt`` exactly where it stopped
+    (mid-epoch too): weights, optimizer, schedule, scaler, EMA, early-stopping state and RNG streams.
+
+    Under torchrun every process calls this; they train one model data-parallel, and only rank 0
+    writes (see :mod:`cnnlab.engine.distributed`).
+    """
+    started = time.perf_counter()
+    validate(cfg)
+    tc = cfg.trainer
+    dist = distributed.setup(tc)
+    run_dir = dist.broadcast(Path(run_dir))  # one run directory for all ranks: rank 0's
+    rich = use_rich(tc.progress) and dist.is_main
+    if dist.is_main:
+        setup_logging(run_dir, rich=rich)
+    else:
+        distributed.worker_logging(dist.rank)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    resumed = None
+    if cfg.resume:
+        resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        check_resumable(resumed["config"], config_yaml, run_dir)
+    seed_everything(cfg.seed)
+    if dist.device.type == "cpu":
+        configure_cpu(tc.threads)
+    torch.autograd.set_detect_anomaly(tc.detect_anomaly)
+    if torch.are_deterministic_algorithms_enabled() != bool(tc.deterministic):
+        # Set either way (the flag is global), but only on a change: the call imports torch._inductor.
+        torch.use_deterministic_algorithms(bool(tc.deterministic))
+
+    run = build_run(cfg, run_dir, dist, config_yaml=config_yaml, resumed=resumed)
+    if not resumed and dist.is_main:
         write_json(
             run_dir / "provenance.json",
-            provenance(overrides=overrides or [], seed=cfg.seed, data_files=data.files),
+            provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files),
         )
+    start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})
+    stop_reason, epoch, best_row = fit(run, start_epoch, partial, best_row, rich=rich)
+    return finish(run, epoch=epoch, stop_reason=stop_reason, best_row=best_row, started=started,
+                  overrides=overrides, rich=rich)  # fmt: skip
 
-    def checkpoint(epoch: int, weights: str, partial: EpochState | None = None) -> dict:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "scaler": ctx.scaler.state_dict(),
-            "epoch": epoch,  # epochs completed
-            "weights": weights,  # which weights scored the monitored value: "raw" or "ema"
-            "tracker": tracker.state_dict(),
-            "rng": rng_state(),
-            "pipeline_rng": pipeline.generator.get_state(),
-            "global_step": metrics.global_step,
-            "classes": list(data.classes),
-            "config": config_yaml,
-            "model_name": str(cfg.model.name),
-            "mean": list(data.mean),
-            "std": list(data.std),
-            "image_size": data.image_size,
-            "in_channels": data.channels,
-        }
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        if partial is not None:
-            state["partial"] = partial.state_dict()
-        return state
 
-    start_epoch, partial, best_row, weights = 1, None, {}, "raw"
-    if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        schedule.load_state_dict(resumed["scheduler"])
-        ctx.scaler.load_state_dict(resumed["scaler"])
-        tracker.load_state_dict(resumed["tracker"])
-        if ema is not None:
-            ema.load_state_dict(resumed["ema"])
-        set_rng_state(resumed["rng"])
-        pipeline.generator.set_state(resumed["pipeline_rng"])
-        metrics.global_step = resumed["global_step"]
-        start_epoch = resumed["epoch"] + 1
-        partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
-        if partial is not None and not main:  # the saved sums are all ranks' (see below): count once
-            partial.loss_sum, partial.correct, partial.seen = 0.0, 0, 0
-        best_row = metrics.resume(resumed["epoch"], tracker.best_epoch)
-        if main:
-            (run_dir / "status.json").unlink(missing_ok=True)  # the interruption record is history now
-        log.info("resuming %s after epoch %d%s", run_dir, resumed["epoch"],
-                 f", step {partial.step}" if partial else "")  # fmt: skip
+def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, *, rich: bool):
+    """The epochs from ``start_epoch`` on; return (stop reason, last epoch, the best epoch's row).
 
-    stop_reason, epoch = "max_epochs", start_epoch - 1
+    A signal stops the run after the current optimizer step: ``last.pt`` then holds the partial epoch
+    and :class:`Interrupted` says how to resume.
+    """
+    tc, dist, data, ctx = run.cfg.trainer, run.dist, run.data, run.ctx
+    progress = EpochProgress(rich)
+    stop_reason, epoch, weights = "max_epochs", start_epoch - 1, "raw"
     try:
         with SignalGuard() as guard:
             # Every rank stops at the same step (a signal may reach only some of them).
@@ -280,63 +329,33 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
             for epoch in range(start_epoch, tc.max_epochs + 1):
                 t0 = time.perf_counter()
                 data.train.set_epoch(epoch)
-                lr = schedule.lr if partial is None else partial.lr
+                lr = run.schedule.lr if partial is None else partial.lr
                 state = partial or EpochState(lr=lr)
                 partial = None
                 try:
                     stats = train_one_epoch(
-                        train_model, data.train, optimizer, schedule, ctx, epoch=epoch, state=state,
-                        progress=progress.start(epoch, tc.max_epochs, len(data.train)),
+                        run.train_model, data.train, run.optimizer, run.schedule, ctx, epoch=epoch,
+                        state=state, progress=progress.start(epoch, tc.max_epochs, len(data.train)),
                     )  # fmt: skip
                 finally:
                     progress.stop()
                 if state.interrupted:
-                    if dist.enabled:  # rank 0 saves the sums of every rank's partial epoch
-                        state.loss_sum, state.correct, seen = dist.totals(state.loss_sum, state.correct,
-                                                                          state.seen)  # fmt: skip
-                        state.seen = int(seen)
-                    if main:
-                        save_checkpoint(checkpoint(epoch - 1, weights, partial=state), ckpt_dir / "last.pt")
-                    name = signal.Signals(guard.signum or signal.SIGTERM).name
-                    raise Interrupted(
-                        f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved "
-                        f"in {ckpt_dir / 'last.pt'}: continue with `cnnlab train resume={run_dir}`.",
-                        guard.signum,
-                    )
-                t1 = time.perf_counter()
-                val = evaluate(model, data.val, ctx)
-                row = {
-                    "epoch": epoch, "lr": lr, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
-                    "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
-                }  # fmt: skip
-                value, weights = row[tc.monitor], "raw"
-                if ema is not None:
-                    ema_val = evaluate(ema.module, data.val, ctx)
-                    row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
-                    if better(row[f"ema_{tc.monitor}"], value, tc.mode):
-                        value, weights = row[f"ema_{tc.monitor}"], "ema"
-                row["weights"] = weights
-                row["eval_s"] = time.perf_counter() - t1
+                    save_interrupted(run, epoch, weights, state, guard.signum)
+                row, value, weights = score_epoch(run, epoch, lr, stats)
                 row["seconds"] = time.perf_counter() - t0
-                schedule.step_epoch(value)
-                is_best = tracker.update(value, epoch)
-                metrics.write(row)
+                run.schedule.step_epoch(value)
+                is_best = run.tracker.update(value, epoch)
+                run.metrics.write(row)
                 if is_best:
                     best_row = row
-                if main:  # rank 0 alone writes checkpoints
-                    ckpt = checkpoint(epoch, weights)
+                if dist.is_main:  # rank 0 alone writes checkpoints
+                    ckpt = run.checkpoint(epoch, weights)
                     if is_best:
-                        save_checkpoint(ckpt, ckpt_dir / "best.pt")
-                        save_safetensors(ckpt, weights_of(ckpt), ckpt_dir / "best.safetensors")
-                    save_checkpoint(ckpt, ckpt_dir / "last.pt")
-                log.info(
-                    "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.3g | %.1fs "
-                    "(data %.1fs, fwd/bwd %.1fs, eval %.1fs, %.0f img/s)%s",
-                    epoch, tc.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"],
-                    row["val_acc"], f" | ema acc {row['ema_val_acc']:.4f}" if ema is not None else "",
-                    lr, row["seconds"], row["data_s"], row["compute_s"], row["eval_s"], row["img_per_s"],
-                    "  *best*" if is_best else "",
-                )  # fmt: skip
+                        save_checkpoint(ckpt, run.ckpt_dir / "best.pt")
+                        save_safetensors(ckpt, weights_of(ckpt), run.ckpt_dir / "best.safetensors")
+                    save_checkpoint(ckpt, run.ckpt_dir / "last.pt")
+                log_epoch(row, tc.max_epochs, ema=run.ema is not None, is_best=is_best)
+                tracker = run.tracker
                 if tracker.should_stop:
                     stop_reason = "early_stop"
                     log.info(
@@ -347,16 +366,68 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
                     break
     finally:
         progress.stop()
-        metrics.flush()
+        run.metrics.flush()
+    return stop_reason, epoch, best_row
 
+
+def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
+    """Save the partial epoch in ``last.pt`` (rank 0, with every rank's sums) and raise Interrupted."""
+    if run.dist.enabled:
+        state.loss_sum, state.correct, seen = run.dist.totals(state.loss_sum, state.correct, state.seen)
+        state.seen = int(seen)
+    if run.dist.is_main:
+        save_checkpoint(run.checkpoint(epoch - 1, weights, partial=state), run.ckpt_dir / "last.pt")
+    name = signal.Signals(signum or signal.SIGTERM).name
+    raise Interrupted(
+        f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved in "
+        f"{run.ckpt_dir / 'last.pt'}: continue with `cnnlab train resume={run.run_dir}`.",
+        signum,
+    )
+
+
+def score_epoch(run: Run, epoch: int, lr: float, stats: dict) -> tuple[dict, float, str]:
+    """Score the raw (and EMA) weights on the validation split; return the metrics row, the monitored
+    value of the better weights and which they were ("raw" or "ema")."""
+    tc = run.cfg.trainer
+    t1 = time.perf_counter()
+    val = evaluate(run.model, run.data.val, run.ctx)
+    row = {
+        "epoch": epoch, "lr": lr, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
+        "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
+    }  # fmt: skip
+    value, weights = row[tc.monitor], "raw"
+    if run.ema is not None:
+        ema_val = evaluate(run.ema.module, run.data.val, run.ctx)
+        row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
+        if better(row[f"ema_{tc.monitor}"], value, tc.mode):
+            value, weights = row[f"ema_{tc.monitor}"], "ema"
+    row["weights"] = weights
+    row["eval_s"] = time.perf_counter() - t1
+    return row, value, weights
+
+
+def log_epoch(row: dict, max_epochs: int, *, ema: bool, is_best: bool) -> None:
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.3g | %.1fs "
+        "(data %.1fs, fwd/bwd %.1fs, eval %.1fs, %.0f img/s)%s",
+        row["epoch"], max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+        f" | ema acc {row['ema_val_acc']:.4f}" if ema else "", row["lr"], row["seconds"], row["data_s"],
+        row["compute_s"], row["eval_s"], row["img_per_s"], "  *best*" if is_best else "",
+    )  # fmt: skip
+
+
+def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: float, overrides, rich: bool):
+    """Test the best weights, write summary.json (and the report), print the summary; return it."""
+    cfg, tc, dist, tracker = run.cfg, run.cfg.trainer, run.dist, run.tracker
     best_weights = "raw"
     dist.barrier()  # rank 0 has written best.pt (run directories are on a shared file system)
-    if (ckpt_dir / "best.pt").exists():
-        best = load_checkpoint(ckpt_dir / "best.pt", map_location=device)
+    if (run.ckpt_dir / "best.pt").exists():
+        best = load_checkpoint(run.ckpt_dir / "best.pt", map_location=dist.device)
         best_weights = best.get("weights", "raw")
-        model.load_state_dict(weights_of(best))
+        run.model.load_state_dict(weights_of(best))
+    data = run.data
     scored = tc.evaluate and data.test is not None and data.test_labeled
-    test = evaluate(model, data.test, ctx) if scored else None
+    test = evaluate(run.model, data.test, run.ctx) if scored else None
     summary = {
         "status": "finished",
         "best_epoch": tracker.best_epoch,
@@ -372,10 +443,10 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
     }
     if best_weights == "ema":
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
-    if not main:
+    if not dist.is_main:
         return summary
-    write_json(run_dir / "summary.json", summary)
-    metrics.close(cfg, overrides or [], summary)
+    write_json(run.run_dir / "summary.json", summary)
+    run.metrics.close(cfg, overrides or [], summary)
     if test is not None:
         log.info(
             "test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
@@ -383,10 +454,10 @@ def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None)
             test["loss"],
             tracker.best_epoch,
         )
-    Console(stderr=not rich, force_terminal=False).print(summary_table(summary, run_dir))
+    Console(stderr=not rich, force_terminal=False).print(summary_table(summary, run.run_dir))
     if tc.evaluate and tc.report:  # report/: curves, and the evaluation report when the test split has labels
         from cnnlab.report.evaluate import after_train
 
-        after_train(run_dir, device=device, precision=precision, labeled=bool(scored),
+        after_train(run.run_dir, device=dist.device, precision=run.ctx.precision, labeled=bool(scored),
                     limit=tc.limit_eval_batches, tensorboard=tc.tensorboard)  # fmt: skip
     return summary
