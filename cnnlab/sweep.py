@@ -121,8 +121,10 @@ def train_job(cfg: DictConfig) -> float | None:
         setup_logging(run_dir, rich=use_rich(str(cfg.trainer.progress)))
         log.error("job %d %s: %s", hc.job.num, record["status"], record["error"])
         return None
+    else:
+        distributed.teardown(together=True)  # every rank finished: leave together
     finally:
-        distributed.teardown()
+        distributed.teardown()  # after a failure (a no-op after the one above)
     return summary["best_value"]
 
 

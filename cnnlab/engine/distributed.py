@@ -15,6 +15,7 @@ as one process would. Only rank 0 writes files; every rank holds the whole in-me
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -127,8 +128,20 @@ def setup(trainer_cfg) -> Dist:
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def teardown() -> None:
+def teardown(*, together: bool = False) -> None:
+    """Leave the process group, after the objects that use it are gone; with ``together`` (a run that
+    finished on every rank) also wait for all ranks first.
+
+    Rank 0 writes the summary and report after the others have finished; a rank that destroyed its
+    group and exited meanwhile, with a DistributedDataParallel reducer (freed only by the garbage
+    collector) still holding the group, was seen to abort at interpreter exit (SIGABRT, "terminate
+    called without an active exception"), failing the torchrun command. After a failure there is no
+    barrier: a rank may be stuck in a collective the failed one will never join.
+    """
     if td.is_available() and td.is_initialized():
+        gc.collect()
+        if together:
+            td.barrier()
         td.destroy_process_group()
 
 
