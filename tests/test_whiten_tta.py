@@ -111,6 +111,13 @@ def test_training_fits_whitening_and_scores_with_tta_everywhere(make_cfg, tmp_pa
     assert report["tta"] == "flip"
     assert report["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-6)
     assert report["loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
+    # predict scores as the run did unless told otherwise
+    from cnnlab.predict.command import predict
+
+    as_run = predict(run, out=str(tmp_path / "as_run.csv"), device="cpu")
+    assert as_run.tta == ["flip"] and as_run.accuracy == pytest.approx(summary["test_acc"], abs=1e-6)
+    plain_views = predict(run, out=str(tmp_path / "none.csv"), device="cpu", tta=None)
+    assert plain_views.tta == [None] and not torch.allclose(plain_views.probs, as_run.probs)
     # without TTA the same weights score differently: the report really used the flip
     plain = train(make_cfg("model=simplecnn", "model.channels=[8,16]", "model.convs=2", "model.whiten=2",
                            "trainer.max_epochs=1"), tmp_path / "plain")  # fmt: skip

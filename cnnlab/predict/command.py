@@ -28,6 +28,10 @@ class Prediction:
     classes: list[str]
     where: str
     accuracy: float | None  # against the known labels, when the inputs have them
+    tta: list  # the test-time augmentation each member used (None: none)
+
+
+RUN_TTA = "run"  # predict's default tta: each run's own trainer.tta, as its validation and test scored it
 
 
 def _as_list(value) -> list[str]:
@@ -82,7 +86,7 @@ def predict(
     input: str | None = None,
     out: str | None = None,
     probs: bool = False,
-    tta=None,
+    tta=RUN_TTA,
     data_root: str | None = None,
     submission: DictConfig | dict | None = None,
     device: str = "auto",
@@ -99,7 +103,8 @@ def predict(
         raise ConfigError(f"ckpt names {len(ckpts)} checkpoint(s) for {len(runs)} run(s); give one per run.")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be greater than 0, got {batch_size}.")
-    parse_tta(tta)
+    if tta != RUN_TTA:
+        parse_tta(tta)
     dev = resolve_device(device)
     precision = resolve_precision(str(precision), dev)
     members = [
@@ -116,8 +121,10 @@ def predict(
     inputs = from_path(Path(input), num_workers=n_workers) if input else from_dataset(dataset)
     _check_labels(inputs, len(classes))
 
-    kw = {"tta": tta, "device": dev, "precision": precision, "batch_size": batch_size}
-    mean_probs = torch.stack([_member_probs(m, inputs, **kw) for m in members]).mean(0)
+    ttas = [m.cfg.trainer.get("tta") if tta == RUN_TTA else tta for m in members]
+    kw = {"device": dev, "precision": precision, "batch_size": batch_size}
+    member_probs = [_member_probs(m, inputs, tta=t, **kw) for m, t in zip(members, ttas, strict=True)]
+    mean_probs = torch.stack(member_probs).mean(0)
     ids = make_ids(fmt, inputs.count, inputs.names)
     check_rows(ids, mean_probs.argmax(1), count=inputs.count, num_classes=len(classes), where=inputs.where)
     header, rows = make_rows(fmt, ids, mean_probs, classes, with_probs=probs)
@@ -127,7 +134,7 @@ def predict(
     accuracy = None
     if inputs.labels is not None and len(inputs.labels):
         accuracy = (mean_probs.argmax(1) == inputs.labels.cpu()).float().mean().item()
-    return Prediction(path, header, ids, mean_probs, classes, inputs.where, accuracy)
+    return Prediction(path, header, ids, mean_probs, classes, inputs.where, accuracy, ttas)
 
 
 def main(cfg: DictConfig) -> None:
@@ -136,7 +143,8 @@ def main(cfg: DictConfig) -> None:
     options = OmegaConf.to_container(cfg, resolve=True)
     result = predict(**options)
     n_models = len(_as_list(cfg.run))
-    notes = [f"tta {cfg.tta}"] if parse_tta(cfg.tta) else []
+    used = sorted({str(t) for t in result.tta if parse_tta(t)})
+    notes = [f"tta {', '.join(used)}"] if used else []
     notes += [f"ensemble of {n_models}"] if n_models > 1 else []
     columns = ",".join(result.header[:3]) + (",..." if len(result.header) > 3 else "")
     print(
