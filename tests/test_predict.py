@@ -199,6 +199,7 @@ BAD_INPUTS = {
     "empty folder": (lambda run, tmp: [f"input={_folder(tmp)}"], "holds no image files"),
     "non-image file": (lambda run, tmp: [f"input={_folder(tmp, 'a.jpg', 'notes.txt')}"], "notes.txt is not"),
     "csv columns": (lambda run, tmp: [f"input={write_digit_csv(tmp / 't.csv', columns=783)}"], "783 columns"),
+    "unknown tta": (lambda run, tmp: ["tta=mirror"], "Unknown tta 'mirror'; choose one of: run (each"),
     "csv label out of range": (
         lambda run, tmp: [f"input={write_digit_csv(tmp / 't.csv', n=2, labels=[3, 11])}"],
         "has label 11 but the run has 10 classes",

@@ -104,7 +104,13 @@ def predict(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be greater than 0, got {batch_size}.")
     if tta != RUN_TTA:
-        parse_tta(tta)
+        try:
+            parse_tta(tta)
+        except ConfigError:
+            raise ConfigError(
+                f"Unknown tta '{tta}'; choose one of: run (each run's own trainer.tta), null, flip, "
+                "or a number of crops from 1 to 9."
+            ) from None
     dev = resolve_device(device)
     precision = resolve_precision(str(precision), dev)
     members = [
