@@ -139,9 +139,9 @@ _failures: list[str] = []  # set at the end of a sweep, read by the CLI (Hydra s
 
 def take_sweep_failure() -> SweepFailed | None:
     """The error for the sweep that just ended if a job of it failed, once."""
-    message = _failures.pop() if _failures else None
+    failure = SweepFailed(_failures[-1]) if _failures else None
     _failures.clear()
-    return SweepFailed(message) if message else None
+    return failure
 
 
 class SweepSummary(Callback):

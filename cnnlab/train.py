@@ -118,9 +118,7 @@ class Run:
     train_model: nn.Module  # DDP (gradient all-reduce) around ``model``, or the model itself
     optimizer: torch.optim.Optimizer
     schedule: object  # cnnlab.engine.schedulers.Schedule
-    ema: ModelEMA | None
-    pipeline: BatchPipeline
-    ctx: StepContext
+    ctx: StepContext  # also holds the batch pipeline and the EMA
     tracker: MetricTracker
     metrics: MetricsWriter
     config_yaml: str
@@ -140,7 +138,7 @@ class Run:
             "weights": weights,  # which weights scored the monitored value: "raw" or "ema"
             "tracker": self.tracker.state_dict(),
             "rng": rng_state(),
-            "pipeline_rng": self.pipeline.generator.get_state(),
+            "pipeline_rng": self.ctx.pipeline.generator.get_state(),
             "global_step": self.metrics.global_step,
             "classes": list(data.classes),
             "config": self.config_yaml,
@@ -150,8 +148,8 @@ class Run:
             "image_size": data.image_size,
             "in_channels": data.channels,
         }
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
+        if self.ctx.ema is not None:
+            state["ema"] = self.ctx.ema.state_dict()
         if partial is not None:
             state["partial"] = partial.state_dict()
         return state
@@ -163,10 +161,10 @@ class Run:
         self.schedule.load_state_dict(resumed["scheduler"])
         self.ctx.scaler.load_state_dict(resumed["scaler"])
         self.tracker.load_state_dict(resumed["tracker"])
-        if self.ema is not None:
-            self.ema.load_state_dict(resumed["ema"])
+        if self.ctx.ema is not None:
+            self.ctx.ema.load_state_dict(resumed["ema"])
         set_rng_state(resumed["rng"])
-        self.pipeline.generator.set_state(resumed["pipeline_rng"])
+        self.ctx.pipeline.generator.set_state(resumed["pipeline_rng"])
         self.metrics.global_step = resumed["global_step"]
         partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
         if partial is not None and not self.dist.is_main:  # the saved sums are all ranks': count once
@@ -263,7 +261,7 @@ def build_run(
     ctx.on_step = metrics.lr_logger(optimizer)
     return Run(
         cfg=cfg, run_dir=run_dir, dist=dist, data=data, model=model, train_model=train_model,
-        optimizer=optimizer, schedule=schedule, ema=ema, pipeline=pipeline, ctx=ctx,
+        optimizer=optimizer, schedule=schedule, ctx=ctx,
         tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
         config_yaml=config_yaml,
     )  # fmt: skip
@@ -354,7 +352,7 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                         save_checkpoint(ckpt, run.ckpt_dir / "best.pt")
                         save_safetensors(ckpt, weights_of(ckpt), run.ckpt_dir / "best.safetensors")
                     save_checkpoint(ckpt, run.ckpt_dir / "last.pt")
-                log_epoch(row, tc.max_epochs, ema=run.ema is not None, is_best=is_best)
+                log_epoch(row, tc.max_epochs, ema=run.ctx.ema is not None, is_best=is_best)
                 tracker = run.tracker
                 if tracker.should_stop:
                     stop_reason = "early_stop"
@@ -396,8 +394,8 @@ def score_epoch(run: Run, epoch: int, lr: float, stats: dict) -> tuple[dict, flo
         "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
     }  # fmt: skip
     value, weights = row[tc.monitor], "raw"
-    if run.ema is not None:
-        ema_val = evaluate(run.ema.module, run.data.val, run.ctx)
+    if run.ctx.ema is not None:
+        ema_val = evaluate(run.ctx.ema.module, run.data.val, run.ctx)
         row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
         if better(row[f"ema_{tc.monitor}"], value, tc.mode):
             value, weights = row[f"ema_{tc.monitor}"], "ema"

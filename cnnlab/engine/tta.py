@@ -20,6 +20,7 @@ from cnnlab.errors import ConfigError
 
 View = Callable[[torch.Tensor], torch.Tensor]
 MAX_CROPS = 9
+CHOICES = f"null, flip, or a number of crops from 1 to {MAX_CROPS}"
 
 
 def crop_offsets(padding: int) -> list[tuple[int, int]]:
@@ -50,7 +51,7 @@ def parse_tta(tta) -> str | int | None:
         return "flip"
     if text.isdigit() and 1 <= int(text) <= MAX_CROPS:
         return int(text)
-    raise ConfigError(f"Unknown tta '{tta}'; choose one of: null, flip, or a number of crops from 1 to 9.")
+    raise ConfigError(f"Unknown tta '{tta}'; choose one of: {CHOICES}.")
 
 
 def tta_views(tta, image_size: int) -> list[View]:

@@ -12,6 +12,7 @@ from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import workers
 from cnnlab.engine.device import resolve_device, resolve_precision
 from cnnlab.engine.infer import infer_probs
+from cnnlab.engine.tta import CHOICES as tta_choices
 from cnnlab.engine.tta import parse_tta, tta_views
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.predict.inputs import Inputs, from_dataset, from_path
@@ -108,8 +109,7 @@ def predict(
             parse_tta(tta)
         except ConfigError:
             raise ConfigError(
-                f"Unknown tta '{tta}'; choose one of: run (each run's own trainer.tta), null, flip, "
-                "or a number of crops from 1 to 9."
+                f"Unknown tta '{tta}'; choose one of: run (each run's own trainer.tta), {tta_choices}."
             ) from None
     dev = resolve_device(device)
     precision = resolve_precision(str(precision), dev)
