@@ -86,13 +86,13 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 
 # command -> (config name, "module:function", names of leading positional arguments)
 TOOLS: dict[str, tuple[str, str, list[str]]] = {
-    "train": ("train", "cnnlab.sweep:train_job", []),  # returns the metric a sweeper optimises
-    "predict": ("predict", "cnnlab.predict:main", []),
-    "runs": ("runs", "cnnlab.runs:main", ["dir"]),
-    "export": ("export", "cnnlab.export:main", []),
-    "data": ("data", "cnnlab.data.verify:main", ["action"]),
-    "evaluate": ("evaluate", "cnnlab.report.evaluate:main", []),
-    "viz": ("viz", "cnnlab.report.viz:main", ["what"]),
+    "train": ("train", "cnnlab.commands.train:train_job", []),  # returns the metric a sweeper optimises
+    "predict": ("predict", "cnnlab.commands.predict:main", []),
+    "runs": ("runs", "cnnlab.commands.runs:main", ["dir"]),
+    "export": ("export", "cnnlab.commands.export:main", []),
+    "data": ("data", "cnnlab.commands.data:main", ["action"]),
+    "evaluate": ("evaluate", "cnnlab.commands.evaluate:main", []),
+    "viz": ("viz", "cnnlab.commands.viz:main", ["what"]),
 }
 
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [f"cnnlab {command}", *rest]
         apps[command]()()
         if command == "train":
-            from cnnlab.sweep import take_sweep_failure
+            from cnnlab.commands.train import take_sweep_failure
 
             failure = take_sweep_failure()
             if failure is not None:  # printed, not logged: the log now is the last job's train.log

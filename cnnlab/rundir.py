@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cnnlab.build import build_model
 from cnnlab.engine.checkpoint import load_checkpoint, load_safetensors
 from cnnlab.errors import CheckpointError, ConfigError
 
@@ -127,7 +128,6 @@ def load_run(
     trust_config: bool = False,
 ) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from the config inside its checkpoint and load the weights."""
-    from cnnlab.train import build_model  # train imports the whole engine; keep this module light
 
     path = run_checkpoint(Path(run_dir), ckpt)
     state = read_weights(path, device=device)

@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cnnlab.engine.checkpoint import atomic_write
+from cnnlab.io import atomic_write
 
 log = logging.getLogger("cnnlab")
 

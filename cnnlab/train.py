@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
-import numpy as np
 import torch
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import nn
 
+from cnnlab.build import build_model, has_conv, seed_everything
 from cnnlab.config import validate
 from cnnlab.data.augment import build_augment
 from cnnlab.data.loader import BatchPipeline
@@ -25,7 +21,6 @@ from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import MetricTracker
 from cnnlab.engine.checkpoint import (
-    atomic_write,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -45,7 +40,7 @@ from cnnlab.engine.loop import (
 from cnnlab.engine.optim import build_optimizer
 from cnnlab.engine.schedulers import build_scheduler
 from cnnlab.engine.tta import tta_views
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.io import write_json
 from cnnlab.models.whiten import fit_to_data
 from cnnlab.provenance import provenance
 from cnnlab.resume import check_resumable
@@ -55,33 +50,6 @@ from cnnlab.runlog import EpochProgress, MetricsWriter, setup_logging, summary_t
 log = logging.getLogger("cnnlab")
 
 FIT_IMAGES = 5000  # training images that data-initialised layers (model.whiten) are fitted to
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: DictConfig, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    kwargs = OmegaConf.to_container(cfg, resolve=True)
-    kwargs.pop("name", None)
-    try:
-        return hydra.utils.instantiate(
-            kwargs, in_channels=in_channels, num_classes=num_classes, image_size=image_size
-        )
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, CnnlabError):
-            raise exc.__cause__ from None
-        raise ConfigError(f"Could not build model {cfg.get('_target_')}: {exc.__cause__ or exc}.") from None
-
-
-def has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
 
 
 def limit_batches(data, tc: DictConfig) -> None:

@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from cnnlab.build import build_model, has_conv
 from cnnlab.config import register_configs
 from cnnlab.data.augment import build_augment
 from cnnlab.data.cifar import find_cifar10, unpack_zip
@@ -53,7 +54,6 @@ from cnnlab.engine.device import autocast, configure_cpu
 from cnnlab.engine.loop import EpochState, StepContext, train_one_epoch
 from cnnlab.engine.optim import build_optimizer
 from cnnlab.engine.schedulers import build_scheduler
-from cnnlab.train import build_model, has_conv
 
 
 @dataclass

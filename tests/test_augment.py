@@ -9,11 +9,11 @@ from cnnlab.data.augment import (
     TRIVIAL_OPS,
     build_augment,
     mix_batch,
-    mixed_loss,
     random_erasing,
     trivial_augment,
     warp,
 )
+from cnnlab.engine.losses import mixed_loss
 from cnnlab.errors import ConfigError
 
 SHAPES = [(1, 28), (3, 32)]

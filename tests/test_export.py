@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cnnlab.commands.export import export
 from cnnlab.engine.checkpoint import load_safetensors
-from cnnlab.export import export
 from cnnlab.rundir import load_run
 from tests.conftest import run_cli
 

@@ -6,11 +6,12 @@ import errno
 import os
 import pickle
 import stat
+from pathlib import Path
 
 import pytest
 import torch
 
-import cnnlab.engine.checkpoint as checkpoint_module
+import cnnlab.io as io_module
 from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.train import train
@@ -63,22 +64,20 @@ class FillsUp:
 
 
 def fill_disk_when(monkeypatch, should_fill):
-    """Make checkpoint writes whose target passes ``should_fill(path)`` hit a full disk."""
-    real_fdopen = checkpoint_module.os.fdopen
-    real_atomic_write = checkpoint_module.atomic_write
+    """Make file writes whose target passes ``should_fill(path)`` hit a full disk.
 
-    def atomic_write(path, write):
-        if not should_fill(path):
-            return real_atomic_write(path, write)
-        monkeypatch.setattr(
-            checkpoint_module.os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode), 500)
-        )
-        try:
-            return real_atomic_write(path, write)
-        finally:
-            monkeypatch.setattr(checkpoint_module.os, "fdopen", real_fdopen)
+    Every write goes through a temp file named ``.<target>.<random>.tmp`` (cnnlab.io), opened with
+    ``os.fdopen``; the target is read back from the descriptor's path.
+    """
+    real_fdopen = os.fdopen
 
-    monkeypatch.setattr(checkpoint_module, "atomic_write", atomic_write)
+    def fdopen(fd, mode="r", *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        target = Path(name[1:].rsplit(".", 2)[0]) if name.startswith(".") and name.endswith(".tmp") else None
+        return FillsUp(f, 500) if target is not None and should_fill(target) else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(make_cfg, tmp_path, monkeypatch):
@@ -150,8 +149,8 @@ def test_written_files_get_the_usual_permissions_not_temp_file_ones(tmp_path):
     umask = os.umask(0)
     os.umask(umask)  # the process's umask, which cnnlab read when it was imported
     path = tmp_path / "out.json"
-    checkpoint_module.atomic_write(path, lambda f: f.write(b"{}"))
+    io_module.atomic_write(path, lambda f: f.write(b"{}"))
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
     path.chmod(0o640)
-    checkpoint_module.atomic_write(path, lambda f: f.write(b"[]"))
+    io_module.atomic_write(path, lambda f: f.write(b"[]"))
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_bytes() == b"[]"  # replaced: mode kept

@@ -12,11 +12,11 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-import cnnlab.predict.command as command
+import cnnlab.commands.predict as command
+from cnnlab.commands.predict import predict
+from cnnlab.commands.predict.submission import write_csv
 from cnnlab.config import register_configs
 from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
-from cnnlab.predict import predict
-from cnnlab.predict.submission import write_csv
 from tests.conftest import make_images, run_cli, write_tiny_idx
 
 COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # one class per colour, learnable in an epoch

@@ -1,4 +1,4 @@
-"""cnnlab.runs and cnnlab.sweep on hand-made run folders: finding runs, sorting, the CSV, job resources."""
+"""The runs and train commands on hand-made run folders: finding runs, sorting, the CSV, job resources."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from cnnlab.commands.runs import collect, find_runs, report, varying_keys
+from cnnlab.commands.train import error_line, job_resources
 from cnnlab.config import register_configs
 from cnnlab.errors import ConfigError
-from cnnlab.runs import collect, find_runs, report, varying_keys
-from cnnlab.sweep import error_line, job_resources
 
 
 def make_run(
@@ -85,7 +85,7 @@ def test_report_writes_csv_with_a_column_per_override(tmp_path, capsys):
 def test_runs_command_errors_are_one_sentence(tmp_path):
     from omegaconf import OmegaConf
 
-    from cnnlab.runs import main
+    from cnnlab.commands.runs import main
 
     with pytest.raises(ConfigError, match="No folder"):
         main(OmegaConf.create({"dir": str(tmp_path / "nope"), "csv": True}))

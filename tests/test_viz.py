@@ -8,8 +8,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
+from cnnlab.commands import viz
 from cnnlab.config import register_configs
-from cnnlab.report import layers, viz
+from cnnlab.report import layers
 from cnnlab.report.figures import DPI
 from cnnlab.rundir import load_run
 from tests.conftest import run_cli, write_tiny_idx

@@ -112,7 +112,7 @@ def test_training_fits_whitening_and_scores_with_tta_everywhere(make_cfg, tmp_pa
     assert report["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-6)
     assert report["loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
     # predict scores as the run did unless told otherwise
-    from cnnlab.predict.command import predict
+    from cnnlab.commands.predict import predict
 
     as_run = predict(run, out=str(tmp_path / "as_run.csv"), device="cpu")
     assert as_run.tta == ["flip"] and as_run.accuracy == pytest.approx(summary["test_acc"], abs=1e-6)

@@ -7,7 +7,7 @@ so they are not used as transforms here; only v2's batched kernels ``equalize`` 
 (which work per image) are reused. Input and output: float32 (N, C, H, W) in [0, 1], square images.
 
 Mixup/CutMix need the labels, so the trainer applies them after this with :func:`mix_batch` (through
-:meth:`BatchAugment.mix`) and computes the loss with :func:`mixed_loss`.
+:meth:`BatchAugment.mix`) and computes the loss with :func:`cnnlab.engine.losses.mixed_loss`.
 """
 
 from __future__ import annotations
@@ -292,7 +292,8 @@ def mix_batch(
     'batch' mode): with probability ``prob``, one lam ~ Beta(alpha, alpha) for the batch; with both
     alphas set, each batch picks one of the two at even odds. CutMix pastes one box of side
     sqrt(1 - lam) times the image's, centred uniformly and clipped at the edges, and returns lam
-    corrected to the area actually kept. Returns (x, y_a, y_b, lam) for :func:`mixed_loss`."""
+    corrected to the area actually kept. Returns (x, y_a, y_b, lam)
+    for :func:`cnnlab.engine.losses.mixed_loss`."""
     # torch has no Beta sampler that takes a generator, so a NumPy one is seeded from it.
     seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
     rng = np.random.default_rng(seed)
@@ -311,10 +312,3 @@ def mix_batch(
     mixed = x.clone()
     mixed[..., y1:y2, x1:x2] = partner[..., y1:y2, x1:x2]
     return mixed, y, y_b, 1 - (y2 - y1) * (x2 - x1) / (h * w)
-
-
-def mixed_loss(criterion: Callable, logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float):
-    """lam * loss(y_a) + (1 - lam) * loss(y_b); just loss(y_a) for an unmixed batch."""
-    if lam == 1.0:
-        return criterion(logits, y_a)
-    return lam * criterion(logits, y_a) + (1 - lam) * criterion(logits, y_b)

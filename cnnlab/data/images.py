@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnlab.engine.checkpoint import atomic_write
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.io import atomic_write
 
 log = logging.getLogger(__name__)
 

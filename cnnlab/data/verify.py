@@ -1,4 +1,4 @@
-"""``cnnlab data verify dataset=...``: read every file of a dataset once and list what cannot be used.
+"""Check a dataset's files: read every file once with the training decoder and list what cannot be used.
 
 Photo datasets (food11, imagefolder, CIFAR-10 as JPEG folders or their zip) are checked file by file
 with the same decoder as training, in worker processes; files with other extensions are listed too,
@@ -8,7 +8,6 @@ are read whole, with every check their readers make.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from cnnlab.data.cifar import unpack_zip
 from cnnlab.data.images import SUFFIXES, ImageFileDataset, collate_skip_bad
 from cnnlab.data.lookup import cache_dir, find_root
 from cnnlab.data.registry import read_splits
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import DataError
 
 ACTIONS = ("verify",)
 
@@ -65,15 +64,3 @@ def verify(cfg: DictConfig) -> tuple[int, list[tuple[Path, str]]]:
     except DataError as exc:
         return 1, [(Path(str(cfg.root or cfg.name)), str(exc))]
     return len(splits.files), []
-
-
-def main(cfg: DictConfig) -> None:
-    if cfg.action not in ACTIONS:
-        raise ConfigError(f"Unknown data action '{cfg.action}'; choose one of: {', '.join(ACTIONS)}.")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    checked, problems = verify(cfg.dataset)
-    for path, problem in problems:  # one plain line per file: greppable, never wrapped
-        print(f"{path}: {problem}")
-    print(f"{cfg.dataset.name}: {checked} file(s) checked, {len(problems)} unusable.")
-    if problems:
-        raise SystemExit(1)

@@ -4,42 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cnnlab.errors import CheckpointError
-
-_UMASK = os.umask(0)  # read it (the only way is to set it), then put it back
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file beside ``path``, fsync, then rename into place.
-
-    A crash or a full disk mid-write leaves the previous file at ``path`` untouched. The file gets the
-    permissions a plain ``open(path, "w")`` would give it (the replaced file's, else 0666 less the
-    umask), not the owner-only 0600 of temp files.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:  # write() names none
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
+from cnnlab.io import atomic_write
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cnnlab.data.augment import mixed_loss
 from cnnlab.engine.device import autocast
 from cnnlab.engine.infer import view_log_probs
+from cnnlab.engine.losses import mixed_loss
 from cnnlab.errors import CnnlabError
 
 

@@ -1,7 +1,5 @@
-"""``cnnlab evaluate run=<dir>``: the test-split report of a finished run, written to ``<run>/report/``.
-
-Also called at the end of ``cnnlab train`` (unless ``trainer.evaluate=false``) through :func:`after_train`.
-"""
+"""The test-split report of a run, written to ``<run>/report/``: by ``cnnlab evaluate`` and at the end of
+``cnnlab train`` (unless ``trainer.evaluate=false``, through :func:`after_train`)."""
 
 from __future__ import annotations
 
@@ -16,27 +14,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cnnlab.engine.checkpoint import atomic_write
 from cnnlab.engine.tta import tta_views
-from cnnlab.errors import ConfigError
+from cnnlab.io import atomic_write
 from cnnlab.report.curves import write_curves
 from cnnlab.report.figures import WRONG, grid_figure, new_figure, run_label, save_figure, tensorboard_writer
 from cnnlab.report.metrics import summarize
-from cnnlab.report.source import labeled_test, open_run, probs, run_data
+from cnnlab.report.source import labeled_test, probs, run_data
 from cnnlab.rundir import LoadedRun, load_run
 
 log = logging.getLogger("cnnlab")
-
-
-def main(cfg) -> dict:
-    for key, low in (("bins", 1), ("worst", 0), ("pairs", 0)):
-        if not isinstance(cfg[key], int) or cfg[key] < low:
-            raise ConfigError(f"{key} must be an integer of at least {low}, got {cfg[key]!r}.")
-    run, device = open_run(cfg)
-    return write_report(
-        run, device, precision=str(cfg.precision), data_root=cfg.data_root, bins=cfg.bins,
-        worst=cfg.worst, pairs=cfg.pairs, tensorboard=cfg.tensorboard,
-    )  # fmt: skip
 
 
 def after_train(

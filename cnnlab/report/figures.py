@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.engine.checkpoint import atomic_write
+from cnnlab.io import atomic_write
 
 DPI = 100
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green and red titles, as in the classic notebooks

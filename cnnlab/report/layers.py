@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.build import build_model, seed_everything
 from cnnlab.data.images import open_image
 from cnnlab.errors import ConfigError
 from cnnlab.report.figures import mosaic, new_figure, to_display
@@ -45,8 +46,6 @@ def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
 def initial_model(run: LoadedRun) -> nn.Module:
     """The run's model as training started: ``train`` seeds every RNG with ``cfg.seed`` and builds the
     model after reading the data, which draws nothing from torch's global RNG."""
-    from cnnlab.train import build_model, seed_everything
-
     seed_everything(run.cfg.seed)
     return build_model(
         run.cfg.model, in_channels=run.in_channels, num_classes=len(run.classes), image_size=run.image_size

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cnnlab.commands.predict.inputs import Inputs, from_dataset, from_path
+from cnnlab.commands.predict.submission import check_rows, make_ids, make_rows, submission_format, write_csv
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import workers
 from cnnlab.engine.device import resolve_device, resolve_precision
@@ -15,8 +17,6 @@ from cnnlab.engine.infer import infer_probs
 from cnnlab.engine.tta import CHOICES as tta_choices
 from cnnlab.engine.tta import parse_tta, tta_views
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.predict.inputs import Inputs, from_dataset, from_path
-from cnnlab.predict.submission import check_rows, make_ids, make_rows, submission_format, write_csv
 from cnnlab.rundir import LoadedRun, load_run
 
 

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from cnnlab.engine.checkpoint import atomic_write
 from cnnlab.errors import ConfigError
+from cnnlab.io import atomic_write
 
 RUN_MARKERS = ("summary.json", "status.json", ".hydra")
 # Finished runs first, best metric first within a status.

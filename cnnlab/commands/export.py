@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.engine.checkpoint import atomic_write, save_safetensors
+from cnnlab.engine.checkpoint import save_safetensors
 from cnnlab.errors import ConfigError
+from cnnlab.io import atomic_write
 from cnnlab.rundir import LoadedRun, load_run
 
 log = logging.getLogger("cnnlab")

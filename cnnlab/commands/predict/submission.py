@@ -12,8 +12,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import SubmissionConfig, check_submission
-from cnnlab.engine.checkpoint import atomic_write
 from cnnlab.errors import DataError
+from cnnlab.io import atomic_write
 
 
 def submission_format(saved: DictConfig | None, overrides: DictConfig | None) -> DictConfig:

@@ -55,7 +55,7 @@ def error_line(exc: BaseException) -> str:
 def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict:
     from cnnlab.engine.interrupt import Interrupted
     from cnnlab.engine.loop import DivergedError
-    from cnnlab.train import write_json
+    from cnnlab.io import write_json
 
     status = (
         "diverged" if isinstance(exc, DivergedError)
@@ -153,7 +153,7 @@ class SweepSummary(Callback):
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from cnnlab.runs import report
+        from cnnlab.commands.runs import report
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = report(sweep_dir) if sweep_dir.is_dir() else []

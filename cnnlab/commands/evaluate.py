@@ -1,0 +1,18 @@
+"""``cnnlab evaluate run=<dir>``: the test-split report of a finished run, written to ``<run>/report/``."""
+
+from __future__ import annotations
+
+from cnnlab.errors import ConfigError
+from cnnlab.report.evaluate import write_report
+from cnnlab.report.source import open_run
+
+
+def main(cfg) -> dict:
+    for key, low in (("bins", 1), ("worst", 0), ("pairs", 0)):
+        if not isinstance(cfg[key], int) or cfg[key] < low:
+            raise ConfigError(f"{key} must be an integer of at least {low}, got {cfg[key]!r}.")
+    run, device = open_run(cfg)
+    return write_report(
+        run, device, precision=str(cfg.precision), data_root=cfg.data_root, bins=cfg.bins,
+        worst=cfg.worst, pairs=cfg.pairs, tensorboard=cfg.tensorboard,
+    )  # fmt: skip
