@@ -27,5 +27,5 @@ train: setup data  ## set up, then train LeNet on real Fashion-MNIST with the de
 test: setup  ## run the test suite (real-data tests too when CNNLAB_DATA is set)
 	$(BIN)/pytest -q
 
-lint: setup  ## ruff lint and format check
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: setup  ## ruff lint and format check, and the import layers (import-linter)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports

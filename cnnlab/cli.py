@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -140,13 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     # Let exceptions reach us so user errors print as one sentence, not as Hydra's traceback dump.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        if command == "train":
-            from cnnlab.engine.distributed import hydra_overrides
-            from cnnlab.resume import resume_arguments
+        claim = contextlib.nullcontext()
+        if command == "train":  # every check before Hydra writes anything; the run folder pinned, claimed
+            from cnnlab.commands.train import prepare
 
-            rest = hydra_overrides(resume_arguments(rest))  # under torchrun: one run dir for all ranks
+            rest, claim = prepare(rest)
         sys.argv = [f"cnnlab {command}", *rest]
-        apps[command]()()
+        with claim:
+            apps[command]()()
         if command == "train":
             from cnnlab.commands.train import take_sweep_failure
 

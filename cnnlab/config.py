@@ -3,7 +3,8 @@
 Every config group option in ``conf/<group>/<name>.yaml`` starts from one of these dataclasses (stored
 in Hydra's ConfigStore under ``schema/<group>``), so a misspelt key or a wrong type fails when the
 config is composed, before any work starts. Checks that a type cannot express (positive learning
-rate, a split inside (0, 1), choices) live in :func:`validate`.
+rate, a split inside (0, 1), choices) live in :func:`validate`; :func:`cnnlab.build.check` runs it with
+every other option check before any data is read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from cnnlab.engine.tta import parse_tta
 from cnnlab.errors import ConfigError
 
 
@@ -226,6 +226,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 42
     resume: str | None = None  # a run directory (or auto) to continue from its checkpoints/last.pt
+    trust_config: bool = False  # resume: replay stored overrides / a config that name code off the allow-list
 
 
 @dataclass
@@ -272,7 +273,6 @@ CHOICES = {
     ("trainer", "monitor"): ("val_acc", "val_loss"),
     ("trainer", "mode"): ("max", "min"),
     ("trainer", "progress"): ("auto", "rich", "plain"),
-    ("trainer", "backend"): ("auto", "nccl", "gloo"),
     ("dataset", "on_bad_image"): ("error", "skip"),
 }
 
@@ -306,9 +306,6 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key} must be a positive number or null, got {value}.")
     if cfg.trainer.min_delta < 0:
         raise ConfigError(f"trainer.min_delta must be 0 or more, got {cfg.trainer.min_delta}.")
-    if cfg.trainer.ema is not None and not 0 < cfg.trainer.ema < 1:
-        raise ConfigError(f"trainer.ema is a decay in (0, 1), e.g. 0.999, or null; got {cfg.trainer.ema}.")
-    parse_tta(cfg.trainer.tta)
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {cfg.trainer.label_smoothing}.")
     if len(cfg.dataset.mean) != cfg.dataset.channels or len(cfg.dataset.std) != cfg.dataset.channels:

@@ -1,4 +1,8 @@
-"""``train(cfg, run_dir) -> summary``: the whole run, top to bottom, independent of the CLI."""
+"""``train(cfg, run_dir) -> summary``: the whole run, top to bottom, independent of the CLI.
+
+:func:`build_run` builds every part once (:class:`Run`), :func:`fit` runs the epochs, :func:`finish`
+scores the best weights on the test split once and hands the same probabilities to the report.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,19 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import nn
 
-from cnnlab.build import build_model, has_conv, seed_everything
-from cnnlab.config import validate
-from cnnlab.data.augment import build_augment
+from cnnlab.build import (
+    build_augment_from,
+    build_criterion,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    check,
+    has_conv,
+    seed_everything,
+)
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine import distributed
-from cnnlab.engine.callbacks import MetricTracker
 from cnnlab.engine.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -30,26 +40,36 @@ from cnnlab.engine.checkpoint import (
 from cnnlab.engine.device import configure_cpu, resolve_precision
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
-from cnnlab.engine.loop import (
-    EpochState,
-    StepContext,
-    evaluate,
-    optimizer_steps,
-    train_one_epoch,
-)
-from cnnlab.engine.optim import build_optimizer
-from cnnlab.engine.schedulers import build_scheduler
+from cnnlab.engine.loop import EpochState, StepContext, optimizer_steps, score, train_one_epoch
+from cnnlab.engine.schedulers import Schedule
+from cnnlab.engine.tracker import MetricTracker, is_better
 from cnnlab.engine.tta import tta_views
-from cnnlab.io import write_json
+from cnnlab.errors import CheckpointError
 from cnnlab.models.whiten import fit_to_data
-from cnnlab.provenance import provenance
-from cnnlab.resume import check_resumable
-from cnnlab.rundir import weights_of
-from cnnlab.runlog import EpochProgress, MetricsWriter, setup_logging, summary_table, use_rich
+from cnnlab.run.layout import RunDir
+from cnnlab.run.load import Predictor, load_state_strict, read_checkpoint_config, weights_of
+from cnnlab.run.log import EpochProgress, result_table, setup_logging, use_rich
+from cnnlab.run.metrics import MetricsWriter
+from cnnlab.run.provenance import provenance
+from cnnlab.run.record import RunRecord
+from cnnlab.run.resume import check_resumable
+from cnnlab.run.workspace import claim
 
 log = logging.getLogger("cnnlab")
 
 FIT_IMAGES = 5000  # training images that data-initialised layers (model.whiten) are fitted to
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "tracker", "rng", "pipeline_rng",
+               "global_step")  # fmt: skip
+
+
+class Callback:
+    """Hooks into a run (all optional): ``on_step(run)`` after every optimizer step, ``on_epoch_end(run,
+    row, value)`` after each epoch's checkpoints are written, with the monitored ``value``. An Optuna
+    pruner raises from ``on_epoch_end``; a test can stop a run there as a kill would."""
+
+    def on_step(self, run: Run) -> None: ...
+
+    def on_epoch_end(self, run: Run, row: dict, value: float) -> None: ...
 
 
 def limit_batches(data, tc: DictConfig) -> None:
@@ -66,55 +86,44 @@ def limit_batches(data, tc: DictConfig) -> None:
             data.test.limit = tc.limit_eval_batches
 
 
-def better(a: float, b: float, mode: str) -> bool:
-    """Is ``a`` better than ``b`` (NaN never is)?"""
-    if a != a:
-        return False
-    return b != b or (a > b if mode == "max" else a < b)
-
-
 @dataclass
 class Run:
     """Everything one training run holds: built once by :func:`build_run`, saved whole by
     :meth:`checkpoint` and put back by :meth:`restore`."""
 
     cfg: DictConfig
-    run_dir: Path
+    folder: RunDir
     dist: distributed.Dist
     data: DataBundle
     model: nn.Module
     train_model: nn.Module  # DDP (gradient all-reduce) around ``model``, or the model itself
     optimizer: torch.optim.Optimizer
-    schedule: object  # cnnlab.engine.schedulers.Schedule
+    schedule: Schedule
     ctx: StepContext  # also holds the batch pipeline and the EMA
     tracker: MetricTracker
     metrics: MetricsWriter
     config_yaml: str
+    callbacks: tuple[Callback, ...] = ()
 
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+    def record(self, epoch: int, weights: str = "raw") -> RunRecord:
+        data = self.data
+        return RunRecord(
+            model_name=str(self.cfg.model.name), classes=list(data.classes), mean=list(data.mean),
+            std=list(data.std), image_size=data.image_size, in_channels=data.channels,
+            config=self.config_yaml, epoch=epoch, weights=weights, precision=self.ctx.precision,
+        )  # fmt: skip
 
     def checkpoint(self, epoch: int, weights: str, partial: EpochState | None = None) -> dict:
-        data = self.data
         state = {
+            **self.record(epoch, weights).to_state(),  # epoch: epochs completed; weights: raw or ema
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.ctx.scaler.state_dict(),
-            "epoch": epoch,  # epochs completed
-            "weights": weights,  # which weights scored the monitored value: "raw" or "ema"
             "tracker": self.tracker.state_dict(),
             "rng": rng_state(),
             "pipeline_rng": self.ctx.pipeline.generator.get_state(),
             "global_step": self.metrics.global_step,
-            "classes": list(data.classes),
-            "config": self.config_yaml,
-            "model_name": str(self.cfg.model.name),
-            "mean": list(data.mean),
-            "std": list(data.std),
-            "image_size": data.image_size,
-            "in_channels": data.channels,
         }
         if self.ctx.ema is not None:
             state["ema"] = self.ctx.ema.state_dict()
@@ -124,29 +133,47 @@ class Run:
 
     def restore(self, resumed: dict) -> tuple[int, EpochState | None, dict]:
         """Load a ``last.pt``; return the epoch to start at, the partial epoch (or None) and the best row."""
-        self.model.load_state_dict(resumed["model"])
-        self.optimizer.load_state_dict(resumed["optimizer"])
-        self.schedule.load_state_dict(resumed["scheduler"])
-        self.ctx.scaler.load_state_dict(resumed["scaler"])
-        self.tracker.load_state_dict(resumed["tracker"])
-        if self.ctx.ema is not None:
-            self.ctx.ema.load_state_dict(resumed["ema"])
-        set_rng_state(resumed["rng"])
-        self.ctx.pipeline.generator.set_state(resumed["pipeline_rng"])
+        path = self.folder.last
+        missing = [k for k in (*RESUME_KEYS, *(("ema",) if self.ctx.ema else ())) if k not in resumed]
+        if missing:
+            raise CheckpointError(
+                f"{path} lacks {', '.join(missing)}, so the run cannot continue exactly; it is damaged or "
+                "not a cnnlab last.pt: start a new run."
+            )
+        load_state_strict(self.model, resumed["model"], path)
+        try:
+            self.optimizer.load_state_dict(resumed["optimizer"])
+            self.schedule.load_state_dict(resumed["scheduler"])
+            self.ctx.scaler.load_state_dict(resumed["scaler"])
+            self.tracker.load_state_dict(resumed["tracker"])
+            if self.ctx.ema is not None:
+                load_state_strict(self.ctx.ema.module, resumed["ema"]["module"], path)
+                self.ctx.ema.updates = resumed["ema"]["updates"]
+            set_rng_state(resumed["rng"])
+            self.ctx.pipeline.generator.set_state(resumed["pipeline_rng"])
+            partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path} does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                "it is damaged or from another run: start a new run."
+            ) from None
         self.metrics.global_step = resumed["global_step"]
-        partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
         if partial is not None and not self.dist.is_main:  # the saved sums are all ranks': count once
             partial.loss_sum, partial.correct, partial.seen = 0.0, 0, 0
         best_row = self.metrics.resume(resumed["epoch"], self.tracker.best_epoch)
         if self.dist.is_main:
-            (self.run_dir / "status.json").unlink(missing_ok=True)  # the interruption record is history now
-        log.info("resuming %s after epoch %d%s", self.run_dir, resumed["epoch"],
-                 f", step {partial.step}" if partial else "")  # fmt: skip
+            self.folder.status_file.unlink(missing_ok=True)  # the interruption record is history now
+        where = (
+            f"in epoch {resumed['epoch'] + 1} at step {partial.step}"
+            if partial
+            else f"after epoch {resumed['epoch']}"
+        )
+        log.info("resuming %s %s", self.folder, where)
         return resumed["epoch"] + 1, partial, best_row
 
 
 def build_run(
-    cfg: DictConfig, run_dir: Path, dist: distributed.Dist, *, config_yaml: str, resumed: dict | None
+    cfg: DictConfig, folder: RunDir, dist: distributed.Dist, *, config_yaml: str, resumed: bool
 ) -> Run:
     """Data, model, augmentation, optimizer, schedule, EMA and metrics writer for ``cfg``."""
     tc = cfg.trainer
@@ -176,10 +203,10 @@ def build_run(
         model.compile()  # in place, so state_dict keys, EMA copies and checkpoints stay those of the model
     train_model = distributed.wrap(model, dist)
     if tc.summary:
-        from cnnlab.models.summary import format_summary, summarize
+        from cnnlab.models.layer_table import format_layer_table, layer_table
 
         Console(stderr=True).print(
-            format_summary(summarize(model, (data.channels, data.image_size, data.image_size)))
+            format_layer_table(layer_table(model, (data.channels, data.image_size, data.image_size)))
         )
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -194,89 +221,101 @@ def build_run(
         )  # fmt: skip
         torch.manual_seed(cfg.seed + dist.rank)  # distinct dropout masks per rank; weights come from rank 0
 
-    aug_cfg = OmegaConf.to_container(cfg.augmentation, resolve=True)
-    augment = build_augment(**aug_cfg, channels=data.channels, image_size=data.image_size)
+    augment = build_augment_from(cfg.augmentation, channels=data.channels, image_size=data.image_size)
     pipeline = BatchPipeline(
         data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed + dist.rank
     )
     optimizer = build_optimizer(model, cfg.optimizer)
-    sched_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
-    schedule = build_scheduler(
-        optimizer,
-        name=sched_cfg.pop("name"),
-        steps_per_epoch=optimizer_steps(data.train, tc.accumulate),
-        max_epochs=tc.max_epochs,
-        mode=tc.mode,
-        **sched_cfg.pop("options"),
-        **sched_cfg,
-    )
-    ema = ModelEMA(model, tc.ema) if tc.ema else None
+    schedule = build_schedule(
+        optimizer, cfg.scheduler, steps_per_epoch=optimizer_steps(data.train, tc.accumulate),
+        max_epochs=tc.max_epochs, mode=tc.mode,
+    )  # fmt: skip
     ctx = StepContext(
         device=device,
         precision=precision,
         pipeline=pipeline,
-        criterion=nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing),
-        grad_clip=tc.grad_clip,
-        augment=augment,
-        ema=ema,
-        accumulate=tc.accumulate,
+        criterion=build_criterion(tc),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
-        world_size=dist.world_size,
-        totals=dist.totals,
+        grad_clip=tc.grad_clip,
+        ema=ModelEMA(model, tc.ema) if tc.ema else None,
+        accumulate=tc.accumulate,
+        dist=dist,
         eval_views=tta_views(tc.tta, data.image_size),
     )
-    metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, ema=ema is not None, enabled=dist.is_main)
-    ctx.on_step = metrics.lr_logger(optimizer)
+    metrics = MetricsWriter(folder, tensorboard=tc.tensorboard, ema=ctx.ema is not None,
+                            clip=bool(tc.grad_clip), enabled=dist.is_main)  # fmt: skip
     return Run(
-        cfg=cfg, run_dir=run_dir, dist=dist, data=data, model=model, train_model=train_model,
+        cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
         optimizer=optimizer, schedule=schedule, ctx=ctx,
         tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
         config_yaml=config_yaml,
     )  # fmt: skip
 
 
-def train(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None) -> dict:
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    overrides: list[str] | None = None,
+    callbacks: tuple[Callback, ...] = (),
+) -> dict:
     """Train, keep best/last checkpoints, stop early, test the best weights; return the summary.
 
-    With ``cfg.resume`` set, continue from ``run_dir/checkpoints/last.pt`` exactly where it stopped
-    (mid-epoch too): weights, optimizer, schedule, scaler, EMA, early-stopping state and RNG streams.
+    Every option is checked before anything is read or written. With ``cfg.resume`` set, continue from
+    ``checkpoints/last.pt`` exactly where it stopped (mid-epoch too): weights, optimizer, schedule,
+    scaler, EMA, early-stopping state and RNG streams. Only one process writes a run folder (a lock).
 
     Under torchrun every process calls this; they train one model data-parallel, and only rank 0
     writes (see :mod:`cnnlab.engine.distributed`).
     """
     started = time.perf_counter()
-    validate(cfg)
+    check(cfg)
     tc = cfg.trainer
     dist = distributed.setup(tc)
-    run_dir = dist.broadcast(Path(run_dir))  # one run directory for all ranks: rank 0's
-    rich = use_rich(tc.progress) and dist.is_main
-    if dist.is_main:
-        setup_logging(run_dir, rich=rich)
-    else:
-        distributed.worker_logging(dist.rank)
+    folder = RunDir(dist.broadcast(Path(run_dir)))  # one run directory for all ranks: rank 0's
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    resumed = None
-    if cfg.resume:
-        resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        check_resumable(resumed["config"], config_yaml, run_dir)
-    seed_everything(cfg.seed)
-    if dist.device.type == "cpu":
-        configure_cpu(tc.threads)
-    torch.autograd.set_detect_anomaly(tc.detect_anomaly)
-    if torch.are_deterministic_algorithms_enabled() != bool(tc.deterministic):
-        # Set either way (the flag is global), but only on a change: the call imports torch._inductor.
-        torch.use_deterministic_algorithms(bool(tc.deterministic))
+    with claim(folder, resume=bool(cfg.resume), writer=dist.is_main):
+        resumed = None
+        if cfg.resume:
+            check_resumable(read_checkpoint_config(folder.last), config_yaml, folder.path)
+            resumed = load_checkpoint(folder.last)
+        rich = use_rich(tc.progress) and dist.is_main
+        if dist.is_main:
+            setup_logging(folder.path, rich=rich)
+        else:
+            distributed.worker_logging(dist.rank)
+        seed_everything(cfg.seed)
+        if dist.device.type == "cpu":
+            configure_cpu(tc.threads)
+        torch.autograd.set_detect_anomaly(tc.detect_anomaly)
+        if torch.are_deterministic_algorithms_enabled() != bool(tc.deterministic):
+            # Set either way (the flag is global), but only on a change: the call imports torch._inductor.
+            torch.use_deterministic_algorithms(bool(tc.deterministic))
 
-    run = build_run(cfg, run_dir, dist, config_yaml=config_yaml, resumed=resumed)
-    if not resumed and dist.is_main:
-        write_json(
-            run_dir / "provenance.json",
-            provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files),
-        )
-    start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})
-    stop_reason, epoch, best_row = fit(run, start_epoch, partial, best_row, rich=rich)
-    return finish(run, epoch=epoch, stop_reason=stop_reason, best_row=best_row, started=started,
-                  overrides=overrides, rich=rich)  # fmt: skip
+        run = build_run(cfg, folder, dist, config_yaml=config_yaml, resumed=resumed is not None)
+        run.callbacks = tuple(callbacks)
+        run.ctx.on_step = step_hook(run)
+        if not resumed and dist.is_main:
+            folder.write_provenance(
+                provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files)
+            )
+        start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})
+        stop_reason, epoch, best_row = fit(run, start_epoch, partial, best_row, rich=rich)
+        return finish(run, epoch=epoch, stop_reason=stop_reason, best_row=best_row, started=started,
+                      overrides=overrides, rich=rich)  # fmt: skip
+
+
+def step_hook(run: Run):
+    """What runs after every optimizer step: count it, log the learning rate, the callbacks."""
+    stepped = [cb for cb in run.callbacks if type(cb).on_step is not Callback.on_step]
+    optimizer, metrics = run.optimizer, run.metrics
+
+    def on_step() -> None:
+        metrics.step(optimizer.param_groups[0]["lr"])
+        for cb in stepped:
+            cb.on_step(run)
+
+    return on_step
 
 
 def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, *, rich: bool):
@@ -315,12 +354,10 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                 if is_best:
                     best_row = row
                 if dist.is_main:  # rank 0 alone writes checkpoints
-                    ckpt = run.checkpoint(epoch, weights)
-                    if is_best:
-                        save_checkpoint(ckpt, run.ckpt_dir / "best.pt")
-                        save_safetensors(ckpt, weights_of(ckpt), run.ckpt_dir / "best.safetensors")
-                    save_checkpoint(ckpt, run.ckpt_dir / "last.pt")
-                log_epoch(row, tc.max_epochs, ema=run.ctx.ema is not None, is_best=is_best)
+                    save_epoch(run, epoch, weights, is_best=is_best)
+                log_epoch(row, tc.max_epochs, ema=ctx.ema is not None, is_best=is_best)
+                for cb in run.callbacks:
+                    cb.on_epoch_end(run, row, value)
                 tracker = run.tracker
                 if tracker.should_stop:
                     stop_reason = "early_stop"
@@ -336,17 +373,28 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
     return stop_reason, epoch, best_row
 
 
+def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
+    """``last.pt`` every epoch; on a new best also ``best.pt`` and ``best.safetensors`` (the better
+    weights alone, with the record as metadata)."""
+    ckpt = run.checkpoint(epoch, weights)
+    if is_best:
+        save_checkpoint(ckpt, run.folder.best)
+        metadata = run.record(epoch, weights).to_metadata()
+        save_safetensors(weights_of(ckpt), metadata, run.folder.best_safetensors)
+    save_checkpoint(ckpt, run.folder.last)
+
+
 def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
     """Save the partial epoch in ``last.pt`` (rank 0, with every rank's sums) and raise Interrupted."""
     if run.dist.enabled:
         state.loss_sum, state.correct, seen = run.dist.totals(state.loss_sum, state.correct, state.seen)
         state.seen = int(seen)
     if run.dist.is_main:
-        save_checkpoint(run.checkpoint(epoch - 1, weights, partial=state), run.ckpt_dir / "last.pt")
+        save_checkpoint(run.checkpoint(epoch - 1, weights, partial=state), run.folder.last)
     name = signal.Signals(signum or signal.SIGTERM).name
     raise Interrupted(
         f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved in "
-        f"{run.ckpt_dir / 'last.pt'}: continue with `cnnlab train resume={run.run_dir}`.",
+        f"{run.folder.last}: continue with `cnnlab train resume={run.folder}`.",
         signum,
     )
 
@@ -356,16 +404,16 @@ def score_epoch(run: Run, epoch: int, lr: float, stats: dict) -> tuple[dict, flo
     value of the better weights and which they were ("raw" or "ema")."""
     tc = run.cfg.trainer
     t1 = time.perf_counter()
-    val = evaluate(run.model, run.data.val, run.ctx)
+    val = score(run.model, run.data.val, run.ctx)
     row = {
         "epoch": epoch, "lr": lr, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
         "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
     }  # fmt: skip
     value, weights = row[tc.monitor], "raw"
     if run.ctx.ema is not None:
-        ema_val = evaluate(run.ctx.ema.module, run.data.val, run.ctx)
+        ema_val = score(run.ctx.ema.module, run.data.val, run.ctx)
         row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
-        if better(row[f"ema_{tc.monitor}"], value, tc.mode):
+        if is_better(row[f"ema_{tc.monitor}"], value, tc.mode):
             value, weights = row[f"ema_{tc.monitor}"], "ema"
     row["weights"] = weights
     row["eval_s"] = time.perf_counter() - t1
@@ -383,17 +431,25 @@ def log_epoch(row: dict, max_epochs: int, *, ema: bool, is_best: bool) -> None:
 
 
 def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: float, overrides, rich: bool):
-    """Test the best weights, write summary.json (and the report), print the summary; return it."""
-    cfg, tc, dist, tracker = run.cfg, run.cfg.trainer, run.dist, run.tracker
-    best_weights = "raw"
+    """Score the best weights on the test split once (rank 0), write summary.json, and hand the same
+    images and probabilities to the report; print the summary; return it."""
+    cfg, tc, dist, tracker, data = run.cfg, run.cfg.trainer, run.dist, run.tracker, run.data
     dist.barrier()  # rank 0 has written best.pt (run directories are on a shared file system)
-    if (run.ckpt_dir / "best.pt").exists():
-        best = load_checkpoint(run.ckpt_dir / "best.pt", map_location=dist.device)
+    if not dist.is_main:
+        return {"status": "finished", "best_value": tracker.best}
+    best_weights = "raw"
+    if run.folder.best.exists():
+        best = load_checkpoint(run.folder.best, map_location=dist.device)
         best_weights = best.get("weights", "raw")
         run.model.load_state_dict(weights_of(best))
-    data = run.data
-    scored = tc.evaluate and data.test is not None and data.test_labeled
-    test = evaluate(run.model, data.test, run.ctx) if scored else None
+    test = None
+    if tc.evaluate and data.test is not None and data.test_labeled:
+        from cnnlab.report.evaluate import Scored
+
+        n = data.test.num_samples  # trainer.limit_eval_batches applies to the test split too
+        record = run.record(tracker.best_epoch, best_weights)
+        predictor = Predictor(run.model, record, dist.device, precision=run.ctx.precision)
+        test = Scored.score(predictor, data.test.x[:n], data.test.y[:n], checkpoint=run.folder.best)
     summary = {
         "status": "finished",
         "best_epoch": tracker.best_epoch,
@@ -401,29 +457,22 @@ def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: f
         "best_value": tracker.best,
         "best_val_acc": best_row.get("val_acc", float("nan")),
         "best_weights": best_weights,
-        "test_acc": None if test is None else test["acc"],
-        "test_loss": None if test is None else test["loss"],
+        "test_acc": None if test is None else test.accuracy,
+        "test_loss": None if test is None else test.loss,
         "epochs_run": epoch,
         "stop_reason": stop_reason,
         "seconds": time.perf_counter() - started,
     }
     if best_weights == "ema":
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
-    if not dist.is_main:
-        return summary
-    write_json(run.run_dir / "summary.json", summary)
+    run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)
     if test is not None:
-        log.info(
-            "test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
-            test["acc"],
-            test["loss"],
-            tracker.best_epoch,
-        )
-    Console(stderr=not rich, force_terminal=False).print(summary_table(summary, run.run_dir))
+        log.info("test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
+                 test.accuracy, test.loss, tracker.best_epoch)  # fmt: skip
+    Console(stderr=not rich, force_terminal=False).print(result_table(summary, run.folder.path))
     if tc.evaluate and tc.report:  # report/: curves, and the evaluation report when the test split has labels
-        from cnnlab.report.evaluate import after_train
+        from cnnlab.report.evaluate import write_train_report
 
-        after_train(run.run_dir, device=dist.device, precision=run.ctx.precision, labeled=bool(scored),
-                    limit=tc.limit_eval_batches, tensorboard=tc.tensorboard)  # fmt: skip
+        write_train_report(run.folder, test, tensorboard=tc.tensorboard)
     return summary

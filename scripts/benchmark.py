@@ -37,22 +37,19 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cnnlab.build import build_model, has_conv
+from cnnlab.build import build_augment_from, build_model, build_optimizer, has_conv
 from cnnlab.config import register_configs
-from cnnlab.data.augment import build_augment
 from cnnlab.data.cifar import find_cifar10, unpack_zip
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.lookup import cache_dir, find_root
 from cnnlab.data.registry import build_data
 from cnnlab.engine.device import autocast, configure_cpu
 from cnnlab.engine.loop import EpochState, StepContext, train_one_epoch
-from cnnlab.engine.optim import build_optimizer
 from cnnlab.engine.schedulers import build_scheduler
 
 
@@ -154,8 +151,7 @@ def compose_cfg(overrides: list[str]):
 
 
 def setup_cnnlab(cfg, data, model, precision: str, channels_last: bool):
-    aug_cfg = OmegaConf.to_container(cfg.augmentation, resolve=True)
-    augment = build_augment(**aug_cfg, channels=data.channels, image_size=data.image_size)
+    augment = build_augment_from(cfg.augmentation, channels=data.channels, image_size=data.image_size)
     pipeline = BatchPipeline(
         data.mean, data.std, torch.device("cpu"), augment=augment, channels_last=channels_last
     )
@@ -163,7 +159,6 @@ def setup_cnnlab(cfg, data, model, precision: str, channels_last: bool):
     schedule = build_scheduler(optimizer, name="none", steps_per_epoch=len(data.train), max_epochs=1)
     ctx = StepContext(
         device=torch.device("cpu"), precision=precision, pipeline=pipeline, criterion=nn.CrossEntropyLoss(),
-        augment=augment,
     )  # fmt: skip
     return optimizer, schedule, ctx
 

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.report.metrics import calibration, confusion_matrix, most_confused, per_class, summarize
+from cnnlab.report.metrics import (
+    calibration,
+    classification_report,
+    confusion_matrix,
+    most_confused,
+    per_class,
+)
 from tests.conftest import run_cli
 
 # Six samples, three classes. Predictions (argmax): 0, 0, 1, 1, 2, 0; labels: 0, 0, 1, 2, 2, 1.
@@ -60,8 +66,8 @@ def test_ece_bin_edges_are_upper_inclusive_and_shared_bins_average():
     assert cal["ece"] == pytest.approx(3 / 4 * abs(2 / 3 - (0.6 + 0.6 + 0.55) / 3))
 
 
-def test_summarize_accuracy_and_loss():
-    m = summarize(PROBS, LABELS, ["a", "b", "c"], bins=15, pairs=10)
+def test_classification_report_accuracy_and_loss():
+    m = classification_report(PROBS, LABELS, ["a", "b", "c"], bins=15, pairs=10)
     assert m["accuracy"] == pytest.approx(4 / 6)
     hand_nll = -np.mean(np.log([0.90, 0.60, 0.70, 0.40, 0.80, 0.03]))
     assert m["loss"] == pytest.approx(hand_nll)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from cnnlab.commands.export import export
-from cnnlab.engine.checkpoint import load_safetensors
-from cnnlab.rundir import load_run
+from cnnlab.run.load import load_run, read_checkpoint
 from tests.conftest import run_cli
 
 
@@ -24,7 +23,7 @@ def test_safetensors_export_reloads_to_the_same_outputs(trained_run):
     again = load_run(trained_run, ckpt=out)
     x, expected = probe(run)
     torch.testing.assert_close(again.model(x), expected)
-    assert load_safetensors(out)["classes"] == run.classes
+    assert read_checkpoint(out)[1].classes == run.classes
 
 
 def test_torchscript_export_runs_without_cnnlab(trained_run):

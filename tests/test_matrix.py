@@ -7,8 +7,8 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from cnnlab.build import build_model
 from cnnlab.config import register_configs
-from cnnlab.train import build_model
 
 DATASETS = ["mnist", "fashion_mnist", "cifar10", "food11", "imagefolder"]
 MODELS = ["mlp", "lenet", "simplecnn", "resnet18"]

@@ -8,9 +8,9 @@ import torchvision
 from torch import nn
 
 from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.models.layer_table import format_layer_table, layer_table
 from cnnlab.models.resnet import ResNet18
 from cnnlab.models.simplecnn import SimpleCNN
-from cnnlab.models.summary import format_summary, summarize
 
 
 def logits(model: nn.Module, in_channels: int, image_size: int, n: int = 2) -> torch.Tensor:
@@ -162,7 +162,7 @@ def test_summary_counts_shapes_and_keeps_mode():
     model = SimpleCNN(in_channels=1, num_classes=10, image_size=28, channels=[4, 8], fc=[16])
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    summary = summarize(model, (1, 28, 28))
+    summary = layer_table(model, (1, 28, 28))
     assert model.training and all(m.training for m in model.modules())
     assert_same(before, model.state_dict())
     assert summary.total_params == sum(p.numel() for p in model.parameters())
@@ -174,12 +174,12 @@ def test_summary_counts_shapes_and_keeps_mode():
     assert shapes["features.7"] == (8, 7, 7)
     assert shapes["head.0"] == (8 * 7 * 7,)
     assert shapes["classifier"] == (10,)
-    assert format_summary(summary).row_count == len(summary.rows) + 2
+    assert format_layer_table(summary).row_count == len(summary.rows) + 2
 
 
 def test_summary_keeps_eval_mode_and_counts_frozen():
     model = ResNet18(in_channels=3, num_classes=10, image_size=32).eval()
     model.net.fc.requires_grad_(False)
-    summary = summarize(model, (3, 32, 32))
+    summary = layer_table(model, (3, 32, 32))
     assert not model.training
     assert summary.trainable_params == summary.total_params - model.net.fc.weight.numel() - 10

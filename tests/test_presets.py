@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.engine.optim import build_optimizer
-from cnnlab.train import build_model
+from cnnlab.build import build_model, build_optimizer
 from tests.conftest import run_cli
 from tests.test_matrix import compose_cfg  # noqa: F401  (fixture)
 

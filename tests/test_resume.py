@@ -13,13 +13,12 @@ import pytest
 import torch
 import yaml
 
-import cnnlab.train as train_module
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.interrupt import Interrupted
 from cnnlab.engine.loop import DivergedError
 from cnnlab.errors import ConfigError
-from cnnlab.resume import resume_arguments
-from cnnlab.train import train
+from cnnlab.run.resume import resume_arguments
+from cnnlab.train import Callback, train
 from tests.conftest import run_cli
 from tests.test_train import read_metrics, without_timing
 
@@ -42,51 +41,46 @@ def assert_same_run(a, b):
     assert {k: v for k, v in sa.items() if k != "seconds"} == {k: v for k, v in sb.items() if k != "seconds"}
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch):
-    train(make_cfg(*RECIPE), tmp_path / "whole")
-    real_save = train_module.save_checkpoint
+class KillAfterEpoch(Callback):
+    """Dies right after epoch ``epoch``'s checkpoints are written, as a kill then would."""
 
-    def save_then_die(state, path):
-        real_save(state, path)
-        if path.name == "last.pt" and state["epoch"] == 1:
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, run, row, value):
+        if row["epoch"] == self.epoch:
             raise Killed
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+
+class SignalAtStep(Callback):
+    """Sends this process ``signum`` after optimizer step ``step`` of the run."""
+
+    def __init__(self, step: int, signum=signal.SIGINT):
+        self.step, self.signum = step, signum
+
+    def on_step(self, run):
+        if run.metrics.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(make_cfg, tmp_path):
+    train(make_cfg(*RECIPE), tmp_path / "whole")
     with pytest.raises(Killed):
-        train(make_cfg(*RECIPE), tmp_path / "killed")
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+        train(make_cfg(*RECIPE), tmp_path / "killed", callbacks=(KillAfterEpoch(1),))
     assert not (tmp_path / "killed" / "summary.json").exists()
     train(make_cfg(*RECIPE, f"resume={tmp_path / 'killed'}"), tmp_path / "killed")
     assert_same_run(tmp_path / "whole", tmp_path / "killed")
 
 
-def interrupt_at_step(monkeypatch, step: int, signum=signal.SIGINT):
-    real = train_module.MetricsWriter.lr_logger
-
-    def lr_logger(self, optimizer):
-        inner = real(self, optimizer)
-
-        def on_step():
-            inner()
-            if self.global_step == step:
-                os.kill(os.getpid(), signum)
-
-        return on_step
-
-    monkeypatch.setattr(train_module.MetricsWriter, "lr_logger", lr_logger)
-
-
-def test_sigint_mid_epoch_saves_a_state_that_resumes_exactly(make_cfg, tmp_path, monkeypatch):
+def test_sigint_mid_epoch_saves_a_state_that_resumes_exactly(make_cfg, tmp_path):
     train(make_cfg(*RECIPE), tmp_path / "whole")
-    interrupt_at_step(monkeypatch, 17)  # epoch 2, step 5 of 12
-    with pytest.raises(Interrupted) as info:
-        train(make_cfg(*RECIPE), tmp_path / "int")
+    with pytest.raises(Interrupted) as info:  # epoch 2, step 5 of 12
+        train(make_cfg(*RECIPE), tmp_path / "int", callbacks=(SignalAtStep(17),))
     assert info.value.exit_code == 130
     assert "SIGINT in epoch 2 after step 5" in str(info.value) and "resume=" in str(info.value)
     saved = load_checkpoint(tmp_path / "int" / "checkpoints" / "last.pt")
     assert saved["epoch"] == 1 and saved["partial"]["step"] == 5
     assert len(read_metrics(tmp_path / "int")) == 1
-    monkeypatch.undo()
     train(make_cfg(*RECIPE, f"resume={tmp_path / 'int'}"), tmp_path / "int")
     assert_same_run(tmp_path / "whole", tmp_path / "int")
 
@@ -95,16 +89,13 @@ def test_sigint_mid_epoch_saves_a_state_that_resumes_exactly(make_cfg, tmp_path,
 def test_signal_exit_status_and_message_from_the_cli(tiny_idx, tmp_path, signum, code):
     script = textwrap.dedent(f"""
         import os, signal, sys
-        import cnnlab.runlog as runlog
-        real = runlog.MetricsWriter.lr_logger
-        def lr_logger(self, optimizer):
-            inner = real(self, optimizer)
-            def on_step():
-                inner()
-                if self.global_step == 3:
-                    os.kill(os.getpid(), {int(signum)})
-            return on_step
-        runlog.MetricsWriter.lr_logger = lr_logger
+        from cnnlab.run.metrics import MetricsWriter
+        real = MetricsWriter.step
+        def step(self, lr):
+            real(self, lr)
+            if self.global_step == 3:
+                os.kill(os.getpid(), {int(signum)})
+        MetricsWriter.step = step
         from cnnlab.cli import main
         main(sys.argv[1:])
     """)

@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.rundir import load_run, untrusted_targets
+from cnnlab.run.load import load_run
+from cnnlab.run.trust import untrusted_entries
 
 
 @pytest.mark.parametrize("source", ["best.safetensors", "best.pt"])
@@ -67,28 +68,30 @@ def test_foreign_target_in_saved_config_is_refused_unless_trusted(trained_run, t
 
 
 def test_untrusted_targets_walks_nested_lists():
-    node = {"a": {"_target_": "cnnlab.models.LeNet"}, "b": [{"_target_": "evil.Thing"}]}
-    assert untrusted_targets(node) == ["b[0]._target_=evil.Thing"]
+    # An allowed class is named exactly, where cnnlab instantiates (model, optimizer); not by a prefix.
+    node = {"model": {"_target_": "cnnlab.models.lenet.LeNet"}, "b": [{"_target_": "evil.Thing"}]}
+    assert untrusted_entries(node) == ["b[0]._target_=evil.Thing"]
 
 
 def test_infer_probs_are_softmax_of_the_model_in_input_order(trained_run):
-    from cnnlab.data.loader import BatchPipeline
-    from cnnlab.engine.infer import infer_probs
+    from cnnlab.run.load import Predictor
 
     run = load_run(trained_run)
     x = torch.randint(0, 256, (7, 1, 28, 28), dtype=torch.uint8)
-    pipeline = BatchPipeline(run.mean, run.std, torch.device("cpu"))
-    probs = infer_probs(run.model, [x[:4], x[4:]], pipeline=pipeline, device=torch.device("cpu"))
+    predictor = Predictor.of(run, torch.device("cpu"), precision="32", batch_size=4)  # two batches
+    pipeline = predictor.pipeline
+    probs = predictor.probs(x)
     assert probs.shape == (7, 10) and torch.allclose(probs.sum(1), torch.ones(7))
     expected = run.model(pipeline(x, train=False)).softmax(1)
     assert torch.allclose(probs, expected, atol=1e-5)
 
 
 def test_safetensors_holds_the_best_weights_and_their_metadata(trained_run):
-    from cnnlab.engine.checkpoint import load_safetensors
+    from cnnlab.run.load import read_checkpoint
 
     best = load_checkpoint(trained_run / "checkpoints" / "best.pt")
-    shared = load_safetensors(trained_run / "checkpoints" / "best.safetensors")
+    weights, record = read_checkpoint(trained_run / "checkpoints" / "best.safetensors")
+    shared = {**record.to_state(), "model": weights}
     assert shared["classes"] == best["classes"] and shared["image_size"] == 28
     assert shared["mean"] == best["mean"] and shared["model_name"] == "lenet"
     assert all(torch.equal(shared["model"][k], v) for k, v in best["model"].items())

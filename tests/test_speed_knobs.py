@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.engine.device import autocast, resolve_precision
-from cnnlab.engine.infer import infer_probs
+from cnnlab.engine.infer import view_log_probs
 from cnnlab.models.lenet import LeNet
 from cnnlab.models.simplecnn import SimpleCNN
 
@@ -36,7 +36,10 @@ def batches() -> list[torch.Tensor]:
 
 def probs(model: nn.Module, *, channels_last=False, precision="32") -> torch.Tensor:
     pipeline = BatchPipeline([0.5], [0.5], CPU, channels_last=channels_last)
-    return infer_probs(model, batches(), pipeline=pipeline, device=CPU, precision=precision)
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([view_log_probs(model, xb, pipeline=pipeline, device=CPU, precision=precision).exp()
+                          for xb in batches()])  # fmt: skip
 
 
 def train_steps(model: nn.Module, *, channels_last: bool, precision: str, steps: int = 3) -> nn.Module:

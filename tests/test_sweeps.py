@@ -145,9 +145,17 @@ def test_single_runs_started_together_get_their_own_dirs_and_compare(tiny_idx, t
 
 
 def test_a_failed_single_run_leaves_a_record(tiny_idx, tmp_path):
+    # A bad option is refused before the run folder exists; a failure once the run has started (here:
+    # no data where dataset.root points) is recorded in it.
     res = run_cli("train", f"dataset.root={tiny_idx}", "trainer.batch_size=0", cwd=tmp_path)
+    assert res.returncode == 2 and "trainer.batch_size must be greater than 0" in res.stderr
+    assert not (tmp_path / "outputs").exists()
+    res = run_cli("train", f"dataset.root={tmp_path / 'nowhere'}", cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (run,) = (tmp_path / "outputs").glob("*/*")
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
     res = run_cli("runs", "outputs", cwd=tmp_path)
-    assert res.returncode == 0 and "failed: trainer.batch_size must be greater than 0" in res.stdout
+    assert res.returncode == 0 and "failed: " in res.stdout
+    with (tmp_path / "outputs" / "summary.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert row["status"] == "failed" and str(tmp_path / "nowhere") in row["error"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cnnlab.build import build_optimizer
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.loop import group_sizes
-from cnnlab.engine.optim import build_optimizer
 from cnnlab.errors import ConfigError
 from cnnlab.train import train
 from tests.test_train import read_metrics
@@ -54,7 +54,7 @@ def test_ema_is_evaluated_checkpointed_and_used_when_better(make_cfg, tmp_path):
     chosen = float(row["ema_val_acc"] if row["weights"] == "ema" else row["val_acc"])
     assert summary["best_value"] == pytest.approx(chosen, abs=1e-6)
     assert summary["best_weights"] == best["weights"] == row["weights"]
-    from cnnlab.rundir import load_run, weights_of
+    from cnnlab.run.load import load_run, weights_of
 
     loaded = load_run(run).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in weights_of(best).items())
@@ -66,7 +66,7 @@ def test_ema_decay_out_of_range_is_one_clear_error(make_cfg, tmp_path):
 
 
 def test_weight_decay_on_biases_and_norms_is_an_option(make_cfg):
-    from cnnlab.train import build_model
+    from cnnlab.build import build_model
 
     cfg = make_cfg("model=simplecnn", "optimizer.weight_decay=0.1")
     model = build_model(cfg.model, in_channels=1, num_classes=10, image_size=28)

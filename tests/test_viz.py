@@ -12,7 +12,7 @@ from cnnlab.commands import viz
 from cnnlab.config import register_configs
 from cnnlab.report import layers
 from cnnlab.report.figures import DPI
-from cnnlab.rundir import load_run
+from cnnlab.run.load import load_run
 from tests.conftest import run_cli, write_tiny_idx
 
 

@@ -7,17 +7,20 @@ written to a temporary name and renamed, and checked against the PyTorch model b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from cnnlab.commands.common import writing_into
 from cnnlab.engine.checkpoint import save_safetensors
 from cnnlab.errors import ConfigError
 from cnnlab.io import atomic_write
-from cnnlab.rundir import LoadedRun, load_run
+from cnnlab.run.layout import RunDir
+from cnnlab.run.load import LoadedRun, load_run
 
 log = logging.getLogger("cnnlab")
 
@@ -30,12 +33,7 @@ def _example(run: LoadedRun) -> torch.Tensor:
 
 
 def _safetensors(run: LoadedRun, out: Path) -> None:
-    meta = {
-        "model_name": str(run.cfg.model.name), "classes": run.classes, "mean": run.mean, "std": run.std,
-        "image_size": run.image_size, "in_channels": run.in_channels, "epoch": run.epoch,
-        "config": OmegaConf.to_yaml(run.cfg, resolve=True),
-    }  # fmt: skip
-    save_safetensors(meta, run.model.state_dict(), out)
+    save_safetensors(run.model.state_dict(), run.record.to_metadata(), out)
 
 
 def _torchscript(run: LoadedRun, out: Path) -> None:
@@ -68,9 +66,11 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, *, trust_config: bo
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}.")
     run = load_run(run_dir, trust_config=trust_config)
-    out = Path(out) if out else run_dir / "export" / f"{run.cfg.model.name}{FORMATS[fmt]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    folder = RunDir(run_dir)
+    out = Path(out) if out else folder.export / f"{run.cfg.model.name}{FORMATS[fmt]}"
+    inside = folder.path.resolve() in out.resolve().parents
+    with writing_into(folder.path) if inside else contextlib.nullcontext(), torch.no_grad():
+        out.parent.mkdir(parents=True, exist_ok=True)
         {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}[fmt](run, out)
     log.info("exported %s (%s) to %s", run.checkpoint_path, fmt, out)
     return out

@@ -1,82 +1,67 @@
 """``cnnlab runs DIR``: one table of every run under DIR, sorted by the metric, and DIR/summary.csv.
 
 DIR may be a sweep (``multirun/<date>/<time>``, one job per numbered folder) or any folder of single
-runs (``outputs/``): every folder below it holding a ``summary.json``, a ``status.json`` (the failure
-record the train command leaves) or a ``.hydra/`` is a run.
+runs (``outputs/``): every folder below it that holds a run (:func:`cnnlab.run.layout.find_runs`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.io import atomic_write
+from cnnlab.run.layout import SWEEP_SUMMARY, RunDir, find_runs
 
-RUN_MARKERS = ("summary.json", "status.json", ".hydra")
 # Finished runs first, best metric first within a status.
-STATUS_RANK = {"ok": 0, "diverged": 1, "failed": 2, "interrupted": 3, "incomplete": 4}
+STATUS_RANK = {"ok": 0, "diverged": 1, "failed": 2, "interrupted": 3, "incomplete": 4, "broken": 5}
 CSV_FIELDS = [
     "run", "status", "monitor", "best_value", "best_val_acc", "test_acc", "best_epoch", "epochs_run",
     "stop_reason", "seconds", "overrides", "error",
 ]  # fmt: skip
 
 
-def find_runs(root: Path) -> list[Path]:
-    """Every run folder under ``root`` (``root`` itself included); run folders are not searched further."""
-    if any((root / marker).exists() for marker in RUN_MARKERS):
-        return [root]
-
-    def natural(path: Path):  # job 10 after job 9
-        return (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name)
-
-    runs = []
-    for child in sorted((p for p in root.iterdir() if p.is_dir()), key=natural):
-        runs.extend(find_runs(child))
-    return runs
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _overrides(run_dir: Path) -> list[str]:
-    hydra_file = run_dir / ".hydra" / "overrides.yaml"
-    if hydra_file.is_file():
-        return [str(o) for o in yaml.safe_load(hydra_file.read_text()) or []]
-    return [str(o) for o in _json(run_dir / "provenance.json").get("overrides", [])]
-
-
-def _mode(run_dir: Path, monitor: str | None) -> str:
-    config = run_dir / ".hydra" / "config.yaml"
-    if config.is_file():
-        mode = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("mode")
-        if mode in ("max", "min"):
-            return mode
-    return "min" if monitor and "loss" in monitor else "max"
+def _mode(config: dict | None, monitor: str | None) -> str:
+    mode = ((config or {}).get("trainer") or {}).get("mode")
+    if mode in ("max", "min"):
+        return mode
+    return "min" if monitor and "loss" in str(monitor) else "max"
 
 
 def read_run(run_dir: Path, root: Path) -> dict:
-    """One row: what the run's summary.json and status.json say, and its overrides."""
-    summary, status = _json(run_dir / "summary.json"), _json(run_dir / "status.json")
+    """One row: what the run's summary.json and status.json say, and its overrides. A run whose files
+    are damaged is listed as broken, with the reason, and does not stop the others from being listed."""
+    run = RunDir(run_dir)
+    name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
+    try:
+        summary, status = run.read_summary() or {}, run.read_status() or {}
+        overrides = run.read_overrides() or [
+            str(o) for o in (run.read_provenance() or {}).get("overrides", [])
+        ]
+        config = run.read_config()
+    except DataError as exc:
+        row = dict.fromkeys(CSV_FIELDS)
+        row.update(run=name, status="broken", error=str(exc), overrides=[], mode="max")
+        return row
     row = {field: summary.get(field) for field in CSV_FIELDS}
     row.update(
-        run=str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+        run=name,
         status=status.get("status") or ("ok" if summary else "incomplete"),
         error=status.get("error", ""),
-        overrides=_overrides(run_dir),
-        mode=_mode(run_dir, summary.get("monitor")),
+        overrides=overrides,
+        mode=_mode(config, summary.get("monitor")),
     )
     if row["seconds"] is None:
         row["seconds"] = status.get("seconds")
+    for key in ("best_value", "best_val_acc", "test_acc", "seconds"):  # numbers, or nothing
+        if not isinstance(row[key], int | float) or isinstance(row[key], bool):
+            row[key] = None
     return row
 
 
@@ -175,7 +160,7 @@ def report(root: Path, *, csv_file: bool = True, console: Console | None = None)
     rows = collect(root)
     if rows:
         if csv_file:
-            write_csv(root / "summary.csv", rows)
+            write_csv(root / SWEEP_SUMMARY, rows)
         failed = sum(r["status"] != "ok" for r in rows)
         title = f"{root}: {len(rows)} runs" + (f", {failed} not ok" if failed else "")
         console = console or Console()
@@ -196,4 +181,4 @@ def main(cfg: DictConfig) -> None:
             f"No runs under {root}: looked for folders holding summary.json, status.json or .hydra/."
         )
     if cfg.csv:
-        print(f"wrote {root / 'summary.csv'}")
+        print(f"wrote {root / SWEEP_SUMMARY}")

@@ -9,6 +9,7 @@ stop the whole sweep on the first exception, runs every job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,12 +17,26 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab.errors import CnnlabError
+from cnnlab.build import check
+from cnnlab.config import register_configs
+from cnnlab.engine import distributed
+from cnnlab.engine.interrupt import Interrupted
+from cnnlab.engine.loop import DivergedError
+from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.run import lock
+from cnnlab.run.layout import SWEEP_SUMMARY, RunDir
+from cnnlab.run.load import read_checkpoint_config
+from cnnlab.run.log import setup_logging, use_rich
+from cnnlab.run.resume import check_resumable, resume_arguments
+from cnnlab.run.trust import check_config
+from cnnlab.run.workspace import check_fresh, claim
+from cnnlab.train import train
 
 log = logging.getLogger("cnnlab")
 
@@ -53,10 +68,6 @@ def error_line(exc: BaseException) -> str:
 
 
 def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict:
-    from cnnlab.engine.interrupt import Interrupted
-    from cnnlab.engine.loop import DivergedError
-    from cnnlab.io import write_json
-
     status = (
         "diverged" if isinstance(exc, DivergedError)
         else "interrupted" if isinstance(exc, KeyboardInterrupt | Interrupted)
@@ -69,31 +80,26 @@ def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict
         "seconds": seconds,
         "traceback": "".join(traceback.format_exception(exc)),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "status.json", record)
+    RunDir(run_dir).write_status(record)
     return record
 
 
 def train_job(cfg: DictConfig) -> float | None:
     """Train in Hydra's output directory; return the monitored metric for a sweeper (None: failed).
 
-    Under submitit (``hydra/launcher=slurm``) a job with several tasks trains data-parallel, a
-    requeued job resumes from its own ``last.pt``, and SIGUSR2 (time limit or preemption) checkpoints
-    and then hands over to submitit, which requeues the job.
+    The job claims its folder first (one writer, no links, no earlier run there); a failure after that
+    is recorded in the folder's status.json. Under submitit (``hydra/launcher=slurm``) a job with several
+    tasks trains data-parallel, a requeued job resumes from its own ``last.pt``, and SIGUSR2 (time limit
+    or preemption) checkpoints and then hands over to submitit, which requeues the job.
     """
-    import torch
-
-    from cnnlab.engine import distributed
-    from cnnlab.runlog import setup_logging, use_rich
-    from cnnlab.train import train
-
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
+    folder = RunDir(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
+    config_yaml = OmegaConf.to_yaml(cfg)  # as composed, before this job sets its share of the machine
     distributed.export_submitit_env()
     requeue = distributed.requeue_handler()
-    if distributed.resumable_here(run_dir):
-        cfg.resume = str(run_dir)
+    if (sweep or distributed.in_submitit()) and folder.is_unfinished():
+        cfg.resume = str(folder)  # a requeued job, or a sweep run again: the job's own earlier attempt
     if sweep:
         cfg.trainer.device, cfg.trainer.threads = job_resources(
             n_jobs=hc.launcher.get("n_jobs"),
@@ -103,29 +109,101 @@ def train_job(cfg: DictConfig) -> float | None:
             cpu_count=os.cpu_count() or 1,
             gpu_count=torch.cuda.device_count(),
         )
-    started = time.perf_counter()
-    try:
-        summary = train(cfg, run_dir, overrides=list(hc.overrides.task))
-    except BaseException as exc:
-        if requeue is not None and getattr(exc, "exit_code", None) == 128 + getattr(signal, "SIGUSR2", 0):
-            requeue(signal.SIGUSR2, None)  # submitit requeues (rank 0) and exits; last.pt is saved
-        if not distributed.is_main_process():  # rank 0 records and reports
-            if sweep and isinstance(exc, Exception):
-                return None
-            raise
-        record = record_failure(run_dir, exc, seconds=time.perf_counter() - started)
-        if not sweep or record["status"] == "interrupted" or not isinstance(exc, Exception):
-            raise  # a signal stops the whole sweep; the job's last.pt can be resumed
-        # train() may have failed before pointing the log at this job: do it now, so the line below
-        # lands in this job's train.log and not in the previous job's.
-        setup_logging(run_dir, rich=use_rich(str(cfg.trainer.progress)))
-        log.error("job %d %s: %s", hc.job.num, record["status"], record["error"])
-        return None
-    else:
-        distributed.teardown(together=True)  # every rank finished: leave together
-    finally:
-        distributed.teardown()  # after a failure (a no-op after the one above)
+    main = distributed.is_main_process()
+    with claim(folder, resume=bool(cfg.resume), writer=main):
+        if (
+            main and not cfg.resume
+        ):  # Hydra writes nothing (hydra.output_subdir=null): cnnlab does, once claimed
+            folder.write_hydra(config_yaml, list(hc.overrides.task), OmegaConf.to_yaml({"hydra": hc}))
+        started = time.perf_counter()
+        try:
+            summary = train(cfg, folder.path, overrides=list(hc.overrides.task))
+        except BaseException as exc:
+            if requeue is not None and getattr(exc, "exit_code", None) == 128 + getattr(signal, "SIGUSR2", 0):
+                requeue(signal.SIGUSR2, None)  # submitit requeues (rank 0) and exits; last.pt is saved
+            if not main:  # rank 0 records and reports
+                if sweep and isinstance(exc, Exception):
+                    return None
+                raise
+            record = record_failure(folder.path, exc, seconds=time.perf_counter() - started)
+            if not sweep or record["status"] == "interrupted" or not isinstance(exc, Exception):
+                raise  # a signal stops the whole sweep; the job's last.pt can be resumed
+            # train() may have failed before pointing the log at this job: do it now, so the line below
+            # lands in this job's train.log and not in the previous job's.
+            setup_logging(folder.path, rich=use_rich(str(cfg.trainer.progress)))
+            log.error("job %d %s: %s", hc.job.num, record["status"], record["error"])
+            return None
+        else:
+            distributed.teardown(together=True)  # every rank finished: leave together
+        finally:
+            distributed.teardown()  # after a failure (a no-op after the one above)
     return summary["best_value"]
+
+
+HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+               "--resolve", "--package", "-p")  # fmt: skip
+
+
+def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
+    """Before Hydra writes anything: replay a resumed run's overrides (checked), compose the config and
+    run every option check, refuse a changed resume, pin the run (or sweep) folder and claim it.
+
+    Returns the arguments for Hydra and the claim to hold while it runs. Hydra itself writes nothing
+    (``hydra.output_subdir=null``): it would write ``.hydra/`` into a folder before the job could refuse
+    it. The job writes ``.hydra/`` once it has claimed its folder.
+    """
+    if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
+        return args, contextlib.nullcontext()
+    if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
+        return distributed.hydra_overrides(args), contextlib.nullcontext()
+    trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
+    args = distributed.hydra_overrides(resume_arguments(args, trust_config=trust))
+    if "-m" in args or "--multirun" in args:
+        return _prepare_sweep(args)
+    cfg = _compose([a for a in args if a not in ("-m", "--multirun")])
+    with open_dict(cfg):
+        run_dir, mode = Path(cfg.hydra.run.dir), cfg.hydra.mode
+        del cfg["hydra"]
+    if mode == RunMode.MULTIRUN:
+        return _prepare_sweep(args)
+    check(cfg)
+    folder = RunDir(run_dir)
+    if cfg.resume:
+        check_config(cfg, folder.overrides_file, trust_config=bool(cfg.trust_config))
+        saved = read_checkpoint_config(folder.last)
+        check_resumable(saved, OmegaConf.to_yaml(cfg, resolve=True), folder.path)
+    lock.check_free(folder.path)  # a live writer first: "already holds a run" would hide who
+    folder.check_no_links()
+    check_fresh(folder, resume=bool(cfg.resume))
+    return [*args, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"], lock.hold(folder.path)
+
+
+def _prepare_sweep(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
+    """A sweep's folder is pinned and claimed for the sweep (each job claims its own job folder)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    cfg = _compose(plain)
+    sweep_dir = Path(cfg.hydra.sweep.dir)
+    lock.check_free(sweep_dir, what="sweep")
+    jobs = [RunDir(p) for p in sweep_dir.iterdir() if p.is_dir()] if sweep_dir.is_dir() else []
+    if any(job.holds_run() for job in jobs) and not any(job.is_unfinished() for job in jobs):
+        raise ConfigError(
+            f"The sweep folder {sweep_dir} already holds a finished sweep; choose another hydra.sweep.dir "
+            "(or drop it: each sweep gets a new folder). Running a sweep again into its folder continues "
+            "its unfinished jobs."
+        )
+    pinned = [f"hydra.sweep.dir={sweep_dir}", "hydra.output_subdir=null"]
+    return [*args, *pinned], lock.hold(sweep_dir, what="sweep")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module("cnnlab.conf", version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
 
 
 class SweepFailed(CnnlabError):
@@ -145,7 +223,7 @@ def take_sweep_failure() -> SweepFailed | None:
 
 
 class SweepSummary(Callback):
-    """At the end of a sweep: print the table of its jobs and write ``<sweep dir>/summary.csv``.
+    """At the end of a sweep: print the table of its jobs and write the sweep folder's summary.csv.
 
     If a job failed with an error, leave a message for :func:`take_sweep_failure`: the CLI then exits
     1. A diverged job is a result of its hyperparameters (a learning rate too high for a search to
@@ -158,7 +236,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = report(sweep_dir) if sweep_dir.is_dir() else []
         if rows:
-            print(f"wrote {sweep_dir / 'summary.csv'}")
+            print(f"wrote {sweep_dir / SWEEP_SUMMARY}")
         failed = [row for row in rows if row["status"] == "failed"]
         if failed:
             _failures.append(

@@ -7,18 +7,21 @@ run's ``tb/``); ``augment`` also works without a run, from the composed dataset 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from rich.console import Console
 
-from cnnlab.data.augment import build_augment
+from cnnlab.build import build_augment_from
+from cnnlab.commands.common import open_run, writing_into
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
 from cnnlab.errors import ConfigError
 from cnnlab.report import layers
-from cnnlab.report.curves import write_curves
+from cnnlab.report.curves import curves_figure, read_curves
 from cnnlab.report.figures import (
     RIGHT,
     WRONG,
@@ -31,11 +34,21 @@ from cnnlab.report.figures import (
     save_figure,
     tensorboard_writer,
 )  # fmt: skip
-from cnnlab.report.source import capture_inputs, classifier_layer, labeled_test, open_run, probs, run_data
-from cnnlab.rundir import read_weights, run_checkpoint
+from cnnlab.run.layout import RunDir
+from cnnlab.run.load import Predictor, labeled_test, run_data
 
 log = logging.getLogger("cnnlab")
 WHATS = ("curves", "filters", "feature_maps", "kernels", "predictions", "embeddings", "augment")
+
+
+@dataclass
+class Drawing:
+    """A figure ready to be written, and anything more for TensorBoard (written after the figure)."""
+
+    fig: object
+    name: str  # the PNG's file name in report/ (or a path, for augment without a run)
+    note: str = ""  # said after "wrote <path>"
+    to_tensorboard: Callable | None = None  # called with the writer: e.g. the embedding projector
 
 
 def main(cfg) -> Path | None:
@@ -51,18 +64,30 @@ def main(cfg) -> Path | None:
     if not cfg.run:
         if what != "augment":
             raise ConfigError(f"cnnlab viz {what} needs run=<a directory written by cnnlab train>.")
-        path = augment(cfg, None)
-    else:
+        drawing = augment(cfg, None, torch.device("cpu"))
+        path = save_figure(drawing.fig, Path(drawing.name))
+    else:  # everything is computed (and may be refused) before anything is written
         _check_no_groups(cfg)
-        run_checkpoint(Path(cfg.run), cfg.ckpt)  # a missing run fails here, before tb/ is created
-        tb = tensorboard_writer(Path(cfg.run), cfg.tensorboard)
+        run, device = open_run(cfg)
+        drawing = globals()[what](cfg, run, device)
+        path = (
+            None if drawing is None else write(drawing, run.run_dir, tensorboard=cfg.tensorboard, what=what)
+        )
+    if path is not None:
+        Console().print(f"cnnlab viz {what}: wrote {path}{drawing.note}")
+    return path
+
+
+def write(drawing: Drawing, run_dir: Path, *, tensorboard: bool, what: str) -> Path:
+    with writing_into(run_dir) as folder:
+        tb = tensorboard_writer(folder.path, tensorboard)
         try:
-            path = globals()[what](cfg, tb)
+            path = save_figure(drawing.fig, folder.report_file(drawing.name), tb=tb, tag=f"viz/{what}")
+            if drawing.to_tensorboard is not None and tb is not None:
+                drawing.to_tensorboard(tb)
         finally:
             if tb is not None:
                 tb.close()
-    if path is not None:
-        Console().print(f"cnnlab viz {what}: wrote {path}")
     return path
 
 
@@ -81,21 +106,18 @@ def _check_no_groups(cfg) -> None:
         )
 
 
-def _report(cfg, name: str) -> Path:
-    return Path(cfg.run) / "report" / name
+def curves(cfg, run, device) -> Drawing:
+    folder = RunDir(run.run_dir)
+    rows = read_curves(folder)
+    return Drawing(curves_figure(rows, f"Training curves: {run_label(folder.path)} ({len(rows)} epochs)"),
+                   "curves.png")  # fmt: skip
 
 
-def curves(cfg, tb) -> Path:
-    return write_curves(Path(cfg.run), tb=tb)
+def filters(cfg, run, device) -> Drawing:
+    return Drawing(layers.filters_figure(run), "filters.png")
 
 
-def filters(cfg, tb) -> Path:
-    run, _ = open_run(cfg)
-    return save_figure(layers.filters_figure(run), _report(cfg, "filters.png"), tb=tb, tag="viz/filters")
-
-
-def feature_maps(cfg, tb) -> Path:
-    run, device = open_run(cfg)
+def feature_maps(cfg, run, device) -> Drawing:
     image, label, source = layers.pick_image(cfg.image, run, device, cfg.data_root)
     stages, p = layers.capture_feature_maps(run, image, device)
     if not stages:
@@ -103,21 +125,18 @@ def feature_maps(cfg, tb) -> Path:
     pred = int(p.argmax())
     true = f"true {label}, " if label else ""
     title = f"Feature maps of {source}: {true}predicted {run.classes[pred]} (p={float(p[pred]):.2f})"
-    fig = layers.feature_maps_figure(stages, image, title)
-    return save_figure(fig, _report(cfg, "feature_maps.png"), tb=tb, tag="viz/feature_maps")
+    return Drawing(layers.feature_maps_figure(stages, image, title), "feature_maps.png")
 
 
-def kernels(cfg, tb) -> Path:
-    run, device = open_run(cfg)
+def kernels(cfg, run, device) -> Drawing:
     image, _, source = layers.pick_image(cfg.image, run, device, cfg.data_root)
     fig = layers.kernels_figure(image, cfg.kernels.custom, f"Hand-made 2-D kernels applied to {source}")
-    return save_figure(fig, _report(cfg, "kernels.png"), tb=tb, tag="viz/kernels")
+    return Drawing(fig, "kernels.png")
 
 
-def predictions(cfg, tb) -> Path | None:
-    run, device = open_run(cfg)
-    x, y = labeled_test(run_data(run, device, data_root=cfg.data_root), run.run_dir, "viz predictions")
-    pred = probs(run, x, device=device, batch_size=int(run.cfg.trainer.eval_batch_size)).argmax(1)
+def predictions(cfg, run, device) -> Drawing | None:
+    x, y = labeled_test(run_data(run.cfg, device, data_root=cfg.data_root), run.run_dir, "viz predictions")
+    pred = Predictor.of(run, device).probs(x).argmax(1)
     y = y.cpu()
     wrong = pred != y
     chosen = torch.nonzero(wrong).flatten() if cfg.only == "wrong" else torch.arange(len(y))
@@ -131,19 +150,18 @@ def predictions(cfg, tb) -> Path | None:
     title = f"Test {what} of {run_label(run.run_dir)}: predicted (true); {int(wrong.sum())} of {len(y)} wrong"
     fig = grid_figure(x[chosen.to(x.device)].cpu(), titles, colors=colors, cols=6, title=title)
     name = "predictions_wrong.png" if cfg.only == "wrong" else "predictions.png"
-    return save_figure(fig, _report(cfg, name), tb=tb, tag=f"viz/{name[:-4]}")
+    return Drawing(fig, name, f" ({int(wrong.sum())} of {len(y)} test images wrong)")
 
 
-def embeddings(cfg, tb) -> Path:
+def embeddings(cfg, run, device) -> Drawing:
     from sklearn.manifold import TSNE
 
-    run, device = open_run(cfg)
-    x, y = labeled_test(run_data(run, device, data_root=cfg.data_root), run.run_dir, "viz embeddings")
+    x, y = labeled_test(run_data(run.cfg, device, data_root=cfg.data_root), run.run_dir, "viz embeddings")
     g = torch.Generator().manual_seed(int(cfg.seed))
     sample = torch.randperm(len(x), generator=g)[: cfg.n].sort().values
     x, y = x[sample.to(x.device)], y[sample.to(y.device)].cpu().numpy()
-    with capture_inputs(classifier_layer(run.model)) as seen:
-        probs(run, x, device=device, batch_size=int(run.cfg.trainer.eval_batch_size))
+    with layers.capture_inputs(layers.classifier_layer(run.model)) as seen:
+        Predictor.of(run, device, tta=None).probs(x)  # one view: one feature vector per image
     feats = torch.cat(seen).flatten(1)
     perplexity = float(min(cfg.perplexity, len(x) - 1))
     xy = TSNE(perplexity=perplexity, init="pca", random_state=int(cfg.seed)).fit_transform(feats.numpy())
@@ -157,17 +175,19 @@ def embeddings(cfg, tb) -> Path:
            title=f"t-SNE of the penultimate-layer features ({feats.shape[1]}-d) of {len(x)} test images: "
                  f"{run_label(run.run_dir)} (perplexity {perplexity:g})")  # fmt: skip
     fig.tight_layout()
-    if tb is not None:
-        images = x.cpu().float() / 255
-        tb.add_embedding(feats, metadata=[run.classes[k] for k in y], label_img=images, tag="penultimate")
-    return save_figure(fig, _report(cfg, "embeddings.png"), tb=tb, tag="viz/embeddings")
+    images, names = x.cpu().float() / 255, [run.classes[k] for k in y]
+    projector = partial(_add_embedding, feats=feats, metadata=names, label_img=images)
+    return Drawing(fig, "embeddings.png", to_tensorboard=projector)
 
 
-def augment(cfg, tb) -> Path:
+def _add_embedding(tb, **kwargs) -> None:
+    tb.add_embedding(kwargs.pop("feats"), **kwargs, tag="penultimate")
+
+
+def augment(cfg, run, device) -> Drawing:
     """One training batch before and after the augmentation policy, through the trainer's BatchPipeline."""
-    if cfg.run:
-        source = OmegaConf.create(read_weights(run_checkpoint(Path(cfg.run), cfg.ckpt))["config"])
-        dataset, aug, seed = source.dataset, source.augmentation, int(source.seed)
+    if run is not None:
+        dataset, aug, seed = run.cfg.dataset, run.cfg.augmentation, int(run.cfg.seed)
         if cfg.data_root:
             dataset.root = str(cfg.data_root)
     else:
@@ -177,8 +197,7 @@ def augment(cfg, tb) -> Path:
     data = build_data(dataset, device=device, batch_size=count, eval_batch_size=count, seed=seed)
     data.train.set_epoch(1)
     xb, yb = next(iter(data.train))
-    policy = build_augment(**OmegaConf.to_container(aug, resolve=True), channels=data.channels,
-                           image_size=data.image_size)  # fmt: skip
+    policy = build_augment_from(aug, channels=data.channels, image_size=data.image_size)
     pipeline = BatchPipeline(data.mean, data.std, device, augment=policy, seed=seed)
     after = pipeline(xb, train=True)
     titles = [data.classes[k] for k in yb]
@@ -195,8 +214,6 @@ def augment(cfg, tb) -> Path:
     image_grid(left, xb, [data.classes[k] for k in yb], cols=cols, title="before")
     ops = ", ".join(name for name, _ in policy.ops) if policy else "no ops"
     image_grid(right, after, titles, cols=cols, title=f"after ({ops})")
-    if cfg.run:
-        out = _report(cfg, "augment.png")
-    else:
-        out = Path(cfg.out) if cfg.out else Path(f"augment_{dataset.name}_{aug.name}.png")
-    return save_figure(fig, out, tb=tb, tag="viz/augment")
+    if run is not None:
+        return Drawing(fig, "augment.png")
+    return Drawing(fig, str(cfg.out) if cfg.out else f"augment_{dataset.name}_{aug.name}.png")

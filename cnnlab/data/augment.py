@@ -189,13 +189,14 @@ BOUNDS = {
 }
 
 
-def _validate(options: dict) -> None:
+def check_augment(options: dict) -> None:
+    """The options of :func:`build_augment` (by name, ``image_size`` included), checked without data."""
     if options["name"] not in POLICIES:
         raise ConfigError(f"Unknown augmentation '{options['name']}'; choose one of: {', '.join(POLICIES)}.")
     for key, (low, high) in BOUNDS.items():
         if not low <= options[key] <= high:
             raise ConfigError(f"augmentation.{key} must be between {low} and {high}, got {options[key]}.")
-    if options["crop_padding"] >= options["image_size"]:
+    if options["name"] in ("basic", "strong") and options["crop_padding"] >= options["image_size"]:
         raise ConfigError(f"augmentation.crop_padding must be below the image size {options['image_size']}.")
     low, high = options["scale"]
     if not 0 < low <= high:
@@ -254,7 +255,7 @@ def build_augment(
     """Build the policy ``name`` (none, basic, standard, strong) plus the noise, erasing and mixing
     options, which work with any policy. ``flip=None`` flips RGB images only (not digits); the colour
     jitter of ``standard`` is skipped for 1-channel images. Returns None when nothing would change."""
-    _validate(dict(locals()))  # every argument, by name
+    check_augment(dict(locals()))  # every argument, by name
     flip = (name != "none" and channels == 3) if flip is None else flip
     ops: list[tuple[str, Op]] = []
     if name in ("basic", "strong") and crop_padding:

@@ -1,8 +1,8 @@
 """In-memory batches: one uint8 tensor per split on the training device, sliced by a seeded permutation.
 
-This replaces DataLoader + ToTensor for data that fits in memory (PERF_NOTES: ~2.3x faster per LeNet
-epoch). Conversion to float, augmentation and normalisation run on whole batches in
-:class:`BatchPipeline`, on the same device.
+This replaces DataLoader + ToTensor for data that fits in memory (a LeNet epoch ran ~2.3x faster this
+way; scripts/benchmark.py compares the two). Conversion to float, augmentation and normalisation run on
+whole batches in :class:`BatchPipeline`, on the same device.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import random
 from pathlib import Path
 
@@ -35,34 +34,29 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         ) from None
 
 
-# Checkpoint keys that describe the weights; they travel as safetensors metadata (strings).
-WEIGHT_METADATA = ("model_name", "classes", "mean", "std", "image_size", "in_channels", "epoch", "config")
-
-
-def save_safetensors(state: dict, weights: dict, path: Path) -> None:
-    """``weights`` alone as safetensors, with what is needed to use them as metadata (JSON strings)."""
+def save_safetensors(weights: dict, metadata: dict[str, str], path: Path) -> None:
+    """``weights`` alone as safetensors (tensors only: nothing to execute when loaded), with string
+    ``metadata``."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    metadata = {k: json.dumps(state[k]) for k in WEIGHT_METADATA}
     atomic_write(path, lambda f: f.write(save(tensors, metadata=metadata)))
 
 
-def load_safetensors(path: Path) -> dict:
-    """A checkpoint-like dict (``model`` plus the metadata keys) from a file written by save_safetensors."""
+def load_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
+    """The tensors and the metadata of a safetensors file."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-        state = {k: json.loads(metadata[k]) for k in WEIGHT_METADATA}
-    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path} is not a cnnlab safetensors file ({type(exc).__name__}: {exc}); "
             "use the file written by cnnlab train or pass ckpt=<a .pt checkpoint>."
         ) from None
-    return {**state, "model": tensors}
+    return tensors, metadata
 
 
 def rng_state() -> dict:

@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as td
@@ -89,9 +88,13 @@ class Dist:
             td.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
+def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ConfigError(f"Unknown trainer.backend '{name}'; choose one of: {', '.join(BACKENDS)}.")
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    check_backend(name)
     if name == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     if name == "nccl" and device.type != "cuda":
@@ -215,22 +218,9 @@ def requeue_handler():
     """Submitit's handler for its preemption/timeout signal (SIGUSR2), captured before training.
 
     The trainer catches SIGUSR2 itself to checkpoint mid-epoch; calling this handler afterwards lets
-    submitit requeue the job, which then resumes from ``last.pt`` (see :func:`resumable_here`).
+    submitit requeue the job, which then resumes from ``last.pt`` (``cnnlab.commands.train``).
     """
     if not in_submitit() or not hasattr(signal, "SIGUSR2"):
         return None
     handler = signal.getsignal(signal.SIGUSR2)
     return handler if callable(handler) else None
-
-
-def resumable_here(run_dir: Path) -> bool:
-    """A requeued submitit job finds its own unfinished ``last.pt`` and continues from it.
-
-    A sweep job's directory is its own (sweep dir with microseconds + job number), so a ``last.pt``
-    without ``summary.json`` there can only come from an earlier attempt of this very job.
-    """
-    return (
-        in_submitit()
-        and (run_dir / "checkpoints" / "last.pt").is_file()
-        and not (run_dir / "summary.json").exists()
-    )

@@ -18,6 +18,15 @@ from torch import nn
 from cnnlab.errors import ConfigError
 
 
+def check_decay(decay) -> None:
+    """``trainer.ema``: null, or a decay strictly between 0 and 1."""
+    if decay is not None and not 0 < decay < 1:
+        raise ConfigError(
+            f"trainer.ema is a decay in (0, 1) (between 0 and 1, exclusive), e.g. 0.999, or null; "
+            f"got {decay}."
+        )
+
+
 class ModelEMA:
     """``ema = d * ema + (1 - d) * weights`` after every optimizer step.
 
@@ -27,8 +36,7 @@ class ModelEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
-        if not 0 < decay < 1:
-            raise ConfigError(f"The EMA decay must be between 0 and 1 (exclusive), got {decay}.")
+        check_decay(decay)
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.warmup = decay, warmup
         self.updates = 0

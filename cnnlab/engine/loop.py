@@ -1,4 +1,9 @@
-"""One training epoch and one evaluation pass, readable top to bottom."""
+"""One training epoch and one scoring pass, readable top to bottom.
+
+:func:`micro_step` is the training step itself (forward, loss, backward and, at the end of an
+accumulation group, clipping, the optimizer step through the scaler, the schedule and the EMA);
+:func:`train_one_epoch` keeps the timing, the running totals and the signal polling around it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import torch
 from torch import nn
 
 from cnnlab.engine.device import autocast
+from cnnlab.engine.distributed import Dist
+from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.infer import view_log_probs
 from cnnlab.engine.losses import mixed_loss
 from cnnlab.errors import CnnlabError
@@ -23,29 +30,22 @@ class DivergedError(CnnlabError):
     exit_code = 3
 
 
-def local_totals(*values) -> list[float]:
-    """Per-process counts as floats; under DDP, ``Dist.totals`` sums them over all ranks instead."""
-    return [float(v) for v in values]
-
-
 @dataclass
 class StepContext:
     """What a step needs besides model and batch: built once per run by the trainer."""
 
     device: torch.device
     precision: str
-    pipeline: object  # cnnlab.data.loader.BatchPipeline
+    pipeline: Callable  # cnnlab.data.loader.BatchPipeline: uint8 batch -> augmented, normalised input
     criterion: nn.Module
-    grad_clip: float | None = None
-    augment: object | None = None  # BatchAugment, for mixup/cutmix
-    ema: object | None = None  # ModelEMA
-    accumulate: int = 1  # micro-batches per optimizer step
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
-    on_step: Callable[[], None] | None = None  # after every optimizer step (per-step logging)
-    should_stop: Callable[[], bool] | None = None  # polled after every optimizer step (signals)
-    world_size: int = 1  # data-parallel processes, each holding its slice of every batch
-    totals: Callable[..., list[float]] = local_totals  # sums of counts over processes
+    grad_clip: float | None = None
+    ema: ModelEMA | None = None
+    accumulate: int = 1  # micro-batches per optimizer step
+    dist: Dist = field(default_factory=Dist)  # data-parallel processes (sums of counts over them)
     eval_views: list[Callable] = field(default_factory=list)  # test-time augmentation (engine.tta)
+    on_step: Callable[[], None] | None = None  # after every optimizer step (logging, callbacks)
+    should_stop: Callable[[], bool] | None = None  # polled after every optimizer step (signals)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class EpochState:
     seen: int = 0
     data_s: float = 0.0
     compute_s: float = 0.0
-    grad_norm: float = float("nan")
+    grad_norm: torch.Tensor | float = float("nan")
     first_bad_step: torch.Tensor | int = -1  # first step whose loss was not finite
     interrupted: bool = field(default=False, compare=False)
 
@@ -83,6 +83,35 @@ def optimizer_steps(loader, accumulate: int) -> int:
     return -(-len(loader) // accumulate)
 
 
+def micro_step(model, x, targets, optimizer, schedule, ctx: StepContext, *, weight: float, boundary: bool):
+    """Forward, loss and backward of one micro-batch, the loss weighted by its share of the group; on
+    the group's last micro-batch (``boundary``) also clip, step the optimizer and the schedule, update
+    the EMA. ``targets`` are the labels, or ``(y_a, y_b, lam)`` for a mixed batch. Returns the detached
+    loss and logits and the gradient norm before clipping (a tensor: no host sync; None unclipped)."""
+    # DDP: all-reduce gradients only on the micro-batch that ends an accumulation group.
+    sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
+    with sync:
+        with autocast(ctx.device, ctx.precision):
+            logits = model(x)
+            if isinstance(targets, tuple):
+                loss = mixed_loss(ctx.criterion, logits, *targets)
+            else:
+                loss = ctx.criterion(logits, targets)
+        ctx.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+    grad_norm = None
+    if boundary:
+        if ctx.grad_clip:
+            ctx.scaler.unscale_(optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip)
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step_batch()
+        if ctx.ema is not None:
+            ctx.ema.update(model)
+    return loss.detach(), logits.detach(), grad_norm
+
+
 def train_one_epoch(
     model, loader, optimizer, schedule, ctx: StepContext, *, epoch: int, state: EpochState, progress=None
 ) -> dict:
@@ -97,45 +126,31 @@ def train_one_epoch(
     correct = torch.as_tensor(state.correct, device=device, dtype=torch.long)
     first_bad = torch.as_tensor(state.first_bad_step, device=device, dtype=torch.long)
     groups = group_sizes(loader, ctx.accumulate)
-    scaler = ctx.scaler
+    augment = getattr(ctx.pipeline, "augment", None)
+    mixing = augment is not None and augment.mixes
     optimizer.zero_grad(set_to_none=True)
     t = time.perf_counter()
     for step, (xb, yb) in enumerate(loader.batches(start=state.step), start=state.step):
         x = ctx.pipeline(xb, train=True)
-        mixing = ctx.augment is not None and ctx.augment.mixes
+        targets = yb
         if mixing:
-            x, y_a, y_b, lam = ctx.augment.mix(x, yb, ctx.pipeline.generator)
+            x, y_a, y_b, lam = augment.mix(x, yb, ctx.pipeline.generator)
+            targets = (y_a, y_b, lam)
         t_data = time.perf_counter()
         state.data_s += t_data - t
         n = len(yb)
-        scale = n * ctx.world_size / groups[step // ctx.accumulate]  # 1.0 for one process, no accumulation
         boundary = (step + 1) % ctx.accumulate == 0 or step + 1 == len(loader)
-        # DDP: all-reduce gradients only on the micro-batch that ends an accumulation group.
-        sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast(device, ctx.precision):
-                logits = model(x)
-                if mixing:
-                    loss = mixed_loss(ctx.criterion, logits, y_a, y_b, lam)
-                else:
-                    loss = ctx.criterion(logits, yb)
-            scaler.scale(loss * scale if scale != 1.0 else loss).backward()
-        detached = loss.detach().float()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
-        loss_sum += detached * n
-        correct += (logits.detach().argmax(1) == yb).sum()
+        weight = n * ctx.dist.world_size / groups[step // ctx.accumulate]  # 1.0: one process, no accumulation
+        loss, logits, grad_norm = micro_step(model, x, targets, optimizer, schedule, ctx, weight=weight,
+                                             boundary=boundary)  # fmt: skip
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+        loss_sum += loss.float() * n
+        correct += (logits.argmax(1) == yb).sum()
         state.seen += n
         state.step = step + 1
+        if grad_norm is not None:
+            state.grad_norm = grad_norm
         if boundary:
-            if ctx.grad_clip:
-                scaler.unscale_(optimizer)
-                state.grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step_batch()
-            if ctx.ema is not None:
-                ctx.ema.update(model)
             if ctx.on_step is not None:
                 ctx.on_step()
             if ctx.should_stop is not None and ctx.should_stop() and state.step < len(loader):
@@ -147,7 +162,8 @@ def train_one_epoch(
         if state.interrupted:
             break
     state.loss_sum, state.correct, state.first_bad_step = loss_sum, correct, first_bad
-    total_loss, total_correct, seen = ctx.totals(loss_sum, correct, state.seen)  # one sync per epoch
+    state.grad_norm = float(state.grad_norm)
+    total_loss, total_correct, seen = ctx.dist.totals(loss_sum, correct, state.seen)  # one sync per epoch
     train_loss = total_loss / max(seen, 1)
     if not math.isfinite(train_loss):
         bad = int(first_bad)
@@ -167,7 +183,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model, loader, ctx: StepContext) -> dict:
+def score(model, loader, ctx: StepContext) -> dict:
     """Mean cross-entropy (without label smoothing) and accuracy over ``loader`` (all ranks' shards),
     of the probabilities averaged over ``ctx.eval_views`` when test-time augmentation is on."""
     model.eval()
@@ -182,5 +198,5 @@ def evaluate(model, loader, ctx: StepContext) -> dict:
         loss_sum += nn.functional.nll_loss(log_probs, yb, reduction="sum")
         correct += (log_probs.argmax(1) == yb).sum()
         seen += len(yb)
-    loss_sum, correct, seen = ctx.totals(loss_sum, correct, seen)
+    loss_sum, correct, seen = ctx.dist.totals(loss_sum, correct, seen)
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}

@@ -1,14 +1,8 @@
-"""Build the optimizer from the ``optimizer`` config group (any torch.optim class via ``_target_``)."""
+"""Optimizer parameter groups (the optimizer itself is built by :func:`cnnlab.build.build_optimizer`)."""
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
-
-from cnnlab.errors import ConfigError
-
-OWN_KEYS = ("name", "decay_bias_norm")  # cnnlab's keys, not constructor arguments
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bias_norm: bool) -> list[dict]:
@@ -20,19 +14,3 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_norm: bool) -
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: nn.Module, cfg: DictConfig):
-    kwargs = OmegaConf.to_container(cfg, resolve=True)
-    decay_bias_norm = bool(kwargs.get("decay_bias_norm", False))
-    for key in OWN_KEYS:
-        kwargs.pop(key, None)
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    groups = param_groups(model, kwargs.get("weight_decay", 0.0), decay_bias_norm)
-    try:
-        return hydra.utils.instantiate(kwargs, groups)
-    except Exception as exc:
-        raise ConfigError(
-            f"Could not build optimizer {cfg.get('_target_')}: {exc.__cause__ or exc}."
-        ) from None

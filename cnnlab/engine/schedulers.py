@@ -111,7 +111,7 @@ def build_scheduler(
     ``warmup_epochs`` epochs (give one, not both). ``mode`` ('max' or 'min') is the direction of the
     monitored metric, used by ``plateau``. ``options`` are the schedule's own, listed in ``OPTIONS``.
     """
-    opts = _check_options(name, options)
+    opts = check_schedule(name, options)
     total = steps_per_epoch * max_epochs
     warmup = _warmup_steps(name, warmup_epochs, warmup_steps, steps_per_epoch, total)
     try:
@@ -126,7 +126,8 @@ def build_scheduler(
     return Schedule(optimizer, per_step, None, total_steps=total, warmup_steps=warmup)
 
 
-def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+def check_schedule(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The schedule name and its options, checked (no optimizer or data needed); with defaults filled."""
     if name not in OPTIONS:
         raise ConfigError(f"Unknown scheduler '{name}'; choose one of: {', '.join(OPTIONS)}.")
     unknown = sorted(set(options) - set(OPTIONS[name]))

@@ -1,12 +1,14 @@
-"""The test-split report of a run, written to ``<run>/report/``: by ``cnnlab evaluate`` and at the end of
-``cnnlab train`` (unless ``trainer.evaluate=false``, through :func:`after_train`)."""
+"""The test-split report of a run: metrics.json, per-class and confusion CSVs, and figures.
+
+Written at the end of ``cnnlab train`` (from the probabilities that gave summary.json's test accuracy,
+so the two agree exactly) and by ``cnnlab evaluate``; both score through :class:`cnnlab.run.load.Predictor`.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,95 +16,101 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cnnlab.engine.tta import tta_views
-from cnnlab.io import atomic_write
+from cnnlab.io import write_csv, write_json
 from cnnlab.report.curves import write_curves
 from cnnlab.report.figures import WRONG, grid_figure, new_figure, run_label, save_figure, tensorboard_writer
-from cnnlab.report.metrics import summarize
-from cnnlab.report.source import labeled_test, probs, run_data
-from cnnlab.rundir import LoadedRun, load_run
+from cnnlab.report.metrics import classification_report
+from cnnlab.run.layout import RunDir
+from cnnlab.run.load import Predictor
 
 log = logging.getLogger("cnnlab")
+METRICS_FILE = "metrics.json"
 
 
-def after_train(
-    run_dir: Path, *, device: torch.device, precision: str, labeled: bool, limit, tensorboard: bool
-):
-    """End of ``train``: the curves, and the evaluation report when the test split has labels.
+@dataclass
+class Scored:
+    """Test images scored once: the images, their labels and the model's log-probabilities."""
 
-    The run was just trained by this user, so its config is trusted. ``limit`` (batches) mirrors
-    ``trainer.limit_eval_batches`` so the report scores the same images as the run's test accuracy.
-    """
-    tb = tensorboard_writer(run_dir, tensorboard)
+    x: torch.Tensor  # uint8 (N, C, H, W), on any device
+    labels: torch.Tensor  # (N,) int64, on the CPU
+    log_probs: torch.Tensor  # (N, classes) float32, on the CPU
+    classes: list[str]
+    checkpoint: Path
+    epoch: int
+    precision: str
+    tta: str | int | None
+
+    @classmethod
+    def score(
+        cls, predictor: Predictor, x: torch.Tensor, labels: torch.Tensor, *, checkpoint: Path
+    ) -> Scored:
+        log_probs = torch.cat([predictor.log_probs(xb).cpu() for xb in predictor.batches(x)])
+        record = predictor.record
+        return cls(x, labels.cpu(), log_probs, record.classes, Path(checkpoint), record.epoch,
+                   predictor.precision, predictor.tta)  # fmt: skip
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.log_probs.exp().numpy()
+
+    @property
+    def accuracy(self) -> float:
+        """The share of right predictions, computed as the report's metrics.json computes it."""
+        return float((self.probs.argmax(1) == self.labels.numpy()).mean())
+
+    @property
+    def loss(self) -> float:
+        """Mean negative log-likelihood of the true class (cross-entropy without label smoothing)."""
+        return torch.nn.functional.nll_loss(self.log_probs, self.labels).item()
+
+
+def write_train_report(folder: RunDir, scored: Scored | None, *, tensorboard: bool) -> None:
+    """End of ``train``: the curves, and the evaluation report when the test split was scored."""
+    tb = tensorboard_writer(folder.path, tensorboard)
     try:
-        write_curves(run_dir, tb=tb)
+        write_curves(folder, tb=tb)
+        if scored is not None:
+            write_report(folder.report, scored, run_name=run_label(folder.path), tb=tb)
     finally:
         if tb is not None:
             tb.close()
-    if labeled:
-        run = load_run(run_dir, device=device, trust_config=True)
-        write_report(run, device, precision=precision, limit=limit, tensorboard=tensorboard)
 
 
 def write_report(
-    run: LoadedRun,
-    device: torch.device,
-    *,
-    precision: str = "32",
-    data_root: str | None = None,
-    bins: int = 15,
-    worst: int = 16,
-    pairs: int = 10,
-    limit: int | None = None,
-    tensorboard: bool = True,
+    out: Path, scored: Scored, *, run_name: str, tb=None, bins: int = 15, worst: int = 16, pairs: int = 10
 ) -> dict:
-    """Score the run's labeled test split; write metrics.json, CSVs and PNGs; print the tables."""
-    data = run_data(run, device, data_root=data_root)
-    x, y = labeled_test(data, run.run_dir, "cnnlab evaluate")
-    batch = int(run.cfg.trainer.eval_batch_size)
-    if limit:
-        x, y = x[: limit * batch], y[: limit * batch]
-    tta = run.cfg.trainer.get("tta")  # score as the run's own validation and test did
-    p = probs(run, x, device=device, precision=precision, batch_size=batch,
-              views=tta_views(tta, run.image_size)).numpy()  # fmt: skip
-    labels = y.cpu().numpy()
-    metrics = summarize(p, labels, run.classes, bins=bins, pairs=pairs)
-    metrics.update(checkpoint=str(run.checkpoint_path), epoch=run.epoch, precision=precision, tta=tta)
-
-    out = run.run_dir / "report"
-    tb = tensorboard_writer(run.run_dir, tensorboard)
-    try:
-        atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-        _write_csv(out / "per_class.csv", ["class", "precision", "recall", "f1", "accuracy", "support"],
-                   [[r[k] for k in ("class", "precision", "recall", "f1", "accuracy", "support")]
-                    for r in metrics["per_class"]])  # fmt: skip
-        cm = np.array(metrics["confusion_matrix"])
-        _write_csv(out / "confusion_matrix.csv", ["true \\ predicted", *run.classes],
-                   [[name, *row] for name, row in zip(run.classes, cm.tolist(), strict=True)])  # fmt: skip
-        name = run_label(run.run_dir)
-        fig = confusion_figure(cm, run.classes, f"Confusion matrix: {name} (test, accuracy "
-                                                f"{metrics['accuracy']:.4f})")  # fmt: skip
-        save_figure(fig, out / "confusion_matrix.png", tb=tb, tag="report/confusion_matrix")
-        fig = reliability_figure(metrics["calibration"], metrics["ece"], f"Reliability diagram: {name}")
-        save_figure(fig, out / "reliability.png", tb=tb, tag="report/reliability")
-        if worst:
-            fig = worst_figure(x, p, labels, run.classes, worst, name)
-            if fig is not None:
-                save_figure(fig, out / "misclassified.png", tb=tb, tag="report/misclassified")
-    finally:
-        if tb is not None:
-            tb.close()
-    print_tables(metrics, Console())
+    """Write metrics.json, per_class.csv, confusion_matrix.csv/.png, reliability.png and
+    misclassified.png to ``out``; return the metrics."""
+    p, labels, classes = scored.probs, scored.labels.numpy(), scored.classes
+    metrics = classification_report(p, labels, classes, bins=bins, pairs=pairs)
+    metrics.update(checkpoint=str(scored.checkpoint), epoch=scored.epoch, precision=scored.precision,
+                   tta=scored.tta)  # fmt: skip
+    write_json(out / METRICS_FILE, metrics)
+    columns = ("class", "precision", "recall", "f1", "accuracy", "support")
+    write_csv(out / "per_class.csv", list(columns), [[r[k] for k in columns] for r in metrics["per_class"]])
+    cm = np.array(metrics["confusion_matrix"])
+    write_csv(out / "confusion_matrix.csv", ["true \\ predicted", *classes],
+              [[name, *row] for name, row in zip(classes, cm.tolist(), strict=True)])  # fmt: skip
+    title = f"Confusion matrix: {run_name} (test, accuracy {metrics['accuracy']:.4f})"
+    save_figure(confusion_figure(cm, classes, title), out / "confusion_matrix.png", tb=tb,
+                tag="report/confusion_matrix")  # fmt: skip
+    fig = reliability_figure(metrics["calibration"], metrics["ece"], f"Reliability diagram: {run_name}")
+    save_figure(fig, out / "reliability.png", tb=tb, tag="report/reliability")
+    if worst:
+        fig = worst_figure(scored.x, p, labels, classes, worst, run_name)
+        if fig is not None:
+            save_figure(fig, out / "misclassified.png", tb=tb, tag="report/misclassified")
     log.info("evaluation report written to %s", out)
     return metrics
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows])
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+def read_report(out: Path) -> dict | None:
+    """The metrics.json of an earlier report in ``out`` (None when there is none or it is unreadable)."""
+    try:
+        data = json.loads((out / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def print_tables(m: dict, console: Console) -> None:

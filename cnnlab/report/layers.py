@@ -3,7 +3,9 @@ layer, and classic hand-made kernels applied to a picture."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -14,8 +16,7 @@ from cnnlab.build import build_model, seed_everything
 from cnnlab.data.images import open_image
 from cnnlab.errors import ConfigError
 from cnnlab.report.figures import mosaic, new_figure, to_display
-from cnnlab.report.source import probs, run_data
-from cnnlab.rundir import LoadedRun
+from cnnlab.run.load import LoadedRun, Predictor, run_data
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
                nn.Mish, nn.PReLU)  # fmt: skip
@@ -86,7 +87,7 @@ def pick_image(spec, run: LoadedRun, device, data_root=None) -> tuple[torch.Tens
     """``image=<index>`` into the test split or ``image=<file>``: uint8 (C, H, W), true class, a label."""
     text = str(spec)
     if text.lstrip("-").isdigit():
-        data = run_data(run, device, data_root=data_root)
+        data = run_data(run.cfg, device, data_root=data_root)
         if data.test is None:
             raise ConfigError(f"The dataset of {run.run_dir} has no test split; pass image=<an image file>.")
         index, n = int(text), len(data.test.x)
@@ -102,18 +103,23 @@ def pick_image(spec, run: LoadedRun, device, data_root=None) -> tuple[torch.Tens
 
 def capture_feature_maps(run: LoadedRun, image: torch.Tensor, device) -> tuple[list[tuple], torch.Tensor]:
     """Each convolution's output, then the first activation and the first pooling after it, in the order
-    the forward pass ran them: a list of ``(module name, kind, maps (C, H, W))``, and the probabilities."""
-    names = {m: n for n, m in run.model.named_modules()}
+    one forward pass of ``image`` (uint8, C x H x W) ran them: ``(module name, kind, maps)``; and the
+    class probabilities, as the run scores (:class:`~cnnlab.run.load.Predictor`, with its TTA)."""
+    predictor = Predictor.of(run, device)
+    model = run.model
+    x = predictor.pipeline(image.unsqueeze(0).to(device), train=False)
+    names = {m: n for n, m in model.named_modules()}
     seen: list[tuple] = []
 
     def hook(module, _inputs, output):
         if isinstance(output, torch.Tensor) and output.dim() == 4:  # clone: a later ReLU may work in place
             seen.append((names[module], module, output[0].detach().float().cpu().clone()))
 
-    watched = [m for m in run.model.modules() if isinstance(m, (nn.Conv2d, *ACTIVATIONS, *POOLS))]
+    watched = [m for m in model.modules() if isinstance(m, (nn.Conv2d, *ACTIVATIONS, *POOLS))]
     handles = [m.register_forward_hook(hook) for m in watched]
     try:
-        p = probs(run, image.unsqueeze(0), device=device)
+        with torch.no_grad():
+            model.eval()(x)
     finally:
         for h in handles:
             h.remove()
@@ -128,7 +134,7 @@ def capture_feature_maps(run: LoadedRun, image: torch.Tensor, device) -> tuple[l
             continue  # only the first activation and pooling after a convolution
         kinds.add(group)
         stages.append((name, type(module).__name__, maps))
-    return stages, p[0]
+    return stages, predictor.probs(image.unsqueeze(0))[0]
 
 
 def feature_map_rows(stages: list[tuple]) -> list[int]:
@@ -207,3 +213,27 @@ def kernels_figure(image: torch.Tensor, custom, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+@contextlib.contextmanager
+def capture_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the input of every call of ``module`` (e.g. the classifier: the penultimate features)."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_hook(
+        lambda _m, inputs, _out: seen.append(inputs[0].detach().float().cpu())
+    )
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def classifier_layer(model: nn.Module) -> nn.Module:
+    """The last linear layer: cnnlab models name it ``classifier``; otherwise the last ``nn.Linear``."""
+    layer = getattr(model, "classifier", None)
+    if isinstance(layer, nn.Module):
+        return layer
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no linear classifier layer to take features from.")
+    return linears[-1]

@@ -78,7 +78,9 @@ def most_confused(cm: np.ndarray, k: int) -> list[tuple[int, int, int]]:
     return [(t, p, int(off[t, p])) for t, p in pairs if off[t, p] > 0]
 
 
-def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str], *, bins: int, pairs: int) -> dict:
+def classification_report(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], *, bins: int, pairs: int
+) -> dict:
     """Everything ``cnnlab evaluate`` reports, as plain JSON-able values."""
     pred = probs.argmax(1)
     cm = confusion_matrix(pred, labels, len(classes))

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cnnlab.commands.common import writing_into
 from cnnlab.commands.predict.inputs import Inputs, from_dataset, from_path
 from cnnlab.commands.predict.submission import check_rows, make_ids, make_rows, submission_format, write_csv
-from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import workers
-from cnnlab.engine.device import resolve_device, resolve_precision
-from cnnlab.engine.infer import infer_probs
-from cnnlab.engine.tta import CHOICES as tta_choices
-from cnnlab.engine.tta import parse_tta, tta_views
+from cnnlab.engine.device import resolve_device
+from cnnlab.engine.tta import parse_tta
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.rundir import LoadedRun, load_run
+from cnnlab.run.load import RUN, LoadedRun, Predictor, check_tta, load_run
 
 
 @dataclass
@@ -30,9 +29,6 @@ class Prediction:
     where: str
     accuracy: float | None  # against the known labels, when the inputs have them
     tta: list  # the test-time augmentation each member used (None: none)
-
-
-RUN_TTA = "run"  # predict's default tta: each run's own trainer.tta, as its validation and test scored it
 
 
 def _as_list(value) -> list[str]:
@@ -55,14 +51,8 @@ def _check_same_classes(members: list[LoadedRun]) -> None:
 
 
 def _member_probs(run: LoadedRun, inputs: Inputs, *, tta, device, precision, batch_size) -> torch.Tensor:
-    x = inputs.images(run.in_channels, run.image_size)
-    channels_last = any(isinstance(m, torch.nn.Conv2d) for m in run.model.modules())
-    if channels_last:
-        run.model.to(memory_format=torch.channels_last)
-    pipeline = BatchPipeline(run.mean, run.std, device, channels_last=channels_last)
-    batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
-    return infer_probs(run.model, batches, pipeline=pipeline, device=device, precision=precision,
-                       views=tta_views(tta, run.image_size))  # fmt: skip
+    predictor = Predictor.of(run, device, tta=tta, precision=precision, batch_size=batch_size)
+    return predictor.probs(inputs.images(run.in_channels, run.image_size))
 
 
 def _check_labels(inputs: Inputs, num_classes: int) -> None:
@@ -87,12 +77,12 @@ def predict(
     input: str | None = None,
     out: str | None = None,
     probs: bool = False,
-    tta=RUN_TTA,
+    tta=RUN,
     data_root: str | None = None,
     submission: DictConfig | dict | None = None,
     device: str = "auto",
-    precision: str = "32",
-    batch_size: int = 500,
+    precision: str = RUN,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     trust_config: bool = False,
 ) -> Prediction:
@@ -102,17 +92,10 @@ def predict(
         raise ConfigError("cnnlab predict needs run=<run directory> (or run=[dirA,dirB] for an ensemble).")
     if ckpts and len(ckpts) != len(runs):
         raise ConfigError(f"ckpt names {len(ckpts)} checkpoint(s) for {len(runs)} run(s); give one per run.")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be greater than 0, got {batch_size}.")
-    if tta != RUN_TTA:
-        try:
-            parse_tta(tta)
-        except ConfigError:
-            raise ConfigError(
-                f"Unknown tta '{tta}'; choose one of: run (each run's own trainer.tta), {tta_choices}."
-            ) from None
+    check_tta(tta)
     dev = resolve_device(device)
-    precision = resolve_precision(str(precision), dev)
     members = [
         load_run(r, ckpt=c, device=dev, trust_config=trust_config)
         for r, c in zip(runs, ckpts or [None] * len(runs), strict=True)
@@ -127,7 +110,7 @@ def predict(
     inputs = from_path(Path(input), num_workers=n_workers) if input else from_dataset(dataset)
     _check_labels(inputs, len(classes))
 
-    ttas = [m.cfg.trainer.get("tta") if tta == RUN_TTA else tta for m in members]
+    ttas = [m.record.tta if tta == RUN else tta for m in members]
     kw = {"device": dev, "precision": precision, "batch_size": batch_size}
     member_probs = [_member_probs(m, inputs, tta=t, **kw) for m, t in zip(members, ttas, strict=True)]
     mean_probs = torch.stack(member_probs).mean(0)
@@ -135,7 +118,9 @@ def predict(
     check_rows(ids, mean_probs.argmax(1), count=inputs.count, num_classes=len(classes), where=inputs.where)
     header, rows = make_rows(fmt, ids, mean_probs, classes, with_probs=probs)
     path = _out_path(out, runs)
-    write_csv(path, header, rows)
+    inside = [r for r in runs if Path(r).resolve() in path.resolve().parents]
+    with writing_into(inside[0]) if inside else contextlib.nullcontext():
+        write_csv(path, header, rows)
 
     accuracy = None
     if inputs.labels is not None and len(inputs.labels):

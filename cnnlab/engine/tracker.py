@@ -5,6 +5,16 @@ from __future__ import annotations
 import math
 
 
+def is_better(a: float, b: float, mode: str, min_delta: float = 0.0) -> bool:
+    """Does ``a`` beat ``b`` by more than ``min_delta`` (``mode`` max or min)? NaN never does, and
+    anything beats NaN."""
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a - b > min_delta if mode == "max" else b - a > min_delta
+
+
 class MetricTracker:
     """Tracks the best value of the monitored metric; an improvement must beat it by more than min_delta."""
 
@@ -15,11 +25,7 @@ class MetricTracker:
         self.wait = 0
 
     def improved(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        if self.mode == "max":
-            return value - self.best > self.min_delta
-        return self.best - value > self.min_delta
+        return is_better(value, self.best, self.mode, self.min_delta)
 
     def update(self, value: float, epoch: int) -> bool:
         """Record the epoch's value; True when it is a new best (save the best checkpoint)."""

@@ -1,4 +1,4 @@
-"""Layer-by-layer model summary: output shapes and parameter counts from one dummy forward pass."""
+"""Layer-by-layer table of a model: output shapes and parameter counts from one dummy forward pass."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class LayerRow:
 
 
 @dataclass
-class ModelSummary:
+class LayerTable:
     model: str
     input_shape: tuple[int, int, int]
     rows: list[LayerRow] = field(default_factory=list)
@@ -26,13 +26,13 @@ class ModelSummary:
     trainable_params: int = 0
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelSummary:
+def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> LayerTable:
     """Run one zero image of ``input_shape`` (C, H, W) through ``model`` and record every leaf call.
 
     The pass runs in eval mode under ``no_grad`` so BatchNorm statistics are not updated and a batch
     of one works; each module's own ``training`` flag is restored afterwards.
     """
-    summary = ModelSummary(
+    summary = LayerTable(
         model=type(model).__name__,
         input_shape=tuple(input_shape),
         total_params=sum(p.numel() for p in model.parameters()),
@@ -77,7 +77,7 @@ def _shape(output) -> tuple[int, ...] | list[tuple[int, ...]]:
     return [tuple(o.shape[1:]) for o in output if isinstance(o, torch.Tensor)]
 
 
-def format_summary(summary: ModelSummary) -> Table:
+def format_layer_table(summary: LayerTable) -> Table:
     """A rich table: one row per layer call, then total and trainable parameter counts."""
     shape = "x".join(map(str, summary.input_shape))
     table = Table(title=f"{summary.model} on {shape} input")

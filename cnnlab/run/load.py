@@ -1,0 +1,251 @@
+"""Read a run back and score with it: ``load_run`` rebuilds the model from the checkpoint's own record,
+and ``Predictor`` is the one scoring path (normalisation, memory format, the run's test-time
+augmentation, precision and batching) that predict, evaluate, viz and the end of training share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cnnlab.build import build_model, has_conv
+from cnnlab.data.loader import BatchPipeline
+from cnnlab.data.registry import DataBundle, build_data
+from cnnlab.engine.checkpoint import load_checkpoint, load_safetensors
+from cnnlab.engine.device import resolve_precision
+from cnnlab.engine.infer import view_log_probs
+from cnnlab.engine.tta import CHOICES as TTA_CHOICES
+from cnnlab.engine.tta import parse_tta, tta_views
+from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.run.layout import BEST, RunDir
+from cnnlab.run.record import RunRecord
+from cnnlab.run.trust import check_config
+
+RUN = "run"  # the default tta and precision of a Predictor: the run's own, as its validation scored
+
+
+@dataclass
+class LoadedRun:
+    """A run's model with the best (or chosen) weights loaded, and its record."""
+
+    run_dir: Path
+    checkpoint_path: Path
+    record: RunRecord
+    cfg: DictConfig
+    model: nn.Module
+
+    @property
+    def classes(self) -> list[str]:
+        return self.record.classes
+
+    @property
+    def mean(self) -> list[float]:
+        return self.record.mean
+
+    @property
+    def std(self) -> list[float]:
+        return self.record.std
+
+    @property
+    def image_size(self) -> int:
+        return self.record.image_size
+
+    @property
+    def in_channels(self) -> int:
+        return self.record.in_channels
+
+    @property
+    def epoch(self) -> int:
+        return self.record.epoch
+
+
+def checkpoint_path(run_dir: Path, ckpt: str | Path | None = None, name: str = BEST) -> Path:
+    """The checkpoint to read: ``ckpt`` if given, else ``checkpoints/<name>`` of the run; for the
+    default best weights, ``best.safetensors`` (tensors only) is preferred when present."""
+    if ckpt is not None:
+        return Path(ckpt)
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise CheckpointError(
+            f"Run directory {run.path} does not exist; pass run=<a directory written by cnnlab train>."
+        )
+    path = run.checkpoint(name)
+    if name == BEST and run.best_safetensors.is_file():
+        return run.best_safetensors
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run.path} has no checkpoints/{name}; it is not a finished cnnlab run "
+            "(pass the run directory printed by cnnlab train, or ckpt=<file>)."
+        )
+    return path
+
+
+def weights_of(state: dict) -> dict:
+    """The weights that scored the checkpoint's monitored value: the EMA's when it was better."""
+    return state["ema"]["module"] if state.get("weights") == "ema" else state["model"]
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dict, RunRecord]:
+    """The weights to use and the record of a ``.pt`` or ``.safetensors`` checkpoint, checked."""
+    if path.suffix == ".safetensors":
+        tensors, metadata = load_safetensors(path)
+        return tensors, RunRecord.from_metadata(metadata, path)
+    state = load_checkpoint(path, map_location=device)
+    record = RunRecord.from_state(state, path)
+    try:
+        weights = weights_of(state)
+    except (KeyError, TypeError):
+        weights = None
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path} holds no model weights; use the checkpoint cnnlab train wrote.")
+    return weights, record
+
+
+def read_checkpoint_config(path: Path) -> str:
+    """The resolved config (YAML) a checkpoint was written with, e.g. to check a resume against it."""
+    state = load_checkpoint(path)
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, str):
+        raise CheckpointError(f"{path} holds no config; it is not a checkpoint written by cnnlab train.")
+    return config
+
+
+def load_state_strict(model: nn.Module, state: dict, source: Path) -> None:
+    """``load_state_dict`` that names the mismatched keys and shapes in one sentence."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        for k in shapes[:5]:
+            parts.append(
+                f"{k} has shape {tuple(getattr(state[k], 'shape', ()))}, model wants {tuple(own[k].shape)}"
+            )
+        raise CheckpointError(
+            f"The weights in {source} do not fit the model ({'; '.join(parts)}); "
+            "use the checkpoint of the same run, or the model config it was trained with."
+        )
+    model.load_state_dict(state)
+
+
+def load_run(
+    run_dir: str | Path,
+    *,
+    ckpt: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    trust_config: bool = False,
+) -> LoadedRun:
+    """Rebuild the model of ``run_dir`` from the record inside its checkpoint and load the weights.
+
+    Nothing the checkpoint names runs unless it is on the allow-list (:mod:`cnnlab.run.trust`).
+    """
+    path = checkpoint_path(Path(run_dir), ckpt)
+    weights, record = read_checkpoint(path, device=device)
+    cfg = record.cfg
+    check_config(cfg, path, trust_config=trust_config)
+    model = build_model(
+        cfg.model,
+        in_channels=record.in_channels,
+        num_classes=len(record.classes),
+        image_size=record.image_size,
+    )
+    load_state_strict(model, weights, path)
+    model.to(device).eval()
+    return LoadedRun(run_dir=Path(run_dir), checkpoint_path=path, record=record, cfg=cfg, model=model)
+
+
+def run_data(cfg: DictConfig, device: torch.device, *, data_root: str | Path | None = None) -> DataBundle:
+    """The dataset a run trained on, from its config (``data_root`` replaces ``dataset.root``)."""
+    dataset = OmegaConf.create(OmegaConf.to_container(cfg.dataset, resolve=True))
+    if data_root:
+        dataset.root = str(data_root)
+    tc = cfg.trainer
+    return build_data(
+        dataset, device=device, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, seed=cfg.seed
+    )
+
+
+def labeled_test(data: DataBundle, run_dir: Path, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split's images and labels; a DataError when there is none or it has no labels."""
+    if data.test is None or not data.test_labeled:
+        raise DataError(
+            f"{what} needs a labeled test split, but the dataset of {run_dir} has "
+            f"{'no test split' if data.test is None else 'an unlabeled one'}; use cnnlab predict for it."
+        )
+    return data.test.x, data.test.y
+
+
+def check_tta(tta) -> None:
+    """A command's ``tta=`` option: ``run`` (the run's own) or a setting :func:`parse_tta` accepts."""
+    if tta == RUN:
+        return
+    try:
+        parse_tta(tta)
+    except ConfigError:
+        raise ConfigError(
+            f"Unknown tta '{tta}'; choose one of: run (each run's own trainer.tta), {TTA_CHOICES}."
+        ) from None
+
+
+class Predictor:
+    """Class probabilities for uint8 images ``(N, C, H, W)``, scored as the run scores them.
+
+    ``tta`` and ``precision`` default to the run's own (``"run"``): its ``trainer.tta`` and the precision
+    it trained in, so predict, evaluate and viz agree with the run's validation and test accuracy.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        record: RunRecord,
+        device: torch.device,
+        *,
+        tta=RUN,
+        precision: str = RUN,
+        batch_size: int | None = None,
+    ):
+        check_tta(tta)
+        self.model, self.record, self.device = model, record, device
+        self.tta = record.tta if tta == RUN else tta
+        if precision == RUN:
+            precision = record.precision or str(
+                OmegaConf.select(record.cfg, "trainer.precision", default="32")
+            )
+        self.precision = resolve_precision(str(precision), device)
+        self.batch_size = batch_size or int(
+            OmegaConf.select(record.cfg, "trainer.eval_batch_size", default=1000)
+        )
+        channels_last = has_conv(model)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.pipeline = BatchPipeline(record.mean, record.std, device, channels_last=channels_last)
+        self.views = tta_views(self.tta, record.image_size)
+
+    @classmethod
+    def of(cls, run: LoadedRun, device: torch.device, **kwargs) -> Predictor:
+        return cls(run.model, run.record, device, **kwargs)
+
+    def batches(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        for i in range(0, len(x), self.batch_size):
+            yield x[i : i + self.batch_size]
+
+    @torch.no_grad()
+    def log_probs(self, xb: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (float32, on the device) of one uint8 batch, averaged over the TTA views."""
+        self.model.eval()
+        return view_log_probs(self.model, xb.to(self.device), pipeline=self.pipeline, device=self.device,
+                              precision=self.precision, views=self.views)  # fmt: skip
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``(N, classes)`` in float32 on the CPU, in input order."""
+        out = [self.log_probs(xb).exp().cpu() for xb in self.batches(x)]
+        return torch.cat(out) if out else torch.empty(0, len(self.record.classes))
