@@ -18,6 +18,7 @@ from cnnlab.engine.tta import tta_views
 from cnnlab.io import atomic_write
 from cnnlab.report.curves import write_curves
 from cnnlab.report.figures import WRONG, grid_figure, new_figure, run_label, save_figure, tensorboard_writer
+from cnnlab.report.html import write_run_page
 from cnnlab.report.metrics import summarize
 from cnnlab.report.source import labeled_test, probs, run_data
 from cnnlab.rundir import LoadedRun, load_run
@@ -28,7 +29,8 @@ log = logging.getLogger("cnnlab")
 def after_train(
     run_dir: Path, *, device: torch.device, precision: str, labeled: bool, limit, tensorboard: bool
 ):
-    """End of ``train``: the curves, and the evaluation report when the test split has labels.
+    """End of ``train``: the curves, the evaluation report when the test split has labels, and the run's
+    page ``report/index.html`` (:func:`~cnnlab.report.html.write_run_page`) showing them all.
 
     The run was just trained by this user, so its config is trusted. ``limit`` (batches) mirrors
     ``trainer.limit_eval_batches`` so the report scores the same images as the run's test accuracy.
@@ -42,6 +44,7 @@ def after_train(
     if labeled:
         run = load_run(run_dir, device=device, trust_config=True)
         write_report(run, device, precision=precision, limit=limit, tensorboard=tensorboard)
+    write_run_page(run_dir)
 
 
 def write_report(

@@ -68,6 +68,12 @@ def probs(
     return infer_probs(run.model, batches, pipeline=pipeline, device=device, precision=precision, views=views)
 
 
+def model_input(run: LoadedRun, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images -> the normalised float batch the model was trained on (no augmentation), for code
+    that needs gradients (Grad-CAM, saliency) and so cannot score through :func:`probs`."""
+    return BatchPipeline(run.mean, run.std, device)(x.to(device), train=False)
+
+
 @contextlib.contextmanager
 def capture_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collect the input of every call of ``module`` (e.g. the classifier: the penultimate features)."""
