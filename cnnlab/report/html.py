@@ -70,7 +70,7 @@ def write_run_page(run_dir: Path) -> Path:
         ("evaluation", "Evaluation on the test split", evaluation_section),
         ("figures", "Figures", figures_section),
         ("epochs", "Per epoch (metrics.csv)", epochs_section),
-        ("config", "Config", config_section),
+        ("config", "Config and provenance", config_section),
         ("files", "Files", files_section),
     ]
     body = "".join(section(anchor, title, _shown(build, run_dir)) for anchor, title, build in parts)
@@ -152,10 +152,12 @@ def epochs_section(run_dir: Path) -> str:
 def config_section(run_dir: Path) -> str:
     overrides, _ = read_text(run_dir / ".hydra" / "overrides.yaml")
     config, missing = read_text(run_dir / ".hydra" / "config.yaml")
+    provenance, _ = read_json(run_dir / "provenance.json")
     out = f"<h3>Overrides</h3><pre>{esc(overrides)}</pre>" if overrides is not None else ""
-    return out + (
-        f"<h3>Resolved config</h3><pre>{esc(config)}</pre>" if config is not None else problem(missing)
-    )
+    out += f"<h3>Resolved config</h3><pre>{esc(config)}</pre>" if config is not None else problem(missing)
+    if isinstance(provenance, dict):
+        out += f"<h3>Provenance</h3>{key_values(provenance)}"
+    return out
 
 
 def files_section(run_dir: Path) -> str:
