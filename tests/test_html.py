@@ -180,3 +180,9 @@ def test_every_image_of_the_pages_loads_in_chromium(browser, sweep, tmp_path, wh
     chromium(f"--screenshot={shot}", page.as_uri(), tmp_path=tmp_path)
     image = Image.open(shot).convert("L")
     assert image.size == (1280, 2000) and image.getextrema()[0] < 100  # text and figures, not a blank page
+
+
+def test_runs_html_bad_value_is_a_one_line_error(sweep, tmp_path):
+    result = run_cli("runs", str(sweep), "html=maybe", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "html" in result.stderr

@@ -75,7 +75,7 @@ def overlay_figure(series: list[tuple[str, list[dict[str, float]]]], title: str)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncols=min(len(series), 4), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncols=min(len(series), 4), fontsize=9, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.25 * ((len(series) + 3) // 4) / fig.get_figheight(), 1, 1))
     return fig

@@ -184,7 +184,7 @@ def write_sweep_page(root: Path, runs_table: SweepTable) -> Path:
     """Write ``<root>/runs.html``: the sorted table with links to each run's page (where it has one) and
     the curves of all runs overlaid (``<root>/runs_curves.png``); return its path."""
     root = Path(root)
-    labels = [f"#{i} {row[1]}" for i, row in enumerate(runs_table.rows, 1)]
+    labels = [f"#{i} {row[1]}: {row[2]}" for i, row in enumerate(runs_table.rows, 1)]
     curves = write_overlay(root / SWEEP_CURVES, list(zip(labels, runs_table.runs, strict=True)),
                            title=f"Curves of the runs under {root.name}")  # fmt: skip
     rows = []
