@@ -31,11 +31,11 @@ commands:
   export    share a run's best weights: cnnlab export run=<run dir> format=safetensors|torchscript|onnx
   data      check a dataset's files: cnnlab data verify dataset=food11 dataset.root=<dir>
   runs      compare runs: cnnlab runs multirun/<date>/<time>   or   cnnlab runs outputs
-            (a table sorted by the metric; writes <dir>/summary.csv)
+            (a table sorted by the metric; writes <dir>/summary.csv; html=true also <dir>/runs.html)
   evaluate  score a run on its labeled test split: per-class table, confusion matrix, calibration
             cnnlab evaluate run=outputs/2026-11-22/12-00-00        (writes <run>/report/)
   viz       pictures of a run: cnnlab viz <what> run=<dir>, <what> one of curves, filters,
-            feature_maps, kernels, predictions, embeddings, augment
+            feature_maps, kernels, predictions, embeddings, augment, gradcam, saliency, page
             (cnnlab viz augment dataset=cifar10 augmentation=strong works without a run)
 
 Run `cnnlab train --help` for the config groups and their options.

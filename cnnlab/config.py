@@ -237,6 +237,47 @@ class DataCommandConfig:
     action: str = "verify"
 
 
+@dataclass
+class VizKernelsConfig:
+    custom: Any = None  # a 3x3 or 5x5 list of lists of numbers
+
+
+@dataclass
+class VizConfig:
+    """``cnnlab viz <what> run=<dir>``; dataset and augmentation are for ``viz augment`` without a run."""
+
+    dataset: DatasetConfig = MISSING
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    what: str | None = None
+    run: str | None = None
+    ckpt: str | None = None
+    data_root: str | None = None
+    device: str = "auto"
+    trust_config: bool = False
+    image: Any = None  # an index into the test split, an image file, or a list of them
+    only: str = "all"  # all | wrong
+    count: int | None = None
+    n: int = 1000
+    perplexity: float = 30.0
+    seed: int = 0
+    augment: bool = False  # embeddings: clean and augmented views of the same images together
+    layer: str | None = None  # gradcam: the module whose output is explained (default: the last conv)
+    smoothgrad: int = 0  # saliency: noisy copies averaged (SmoothGrad); 0 for plain gradients
+    noise: float = 0.15  # saliency with smoothgrad: noise std as a fraction of each image's value range
+    kernels: VizKernelsConfig = field(default_factory=VizKernelsConfig)
+    out: str | None = None
+    tensorboard: bool = True
+
+
+@dataclass
+class RunsConfig:
+    """``cnnlab runs DIR``."""
+
+    dir: str = MISSING
+    csv: bool = True
+    html: bool = False  # DIR/runs.html: the table, overlaid curves, links to each run's page
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"base": DatasetConfig},
     "model": {
@@ -263,6 +304,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="data_schema", node=DataCommandConfig)
+    cs.store(name="viz_schema", node=VizConfig)
+    cs.store(name="runs_schema", node=RunsConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)

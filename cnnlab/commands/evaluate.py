@@ -1,4 +1,5 @@
-"""``cnnlab evaluate run=<dir>``: the test-split report of a finished run, written to ``<run>/report/``.
+"""``cnnlab evaluate run=<dir>``: the test-split report of a finished run, written to ``<run>/report/``
+with the run's page ``report/index.html``.
 
 It scores as the run scored its own test split (its precision and test-time augmentation) unless told
 otherwise, and never silently replaces the report training wrote with different numbers: such a report
@@ -15,6 +16,7 @@ from cnnlab.commands.common import open_run, writing_into
 from cnnlab.errors import ConfigError
 from cnnlab.report.evaluate import Scored, print_tables, read_report, write_report
 from cnnlab.report.figures import run_label, tensorboard_writer
+from cnnlab.report.html import write_run_page
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import Predictor, check_tta, labeled_test, run_data
 
@@ -37,7 +39,9 @@ def main(cfg) -> dict:
         finally:
             if tb is not None:
                 tb.close()
+        page = write_run_page(folder.path)
     print_tables(metrics, Console())
+    print(f"wrote {page}")
     return metrics
 
 

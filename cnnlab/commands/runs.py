@@ -13,11 +13,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.io import atomic_write
+from cnnlab.report.html import SweepTable, write_run_page, write_sweep_page
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir, find_runs
+from cnnlab.run.lock import is_locked
 
 # Finished runs first, best metric first within a status.
 STATUS_RANK = {"ok": 0, "diverged": 1, "failed": 2, "interrupted": 3, "incomplete": 4, "broken": 5}
@@ -47,7 +50,7 @@ def read_run(run_dir: Path, root: Path) -> dict:
         config = run.read_config()
     except DataError as exc:
         row = dict.fromkeys(CSV_FIELDS)
-        row.update(run=name, status="broken", error=str(exc), overrides=[], mode="max")
+        row.update(run=name, status="broken", error=str(exc), overrides=[], mode="max", path=run_dir)
         return row
     row = {field: summary.get(field) for field in CSV_FIELDS}
     row.update(
@@ -56,6 +59,7 @@ def read_run(run_dir: Path, root: Path) -> dict:
         error=status.get("error", ""),
         overrides=overrides,
         mode=_mode(config, summary.get("monitor")),
+        path=run_dir,
     )
     if row["seconds"] is None:
         row["seconds"] = status.get("seconds")
@@ -107,26 +111,47 @@ def _num(value, digits: int = 4) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def runs_table(rows: list[dict], *, title: str) -> Table:
+def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]], str]:
+    """The table's header, its cells as text, and its caption (the overrides common to every run)."""
     varying = varying_keys(rows)
     common = sorted({o for r in rows for o in r["overrides"]} - {o for r in rows for o in _shown(r, varying)})
     monitors = {r["monitor"] for r in rows if r["monitor"]}
     extra = monitors.pop() if len(monitors) == 1 and "val_acc" not in monitors else None
-    table = Table(title=title, caption=("common: " + " ".join(common)) if common else None)
-    for name in ("#", "run", "overrides", *([f"best {extra}"] if extra else []), "best val acc",
-                 "test acc", "epochs", "time", "status"):  # fmt: skip
-        right = name in ("#", "epochs", "time") or name.startswith("best") or name.endswith("acc")
-        table.add_column(name, justify="right" if right else "left", overflow="fold")
+    header = ["#", "run", "overrides", *([f"best {extra}"] if extra else []), "best val acc", "test acc",
+              "epochs", "time", "status"]  # fmt: skip
+    cells = []
     for rank, row in enumerate(rows, 1):
         status = row["status"] if not row["error"] else f"{row['status']}: {row['error']}"
-        style = {"ok": "green", "diverged": "yellow"}.get(row["status"], "red")
         epochs = "-" if row["epochs_run"] is None else f"{row['epochs_run']} (best {row['best_epoch']})"
         seconds = "-" if row["seconds"] is None else f"{row['seconds']:.1f}s"
-        cells = [str(rank), row["run"], " ".join(map(_short, _shown(row, varying))) or "-"]
-        cells += [_num(row["best_value"])] if extra else []
-        cells += [_num(row["best_val_acc"]), _num(row["test_acc"]), epochs, seconds, f"[{style}]{status}[/]"]
-        table.add_row(*cells)
+        line = [str(rank), row["run"], " ".join(map(_short, _shown(row, varying))) or "-"]
+        line += [_num(row["best_value"])] if extra else []
+        cells.append([*line, _num(row["best_val_acc"]), _num(row["test_acc"]), epochs, seconds, status])
+    return header, cells, ("common: " + " ".join(common)) if common else ""
+
+
+def runs_table(rows: list[dict], *, title: str) -> Table:
+    header, cells, caption = table_cells(rows)
+    table = Table(title=title, caption=caption or None)
+    for name in header:
+        right = name in ("#", "epochs", "time") or name.startswith("best") or name.endswith("acc")
+        table.add_column(name, justify="right" if right else "left", overflow="fold")
+    for row, line in zip(rows, cells, strict=True):
+        style = {"ok": "green", "diverged": "yellow"}.get(row["status"], "red")
+        table.add_row(*map(escape, line[:-1]), f"[{style}]{escape(line[-1])}[/]")
     return table
+
+
+def write_pages(root: Path, rows: list[dict]) -> Path:
+    """Each run's page (for those with a report/ that no process is writing now) and ``root/runs.html``
+    linking them."""
+    for row in rows:
+        folder = RunDir(row["path"])
+        if folder.report.is_dir() and not folder.report.is_symlink() and not is_locked(folder.path):
+            write_run_page(folder.path)
+    header, cells, caption = table_cells(rows)
+    sweep = SweepTable(header, cells, [r["path"] for r in rows], [r["status"] for r in rows], caption)
+    return write_sweep_page(root, sweep)
 
 
 def _shown(row: dict, keys: list[str]) -> list[str]:
@@ -176,9 +201,12 @@ def main(cfg: DictConfig) -> None:
     root = Path(cfg.dir)
     if not root.is_dir():
         raise ConfigError(f"No folder {root}; give a sweep folder (multirun/<date>/<time>) or outputs.")
-    if not report(root, csv_file=cfg.csv):
+    rows = report(root, csv_file=cfg.csv)
+    if not rows:
         raise ConfigError(
             f"No runs under {root}: looked for folders holding summary.json, status.json or .hydra/."
         )
     if cfg.csv:
         print(f"wrote {root / SWEEP_SUMMARY}")
+    if cfg.html:
+        print(f"wrote {write_pages(root, rows)}")

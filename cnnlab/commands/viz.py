@@ -1,7 +1,9 @@
 """``cnnlab viz <what> run=<dir>``: the pictures of the classic CNN material, from any run.
 
 Each ``<what>`` writes one PNG to ``<run>/report/`` (and, with ``tensorboard=true``, an image in the
-run's ``tb/``); ``augment`` also works without a run, from the composed dataset and augmentation groups.
+run's ``tb/``) and refreshes the run's page ``report/index.html`` when it has one; ``page`` (re)writes that
+page. ``augment`` also works without a run, from the composed dataset and augmentation groups. Every
+figure is computed first (it may be refused) and written only then, as the run folder's one writer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from cnnlab.build import build_augment_from
@@ -20,25 +23,29 @@ from cnnlab.commands.common import open_run, writing_into
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
 from cnnlab.errors import ConfigError
-from cnnlab.report import layers
+from cnnlab.report import attribution, layers
 from cnnlab.report.curves import curves_figure, read_curves
+from cnnlab.report.embeddings import embeddings_figure, unnormalised
 from cnnlab.report.figures import (
     RIGHT,
     WRONG,
-    class_colors,
     grid_figure,
     grid_shape,
     image_grid,
     new_figure,
+    overlay_figure,
     run_label,
     save_figure,
     tensorboard_writer,
 )  # fmt: skip
+from cnnlab.report.html import refresh_run_page, write_run_page
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import Predictor, labeled_test, run_data
 
 log = logging.getLogger("cnnlab")
-WHATS = ("curves", "filters", "feature_maps", "kernels", "predictions", "embeddings", "augment")
+WHATS = ("curves", "filters", "feature_maps", "kernels", "predictions", "embeddings", "augment", "gradcam",
+         "saliency", "page")  # fmt: skip
+EXPLAIN_COUNT = 8  # gradcam, saliency: images shown by default (the first test images, or the worst mistakes)
 
 
 @dataclass
@@ -61,6 +68,9 @@ def main(cfg) -> Path | None:
     for key in ("count", "n"):
         if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 2):
             raise ConfigError(f"{key} must be an integer of at least 2, got {cfg[key]!r}.")
+    if cfg.smoothgrad < 0 or not cfg.noise > 0:
+        raise ConfigError(f"smoothgrad must be 0 (plain gradients) or more noisy copies and noise above 0, "
+                          f"got smoothgrad={cfg.smoothgrad} noise={cfg.noise}.")  # fmt: skip
     if not cfg.run:
         if what != "augment":
             raise ConfigError(f"cnnlab viz {what} needs run=<a directory written by cnnlab train>.")
@@ -69,10 +79,15 @@ def main(cfg) -> Path | None:
     else:  # everything is computed (and may be refused) before anything is written
         _check_no_groups(cfg)
         run, device = open_run(cfg)
-        drawing = globals()[what](cfg, run, device)
-        path = (
-            None if drawing is None else write(drawing, run.run_dir, tensorboard=cfg.tensorboard, what=what)
-        )
+        if what == "page":
+            RunDir(run.run_dir).check_report()  # a run without report/ is refused before any write
+            with writing_into(run.run_dir):
+                path = write_run_page(run.run_dir)
+            drawing = Drawing(None, "index.html")
+        else:
+            drawing, path = globals()[what](cfg, run, device), None
+            if drawing is not None:
+                path = write(drawing, run.run_dir, tensorboard=cfg.tensorboard, what=what)
     if path is not None:
         Console().print(f"cnnlab viz {what}: wrote {path}{drawing.note}")
     return path
@@ -88,6 +103,7 @@ def write(drawing: Drawing, run_dir: Path, *, tensorboard: bool, what: str) -> P
         finally:
             if tb is not None:
                 tb.close()
+        refresh_run_page(folder.path)
     return path
 
 
@@ -106,6 +122,15 @@ def _check_no_groups(cfg) -> None:
         )
 
 
+def _one_image(cfg):
+    """feature_maps and kernels draw one image: test image 0 unless ``image`` names another."""
+    if cfg.image is None:
+        return 0
+    if OmegaConf.is_list(cfg.image):
+        raise ConfigError(f"cnnlab viz {cfg.what} draws one image; pass image=<index or file>, not a list.")
+    return cfg.image
+
+
 def curves(cfg, run, device) -> Drawing:
     folder = RunDir(run.run_dir)
     rows = read_curves(folder)
@@ -118,7 +143,7 @@ def filters(cfg, run, device) -> Drawing:
 
 
 def feature_maps(cfg, run, device) -> Drawing:
-    image, label, source = layers.pick_image(cfg.image, run, device, cfg.data_root)
+    image, label, source = layers.pick_image(_one_image(cfg), run, device, cfg.data_root)
     stages, p = layers.capture_feature_maps(run, image, device)
     if not stages:
         raise ConfigError(f"{type(run.model).__name__} has no convolution layer; feature_maps needs a CNN.")
@@ -129,7 +154,7 @@ def feature_maps(cfg, run, device) -> Drawing:
 
 
 def kernels(cfg, run, device) -> Drawing:
-    image, _, source = layers.pick_image(cfg.image, run, device, cfg.data_root)
+    image, _, source = layers.pick_image(_one_image(cfg), run, device, cfg.data_root)
     fig = layers.kernels_figure(image, cfg.kernels.custom, f"Hand-made 2-D kernels applied to {source}")
     return Drawing(fig, "kernels.png")
 
@@ -154,34 +179,20 @@ def predictions(cfg, run, device) -> Drawing | None:
 
 
 def embeddings(cfg, run, device) -> Drawing:
-    from sklearn.manifold import TSNE
-
     x, y = labeled_test(run_data(run.cfg, device, data_root=cfg.data_root), run.run_dir, "viz embeddings")
     g = torch.Generator().manual_seed(int(cfg.seed))
     sample = torch.randperm(len(x), generator=g)[: cfg.n].sort().values
-    x, y = x[sample.to(x.device)], y[sample.to(y.device)].cpu().numpy()
-    with layers.capture_inputs(layers.classifier_layer(run.model)) as seen:
-        Predictor.of(run, device, tta=None).probs(x)  # one view: one feature vector per image
-    feats = torch.cat(seen).flatten(1)
-    perplexity = float(min(cfg.perplexity, len(x) - 1))
-    xy = TSNE(perplexity=perplexity, init="pca", random_state=int(cfg.seed)).fit_transform(feats.numpy())
-    fig = new_figure(11, 8)
-    ax = fig.subplots()
-    for k, (name, color) in enumerate(zip(run.classes, class_colors(len(run.classes)), strict=True)):
-        mask = y == k
-        ax.scatter(xy[mask, 0], xy[mask, 1], s=8, color=color, label=f"{name} ({int(mask.sum())})")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2, title="true class")
-    ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2",
-           title=f"t-SNE of the penultimate-layer features ({feats.shape[1]}-d) of {len(x)} test images: "
-                 f"{run_label(run.run_dir)} (perplexity {perplexity:g})")  # fmt: skip
-    fig.tight_layout()
-    images, names = x.cpu().float() / 255, [run.classes[k] for k in y]
-    projector = partial(_add_embedding, feats=feats, metadata=names, label_img=images)
-    return Drawing(fig, "embeddings.png", to_tensorboard=projector)
+    x, y = x[sample.to(x.device)], y[sample.to(y.device)]
+    fig, feats, labels, images = embeddings_figure(run, x, y, device, perplexity=cfg.perplexity,
+                                                   seed=int(cfg.seed), augment=cfg.augment)  # fmt: skip
+    name = "embeddings_augment" if cfg.augment else "embeddings"
+    projector = partial(_add_embedding, feats=feats, metadata=labels, label_img=images.cpu().float() / 255,
+                        tag=f"penultimate{name[10:]}")  # fmt: skip
+    return Drawing(fig, f"{name}.png", to_tensorboard=projector)
 
 
 def _add_embedding(tb, **kwargs) -> None:
-    tb.add_embedding(kwargs.pop("feats"), **kwargs, tag="penultimate")
+    tb.add_embedding(kwargs.pop("feats"), **kwargs)
 
 
 def augment(cfg, run, device) -> Drawing:
@@ -204,7 +215,7 @@ def augment(cfg, run, device) -> Drawing:
     if policy is not None and policy.mixes:
         after, y_a, y_b, lam = policy.mix(after, yb, pipeline.generator)
         titles = [f"{data.classes[a]}/{data.classes[b]} λ={lam:.2f}" for a, b in zip(y_a, y_b, strict=True)]
-    after = (after * pipeline.std + pipeline.mean).clamp(0, 1)
+    after = unnormalised(pipeline, after)
     rows, cols = grid_shape(count, 4 if count <= 16 else 6)
     cell = 1.6
     fig = new_figure(2 * cols * cell + 0.4, rows * (cell + 0.25) + 1.3)
@@ -217,3 +228,64 @@ def augment(cfg, run, device) -> Drawing:
     if run is not None:
         return Drawing(fig, "augment.png")
     return Drawing(fig, str(cfg.out) if cfg.out else f"augment_{dataset.name}_{aug.name}.png")
+
+
+def gradcam(cfg, run, device) -> Drawing | None:
+    return _explain(cfg, run, device, "gradcam")
+
+
+def saliency(cfg, run, device) -> Drawing | None:
+    return _explain(cfg, run, device, "saliency")
+
+
+def _explain(cfg, run, device, kind: str) -> Drawing | None:
+    """Grad-CAM or saliency of the predicted class for the chosen images, beside each image."""
+    chosen = _explained_images(cfg, run, device)
+    if chosen is None:
+        Console().print(f"cnnlab viz {kind}: no misclassified test images, nothing to draw")
+        return None
+    x, labels, names = chosen
+    inputs = layers.model_input(run, x, device)
+    if kind == "gradcam":
+        layer = attribution.choose_layer(run.model, inputs, cfg.layer)
+        maps, p = attribution.gradcam(run.model, inputs, layer)
+        label, what = "Grad-CAM", f"Grad-CAM of {layer} for the predicted class"
+    else:
+        maps, p = attribution.saliency(run.model, inputs, samples=cfg.smoothgrad, noise=cfg.noise,
+                                       seed=int(cfg.seed))  # fmt: skip
+        smooth = f", SmoothGrad of {cfg.smoothgrad} copies with noise {cfg.noise:g}" if cfg.smoothgrad else ""
+        label, what = "saliency", f"Saliency |d logit / d pixel| of the predicted class{smooth}"
+    pred = p.argmax(1)
+    titles, colors = [], []
+    for i, true in enumerate(labels):
+        guess = f"pred {run.classes[pred[i]]} p={float(p[i, pred[i]]):.2f}"
+        titles.append(f"{names[i]}\n{guess}" if true is None else f"true {run.classes[true]}\n{guess}")
+        colors.append("black" if true is None else RIGHT if true == pred[i] else WRONG)
+    which = "most confident mistakes" if cfg.only == "wrong" else f"{len(x)} images"
+    fig = overlay_figure(x, maps, titles, colors=colors, label=label,
+                         title=f"{what}: {which} of {run_label(run.run_dir)}")  # fmt: skip
+    name = f"{kind}_wrong" if cfg.only == "wrong" else kind
+    return Drawing(fig, f"{name}.png")
+
+
+def _explained_images(cfg, run, device):
+    """``only=wrong``: the ``count`` most confident test mistakes (None when there is none); otherwise
+    ``image`` (an index, a file or a list of them), by default ``count`` test images drawn with ``seed``."""
+    count = cfg.count or EXPLAIN_COUNT
+    if cfg.only == "wrong" or cfg.image is None:
+        data = run_data(run.cfg, device, data_root=cfg.data_root)
+        x, y = labeled_test(data, run.run_dir, f"viz {cfg.what}")
+    if cfg.only == "wrong":
+        conf, pred = Predictor.of(run, device).probs(x).max(1)
+        wrong = torch.nonzero(pred != y.cpu()).flatten()
+        if len(wrong) == 0:
+            return None
+        specs = wrong[conf[wrong].argsort(descending=True, stable=True)][:count].tolist()
+    elif cfg.image is None:  # a seeded sample: test splits read from class folders are sorted by class
+        g = torch.Generator().manual_seed(int(cfg.seed))
+        specs = torch.randperm(len(x), generator=g)[:count].sort().values.tolist()
+    else:
+        specs = list(cfg.image) if OmegaConf.is_list(cfg.image) else [cfg.image]
+        if not specs:
+            raise ConfigError("image=[] names no image; pass an index, a file, or a list of them.")
+    return layers.pick_images(specs, run, device, cfg.data_root)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from cnnlab.errors import DataError
-from cnnlab.report.figures import new_figure, run_label, save_figure
+from cnnlab.report.figures import class_colors, new_figure, run_label, save_figure
 from cnnlab.run.layout import RunDir
 
 CURVES_SIZE = (15.0, 4.5)  # inches
+OVERLAID = (("val_acc", "validation accuracy"), ("val_loss", "validation loss"), ("train_loss", "train loss"))
 
 
 def read_curves(folder: RunDir) -> list[dict[str, float]]:
@@ -51,3 +53,38 @@ def write_curves(folder: RunDir | Path, *, tb=None) -> Path:
     rows = read_curves(folder)
     fig = curves_figure(rows, f"Training curves: {run_label(folder.path)} ({len(rows)} epochs)")
     return save_figure(fig, folder.report_file("curves.png"), tb=tb, tag="report/curves")
+
+
+def overlay_figure(series: list[tuple[str, list[dict[str, float]]]], title: str):
+    """Validation accuracy, validation loss and train loss per epoch of several runs, one colour each."""
+    fig = new_figure(CURVES_SIZE[0], CURVES_SIZE[1] + 0.25 * ((len(series) + 3) // 4))
+    axes = fig.subplots(1, 3)
+    for (label, rows), color in zip(series, class_colors(len(series)), strict=True):
+        epochs = [r["epoch"] for r in rows]
+        for ax, (key, _) in zip(axes, OVERLAID, strict=True):
+            ax.plot(
+                epochs, [r.get(key, math.nan) for r in rows], "-o", color=color, markersize=3, label=label
+            )
+    for ax, (_, name) in zip(axes, OVERLAID, strict=True):
+        ax.set(title=name, xlabel="epoch", ylabel=name.split()[-1])
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=min(len(series), 4), fontsize=9, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.25 * ((len(series) + 3) // 4) / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def write_overlay(path: Path, runs: list[tuple[str, Path]], *, title: str) -> Path | None:
+    """:func:`overlay_figure` of the runs (label, folder) whose metrics.csv can be read, at ``path``;
+    None (and nothing written) when no run's can."""
+    series = []
+    for label, run_dir in runs:
+        try:
+            series.append((label, read_curves(RunDir(run_dir))))
+        except DataError:  # a missing, empty or broken metrics.csv
+            continue
+    if not series:
+        return None
+    return save_figure(overlay_figure(series, title), Path(path))

@@ -19,12 +19,12 @@ from rich.table import Table
 from cnnlab.io import write_csv, write_json
 from cnnlab.report.curves import write_curves
 from cnnlab.report.figures import WRONG, grid_figure, new_figure, run_label, save_figure, tensorboard_writer
+from cnnlab.report.html import write_run_page
 from cnnlab.report.metrics import classification_report
-from cnnlab.run.layout import RunDir
+from cnnlab.run.layout import REPORT_METRICS, RunDir
 from cnnlab.run.load import Predictor
 
 log = logging.getLogger("cnnlab")
-METRICS_FILE = "metrics.json"
 
 
 @dataclass
@@ -65,7 +65,8 @@ class Scored:
 
 
 def write_train_report(folder: RunDir, scored: Scored | None, *, tensorboard: bool) -> None:
-    """End of ``train``: the curves, and the evaluation report when the test split was scored."""
+    """End of ``train``: the curves, the evaluation report when the test split was scored, and the run's
+    page ``report/index.html`` showing them all."""
     tb = tensorboard_writer(folder.path, tensorboard)
     try:
         write_curves(folder, tb=tb)
@@ -74,6 +75,7 @@ def write_train_report(folder: RunDir, scored: Scored | None, *, tensorboard: bo
     finally:
         if tb is not None:
             tb.close()
+    write_run_page(folder.path)
 
 
 def write_report(
@@ -85,7 +87,7 @@ def write_report(
     metrics = classification_report(p, labels, classes, bins=bins, pairs=pairs)
     metrics.update(checkpoint=str(scored.checkpoint), epoch=scored.epoch, precision=scored.precision,
                    tta=scored.tta)  # fmt: skip
-    write_json(out / METRICS_FILE, metrics)
+    write_json(out / REPORT_METRICS, metrics)
     columns = ("class", "precision", "recall", "f1", "accuracy", "support")
     write_csv(out / "per_class.csv", list(columns), [[r[k] for k in columns] for r in metrics["per_class"]])
     cm = np.array(metrics["confusion_matrix"])
@@ -107,7 +109,7 @@ def write_report(
 def read_report(out: Path) -> dict | None:
     """The metrics.json of an earlier report in ``out`` (None when there is none or it is unreadable)."""
     try:
-        data = json.loads((out / METRICS_FILE).read_text())
+        data = json.loads((out / REPORT_METRICS).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -122,3 +122,26 @@ def class_colors(num_classes: int):
 
     cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(num_classes)]
+
+
+def overlay_figure(images, maps, titles, *, colors=None, label: str, title: str, pairs: int = 4):
+    """Each image beside itself overlaid with its ``(H, W)`` map in [0, 1] (jet, half transparent):
+    ``pairs`` images per row, ``cell`` inches per panel, the image's title above it in its colour."""
+    cell = 1.8
+    rows, cols = grid_shape(len(images), pairs)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig = new_figure(2 * cols * cell, rows * (cell + 0.2 * lines) + 0.5)
+    fig.set_layout_engine("constrained", w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
+    axes = np.atleast_1d(fig.subplots(rows, 2 * cols, squeeze=False))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        data, cmap = to_display(image)
+        for ax in axes[r, 2 * c : 2 * c + 2]:
+            ax.imshow(data, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(maps[i].numpy(), cmap="jet", vmin=0, vmax=1, alpha=0.5, interpolation="bilinear")
+        axes[r, 2 * c].set_title(titles[i], fontsize=8, color="black" if colors is None else colors[i])
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(title)
+    return fig

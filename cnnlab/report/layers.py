@@ -14,6 +14,7 @@ from torch import nn
 
 from cnnlab.build import build_model, seed_everything
 from cnnlab.data.images import open_image
+from cnnlab.data.loader import BatchPipeline
 from cnnlab.errors import ConfigError
 from cnnlab.report.figures import mosaic, new_figure, to_display
 from cnnlab.run.load import LoadedRun, Predictor, run_data
@@ -85,20 +86,40 @@ def filters_figure(run: LoadedRun):
 # ------------------------------------------------------------------------------------------ feature maps
 def pick_image(spec, run: LoadedRun, device, data_root=None) -> tuple[torch.Tensor, str | None, str]:
     """``image=<index>`` into the test split or ``image=<file>``: uint8 (C, H, W), true class, a label."""
-    text = str(spec)
-    if text.lstrip("-").isdigit():
-        data = run_data(run.cfg, device, data_root=data_root)
-        if data.test is None:
-            raise ConfigError(f"The dataset of {run.run_dir} has no test split; pass image=<an image file>.")
-        index, n = int(text), len(data.test.x)
-        if not 0 <= index < n:
-            raise ConfigError(f"image={index} is outside the test split (0 to {n - 1}); pick an index in it.")
-        label = int(data.test.y[index])
-        return data.test.x[index].cpu(), run.classes[label] if label >= 0 else None, f"test image {index}"
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"image={text} is neither an index into the test split nor an image file.")
-    return open_image(path, size=run.image_size, channels=run.in_channels), None, path.name
+    images, labels, names = pick_images([spec], run, device, data_root)
+    return images[0], None if labels[0] is None else run.classes[labels[0]], names[0]
+
+
+def pick_images(specs, run: LoadedRun, device, data_root=None) -> tuple[torch.Tensor, list, list[str]]:
+    """Test-split indices or image files as uint8 ``(N, C, H, W)`` on the CPU, with each one's true class
+    index (None for a file or an unlabeled split) and a label; the split is read at most once."""
+    data, images, labels, names = None, [], [], []
+    for spec in specs:
+        text = str(spec)
+        if text.lstrip("-").isdigit():
+            if data is None:
+                data = run_data(run.cfg, device, data_root=data_root)
+            if data.test is None:
+                raise ConfigError(
+                    f"The dataset of {run.run_dir} has no test split; pass image=<an image file>."
+                )
+            index, n = int(text), len(data.test.x)
+            if not 0 <= index < n:
+                raise ConfigError(
+                    f"image={index} is outside the test split (0 to {n - 1}); pick an index in it."
+                )
+            label = int(data.test.y[index])
+            images.append(data.test.x[index].cpu())
+            labels.append(label if label >= 0 else None)
+            names.append(f"test image {index}")
+            continue
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"image={text} is neither an index into the test split nor an image file.")
+        images.append(open_image(path, size=run.image_size, channels=run.in_channels))
+        labels.append(None)
+        names.append(path.name)
+    return torch.stack(images), labels, names
 
 
 def capture_feature_maps(run: LoadedRun, image: torch.Tensor, device) -> tuple[list[tuple], torch.Tensor]:
@@ -237,3 +258,9 @@ def classifier_layer(model: nn.Module) -> nn.Module:
     if not linears:
         raise ConfigError(f"{type(model).__name__} has no linear classifier layer to take features from.")
     return linears[-1]
+
+
+def model_input(run: LoadedRun, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images -> the normalised float batch the model was trained on (no augmentation), for code
+    that needs gradients (Grad-CAM, saliency) and so cannot score through the no-grad Predictor."""
+    return BatchPipeline(run.mean, run.std, device)(x.to(device), train=False)

@@ -26,6 +26,8 @@ PROVENANCE = "provenance.json"
 LAST, BEST, BEST_SAFETENSORS = "last.pt", "best.pt", "best.safetensors"
 SUBMISSION, LOCK = "submission.csv", ".cnnlab.lock"
 SWEEP_SUMMARY = "summary.csv"  # in a sweep folder, or any folder `cnnlab runs` compares
+SWEEP_PAGE, SWEEP_CURVES = "runs.html", "runs_curves.png"  # likewise, with `cnnlab runs <dir> html=true`
+RUN_PAGE, REPORT_METRICS = "index.html", "metrics.json"  # in report/: the run's page, the evaluation
 WRITTEN_DIRS = (HYDRA, CHECKPOINTS, REPORT, TB, EXPORT)
 WRITTEN_FILES = (LOG, METRICS, SUMMARY, STATUS, PROVENANCE, SUBMISSION, LOCK)
 # A folder holding any of these is a run (a sweep job's folder too, once Hydra has written .hydra/).
@@ -107,6 +109,10 @@ class RunDir:
 
     def report_file(self, name: str) -> Path:
         return self.path / REPORT / name
+
+    @property
+    def page(self) -> Path:
+        return self.path / REPORT / RUN_PAGE
 
     @property
     def export(self) -> Path:
@@ -264,6 +270,14 @@ class RunDir:
             if new:
                 writer.writeheader()
             writer.writerow({k: format_value(row.get(k)) for k in fields})
+
+    def check_report(self) -> None:
+        """Refuse a run without a report/ folder (there is nothing for its page to show)."""
+        if not self.report.is_dir() or self.report.is_symlink():
+            raise DataError(
+                f"{self.path} has no report/ folder to make a page of; write one with cnnlab evaluate "
+                f"run={self.path} (cnnlab train does unless trainer.report=false or trainer.evaluate=false)."
+            )
 
     def check_no_links(self) -> None:
         """Refuse to write a run whose files or folders are symbolic links: a write would land outside
