@@ -5,15 +5,30 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from cnnlab.data.images import Decoded, decode_all, scan_class_folders, scan_food11
+from cnnlab.data.images import Decoded, decode_all, food11_labeled, scan_class_folders, scan_food11
 from cnnlab.data.types import ArraySplits
 
+# The usual spellings: the ML course's train/valid/test, the original Food-11's training/validation/
+# evaluation, and testing/ of other course years.
+TRAIN_NAMES = ("train", "training")
 VAL_NAMES = ("val", "valid", "validation")
-TEST_NAMES = ("test", "testing")
+TEST_NAMES = ("test", "testing", "evaluation")
+FOLDER_LAYOUT = (
+    "train/<class>/*.jpg (or training/), with optional val/, valid/ or validation/ and test/, testing/ "
+    "or evaluation/"
+)
+FOOD11_LAYOUT = (
+    "train/, valid/ and test/ (or training/, validation/ and evaluation/ or testing/) holding "
+    "<label>_<n>.jpg files (test/ may hold any names)"
+)
 
 
 def find_split(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / name for name in names if (root / name).is_dir()), None)
+
+
+def has_train_dir(path: Path) -> bool:
+    return find_split(path, TRAIN_NAMES) is not None
 
 
 def has_subdirs(path: Path) -> bool:
@@ -29,7 +44,7 @@ def read_image_folder(
     on_bad_image: str,
     cache_dir: Path | None,
 ) -> ArraySplits:
-    """Read ``root/train/<class>/*`` plus optional ``val|valid`` and ``test`` splits.
+    """Read ``root/train/<class>/*`` plus optional validation and test splits (see :data:`FOLDER_LAYOUT`).
 
     Classes are train's folder names, sorted. ``test`` is labeled when it holds class folders and
     unlabeled (with ``test_ids`` from file stems) when it holds the images directly.
@@ -42,7 +57,7 @@ def read_image_folder(
         on_bad_image=on_bad_image,
         cache_dir=cache_dir,
     )
-    files, labels, classes = scan_class_folders(root / "train")
+    files, labels, classes = scan_class_folders(find_split(root, TRAIN_NAMES))
     train = decode(files, labels)
     val_dir, test_dir = find_split(root, VAL_NAMES), find_split(root, TEST_NAMES)
     val = decode(*scan_class_folders(val_dir, classes)[:2]) if val_dir else None
@@ -65,10 +80,12 @@ def read_food11(
     cache_dir: Path | None,
     classes: list[str],
 ) -> ArraySplits:
-    """Read Food-11: ``train/`` and ``valid/`` named ``<label>_<n>.jpg``, optional unlabeled ``test/``.
+    """Read Food-11 (see :data:`FOOD11_LAYOUT`): training and validation images named ``<label>_<n>.jpg``.
 
-    ``valid/`` becomes the validation split; test images are named in ``test_ids`` by file stem. With
-    ``on_bad_image=skip`` a skipped test image is missing from ``test_ids`` and so from a submission.
+    The test split is labeled when every file there is named ``<label>_<n>`` (the original dataset's
+    ``evaluation/``) and unlabeled otherwise (the course's ``test/``); its images are named in
+    ``test_ids`` by file stem. With ``on_bad_image=skip`` a skipped test image is missing from
+    ``test_ids`` and so from a submission.
     """
     decode = partial(
         decode_all,
@@ -79,11 +96,17 @@ def read_food11(
         cache_dir=cache_dir,
     )
     n = len(classes)
-    train = decode(*scan_food11(root / "train", labeled=True, num_classes=n))
+    train = decode(*scan_food11(find_split(root, TRAIN_NAMES), labeled=True, num_classes=n))
     val_dir, test_dir = find_split(root, VAL_NAMES), find_split(root, TEST_NAMES)
     val = decode(*scan_food11(val_dir, labeled=True, num_classes=n)) if val_dir else None
-    test = decode(*scan_food11(test_dir, labeled=False, num_classes=n)) if test_dir else None
-    return _splits(train, val, test, list(classes), labeled_test=False)
+    test, labeled_test = None, False
+    if test_dir is not None:
+        labeled_test = food11_labeled(test_dir)
+        test = decode(*scan_food11(test_dir, labeled=labeled_test, num_classes=n))
+    splits = _splits(train, val, test, list(classes), labeled_test=labeled_test)
+    if test is not None:
+        splits.test_ids = [path.stem for path in test.files]
+    return splits
 
 
 def _splits(

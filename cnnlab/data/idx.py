@@ -24,6 +24,10 @@ STEMS = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
+IDX_LAYOUT = (
+    "the four MNIST IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
+    "and t10k-labels-idx1-ubyte (or .gz)"
+)
 
 
 def find_file(root: Path, stem: str) -> Path | None:

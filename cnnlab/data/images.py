@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnlab.data.lookup import cannot_read
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.io import atomic_write
 
@@ -28,6 +29,20 @@ MODES = {1: "L", 3: "RGB"}
 ON_BAD_IMAGE = ("error", "skip")
 CACHE_VERSION = 1  # bump when the cached layout or the decoding changes
 SKIP_HINT = "delete or replace it, or set dataset.on_bad_image=skip"
+
+
+class BadImageError(DataError):
+    """An image file that cannot be used; ``reason`` says why without naming the file, so a caller
+    that prints the path itself (verify, the skip warning) does not print it twice."""
+
+    reason = ""
+
+
+def bad_image(path: Path, reason: str) -> BadImageError:
+    # The message is the only constructor argument, so the error survives pickling out of a worker.
+    exc = BadImageError(f"{path}: {reason}; {SKIP_HINT}.")
+    exc.reason = reason
+    return exc
 
 
 def open_image(path: Path, *, size: int | None, channels: int = 3) -> torch.Tensor:
@@ -45,18 +60,25 @@ def open_image(path: Path, *, size: int | None, channels: int = 3) -> torch.Tens
                 img.load()
                 img = img.convert(MODES[channels])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(
-            f"{path} has more pixels than the decompression-bomb limit Image.MAX_IMAGE_PIXELS "
-            f"({Image.MAX_IMAGE_PIXELS}); {SKIP_HINT}."
-        ) from exc
+        reason = (
+            f"more pixels than the decompression-bomb limit Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS})"
+        )
+        raise bad_image(path, reason) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # UnidentifiedImageError is an OSError
-        raise DataError(f"{path} is not a readable image ({exc}); {SKIP_HINT}.") from exc
+        raise bad_image(path, f"not a readable image ({_without_path(exc, path)})") from exc
     if size is not None and img.size != (size, size):
         # PIL widens the bilinear kernel when shrinking, i.e. it antialiases.
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     array = np.array(img, dtype=np.uint8)
     tensor = torch.from_numpy(array)
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _without_path(exc: Exception, path: Path) -> str:
+    """PIL's message without the file name it often repeats ("cannot identify image file '<path>'")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).replace(f" {str(path)!r}", "").replace(str(path), "the file")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -103,6 +125,12 @@ def scan_class_folders(
 
 
 FOOD11_NAME = re.compile(r"(\d+)_.+")
+
+
+def food11_labeled(split_dir: Path) -> bool:
+    """Are all image files in ``split_dir`` named ``<label>_<n>`` (so the split carries labels)?"""
+    files = _image_files(split_dir)
+    return bool(files) and all(FOOD11_NAME.fullmatch(path.stem) for path in files)
 
 
 def scan_food11(split_dir: Path, *, labeled: bool, num_classes: int) -> tuple[list[Path], list[int] | None]:
@@ -164,10 +192,10 @@ class ImageFileDataset(torch.utils.data.Dataset):
         label = -1 if self.labels is None else self.labels[index]
         try:
             return open_image(self.files[index], size=self.size, channels=self.channels), label, index
-        except DataError as exc:
+        except BadImageError as exc:
             if self.on_bad_image == "error":
                 raise
-            return None, str(exc), index
+            return None, exc.reason, index
 
 
 class Batch(NamedTuple):
@@ -239,9 +267,7 @@ def decode_all(
     try:
         key = cache_key(files, labels, size=size, channels=channels, on_bad_image=on_bad_image)
     except OSError as exc:
-        raise DataError(
-            f"{exc.filename} could not be read ({exc.strerror}); check the dataset directory."
-        ) from exc
+        raise cannot_read(exc) from exc
     path = cache_dir / f"{key}.pt" if cache_dir is not None else None
     cached = _load_cache(path, len(files)) if path is not None else None
     if cached is not None:
@@ -270,7 +296,7 @@ def _decode(files, labels, *, size, channels, num_workers, on_bad_image):
     for batch in loader:
         for index, reason in batch.bad:
             if on_bad_image == "error":
-                raise DataError(reason)
+                raise bad_image(files[index], reason)
             log.warning("skipping %s: %s", files[index], reason)
         if not len(batch.x):
             continue

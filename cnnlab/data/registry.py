@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from cnnlab.data.cifar import LAYOUTS as CIFAR_LAYOUTS
 from cnnlab.data.cifar import has_cifar10, read_cifar10
-from cnnlab.data.folders import read_food11, read_image_folder
-from cnnlab.data.idx import has_idx_files, read_idx_dataset
+from cnnlab.data.folders import FOLDER_LAYOUT, FOOD11_LAYOUT, has_train_dir, read_food11, read_image_folder
+from cnnlab.data.idx import IDX_LAYOUT, has_idx_files, read_idx_dataset
 from cnnlab.data.loader import TensorLoader
-from cnnlab.data.lookup import cache_dir, find_root
+from cnnlab.data.lookup import cache_dir, cannot_read, find_root
 from cnnlab.data.split import split_indices
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import ConfigError, DataError
@@ -26,12 +28,11 @@ def workers(cfg: DictConfig) -> int:
     return (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
 
 
-def _read_idx(cfg: DictConfig) -> ArraySplits:
-    return read_idx_dataset(find_root(cfg, has_idx_files))
+def _read_idx(cfg: DictConfig, root: Path) -> ArraySplits:
+    return read_idx_dataset(root)
 
 
-def _read_cifar10(cfg: DictConfig) -> ArraySplits:
-    root = find_root(cfg, has_cifar10)
+def _read_cifar10(cfg: DictConfig, root: Path) -> ArraySplits:
     return read_cifar10(root, cache_dir=cache_dir(cfg), num_workers=workers(cfg))
 
 
@@ -44,26 +45,40 @@ def _photo_kwargs(cfg: DictConfig) -> dict:
     }
 
 
-def has_train_dir(path: Path) -> bool:
-    return (path / "train").is_dir()
-
-
-def _read_image_folder(cfg: DictConfig) -> ArraySplits:
-    root = find_root(cfg, has_train_dir)
+def _read_image_folder(cfg: DictConfig, root: Path) -> ArraySplits:
     return read_image_folder(root, channels=cfg.channels, **_photo_kwargs(cfg))
 
 
-def _read_food11(cfg: DictConfig) -> ArraySplits:
-    root = find_root(cfg, has_train_dir)
+def _read_food11(cfg: DictConfig, root: Path) -> ArraySplits:
     return read_food11(root, classes=list(cfg.classes), **_photo_kwargs(cfg))
 
 
+@dataclass(frozen=True)
+class Format:
+    read: Callable[[DictConfig, Path], ArraySplits]
+    looks_complete: Callable[[Path], bool]  # does a candidate folder hold this format?
+    layout: str  # what a folder must hold, for the "not found" message
+
+
 FORMATS = {
-    "idx": _read_idx,
-    "cifar10": _read_cifar10,
-    "imagefolder": _read_image_folder,
-    "food11": _read_food11,
+    "idx": Format(_read_idx, has_idx_files, IDX_LAYOUT),
+    "cifar10": Format(_read_cifar10, has_cifar10, CIFAR_LAYOUTS),
+    "imagefolder": Format(_read_image_folder, has_train_dir, FOLDER_LAYOUT),
+    "food11": Format(_read_food11, has_train_dir, FOOD11_LAYOUT),
 }
+
+
+def data_format(cfg: DictConfig) -> Format:
+    found = FORMATS.get(cfg.format)
+    if found is None:
+        raise ConfigError(f"Unknown dataset.format '{cfg.format}'; choose one of: {', '.join(FORMATS)}.")
+    return found
+
+
+def locate(cfg: DictConfig) -> Path:
+    """The folder (or archive) holding the dataset named by ``cfg``; a DataError naming every place."""
+    fmt = data_format(cfg)
+    return find_root(cfg, fmt.looks_complete, expected=fmt.layout)
 
 
 @dataclass
@@ -83,10 +98,11 @@ class DataBundle:
 
 def read_splits(cfg: DictConfig) -> ArraySplits:
     """Read the dataset named by ``cfg`` (a ``dataset`` config) into uint8 tensors, checked."""
-    reader = FORMATS.get(cfg.format)
-    if reader is None:
-        raise ConfigError(f"Unknown dataset.format '{cfg.format}'; choose one of: {', '.join(FORMATS)}.")
-    splits = reader(cfg)
+    fmt = data_format(cfg)
+    try:
+        splits = fmt.read(cfg, locate(cfg))
+    except OSError as exc:  # an unreadable folder or file: not the disk-space advice the CLI gives
+        raise cannot_read(exc, cfg) from exc
     splits.classes = _class_names(cfg, splits)
     n = len(splits.classes)
     for name in ("train_y", "val_y", "test_y"):
