@@ -42,7 +42,7 @@ class DatasetConfig:
     download: bool = True
     channels: int = 1
     image_size: int = 28
-    num_classes: int = 10
+    num_classes: int | None = 10  # None: as many as the data has (imagefolder: its class folders)
     classes: list[str] = field(default_factory=list)
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.5])
@@ -281,7 +281,7 @@ SUBMISSION_CHOICES = {"id_source": ("stem", "index1", "index0"), "label_as": ("n
 POSITIVE = {
     "optimizer": ("lr",),
     "trainer": ("max_epochs", "batch_size", "eval_batch_size", "accumulate"),
-    "dataset": ("channels", "image_size", "num_classes"),
+    "dataset": ("channels", "image_size"),
 }
 
 

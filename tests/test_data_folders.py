@@ -133,7 +133,9 @@ def test_image_folder_course_layout(tmp_path):
         for name in ("b", "a"):
             write(tmp_path / split / name / "0.png")
     splits = read_image_folder(tmp_path, **folder_args(tmp_path))
-    assert splits.classes == ["a", "b"] and splits.val_y.tolist() == [0, 1] and splits.test_y.tolist() == [0, 1]
+    assert (
+        splits.classes == ["a", "b"] and splits.val_y.tolist() == [0, 1] and splits.test_y.tolist() == [0, 1]
+    )
 
 
 def test_food11_wrong_root_names_the_expected_folders(tmp_path, make_cfg):
@@ -147,3 +149,79 @@ def test_food11_wrong_root_names_the_expected_folders(tmp_path, make_cfg):
     assert f"not found; looked in: {tmp_path / 'photos'}" in message and "\n" not in message
     for name in ("train/", "valid/", "test/", "training/", "validation/", "evaluation/"):
         assert name in message
+
+
+def three_class_folder(root):
+    for name in ("cat", "ant", "bee"):
+        for i in range(2):
+            write(root / "train" / name / f"{i}.png", seed=i)
+    return root
+
+
+def no_decoding(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded before the classes were checked")
+
+    monkeypatch.setattr("cnnlab.data.folders.decode_all", refuse)
+
+
+def test_imagefolder_classes_come_from_the_folders(tmp_path, make_cfg):
+    from cnnlab.data.registry import read_splits
+
+    root = three_class_folder(tmp_path / "d")
+    cfg = make_cfg(
+        "dataset=imagefolder", f"dataset.root={root}", "dataset.num_workers=0", "dataset.image_size=8"
+    )
+    assert cfg.dataset.num_classes is None and list(cfg.dataset.classes) == []
+    splits = read_splits(cfg.dataset)
+    assert splits.classes == ["ant", "bee", "cat"] and splits.train_y.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_imagefolder_given_classes_set_the_label_order(tmp_path, make_cfg):
+    from cnnlab.data.registry import read_splits
+
+    root = three_class_folder(tmp_path / "d")
+    order = ("dataset.classes=[cat,bee,ant]", "dataset.num_classes=3")
+    cfg = make_cfg(
+        "dataset=imagefolder", f"dataset.root={root}", "dataset.num_workers=0", "dataset.image_size=8", *order
+    )
+    splits = read_splits(cfg.dataset)
+    assert splits.classes == ["cat", "bee", "ant"] and splits.train_y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert [p.parent.name for p in splits.files[:2]] == ["cat", "cat"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset.num_classes=5", r"dataset.num_classes=5 but .*train has 3 class folders \(ant, bee, cat\)"),
+        (
+            "dataset.classes=[ant,bee]",
+            r"class folders \['ant', 'bee', 'cat'\] but dataset.classes lists \['ant', 'bee'\]",
+        ),
+        ("dataset.classes=[ant,bee,cat,dog]", r"but dataset.classes lists \['ant', 'bee', 'cat', 'dog'\]"),
+    ],
+    ids=["num_classes", "too-few-classes", "class-without-folder"],
+)
+def test_imagefolder_class_mismatch_fails_before_decoding(tmp_path, make_cfg, monkeypatch, override, message):
+    from cnnlab.data.registry import read_splits
+
+    root = three_class_folder(tmp_path / "d")
+    cfg = make_cfg("dataset=imagefolder", f"dataset.root={root}", "dataset.num_workers=0", override)
+    no_decoding(monkeypatch)
+    with pytest.raises(DataError, match=message):
+        read_splits(cfg.dataset)
+
+
+def test_empty_class_folder_and_bad_val_fail_before_decoding(tmp_path, monkeypatch):
+    root = three_class_folder(tmp_path / "d")
+    write(root / "val" / "emu" / "0.png")
+    no_decoding(monkeypatch)
+    with pytest.raises(DataError, match=r"val has the class folders \['emu'\]"):
+        read_image_folder(root, **folder_args(tmp_path))
+    (root / "val" / "emu" / "0.png").rename(root / "val" / "emu.png")
+    (root / "val" / "emu").rmdir()
+    (root / "train" / "dog").mkdir()
+    with pytest.raises(
+        DataError, match=r"dog is a class folder without image files; add images or remove it"
+    ):
+        read_image_folder(root, **folder_args(tmp_path))

@@ -104,8 +104,10 @@ def test_scan_class_folders_errors(tmp_path):
     with pytest.raises(DataError, match="not a directory"):
         scan_class_folders(tmp_path / "missing")
     (tmp_path / "empty" / "cat").mkdir(parents=True)
-    with pytest.raises(DataError, match="no image files"):
+    with pytest.raises(DataError, match="cat is a class folder without image files"):
         scan_class_folders(tmp_path / "empty")
+    with pytest.raises(DataError, match="holds no image files"):
+        scan_class_folders(tmp_path / "empty" / "cat")
     write_image(tmp_path / "val" / "emu" / "a.png", pattern(4, 4))
     with pytest.raises(DataError, match="emu"):
         scan_class_folders(tmp_path / "val", ["cat"])

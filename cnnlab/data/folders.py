@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
 from cnnlab.data.images import Decoded, decode_all, food11_labeled, scan_class_folders, scan_food11
 from cnnlab.data.types import ArraySplits
+from cnnlab.errors import DataError
 
 # The usual spellings: the ML course's train/valid/test, the original Food-11's training/validation/
 # evaluation, and testing/ of other course years.
@@ -43,31 +44,37 @@ def read_image_folder(
     num_workers: int,
     on_bad_image: str,
     cache_dir: Path | None,
+    classes: list[str] | None = None,
+    num_classes: int | None = None,
 ) -> ArraySplits:
     """Read ``root/train/<class>/*`` plus optional validation and test splits (see :data:`FOLDER_LAYOUT`).
 
-    Classes are train's folder names, sorted. ``test`` is labeled when it holds class folders and
-    unlabeled (with ``test_ids`` from file stems) when it holds the images directly.
+    Classes are train's folder names, sorted, unless ``classes`` gives them (same folders, that
+    order); ``num_classes``, when given, must match. Every split is scanned and checked before any
+    image is decoded. ``test`` is labeled when it holds class folders and unlabeled (with
+    ``test_ids`` from file stems) when it holds the images directly.
     """
-    decode = partial(
-        decode_all,
-        size=size,
-        channels=channels,
-        num_workers=num_workers,
-        on_bad_image=on_bad_image,
-        cache_dir=cache_dir,
-    )
-    files, labels, classes = scan_class_folders(find_split(root, TRAIN_NAMES))
-    train = decode(files, labels)
+    train_dir = find_split(root, TRAIN_NAMES)
+    files, labels, classes = scan_class_folders(train_dir, classes or None, train=True)
+    if num_classes is not None and num_classes != len(classes):
+        raise DataError(
+            f"dataset.num_classes={num_classes} but {train_dir} has {len(classes)} class folders "
+            f"({', '.join(classes)}); leave dataset.num_classes unset (the folders name the classes) or "
+            "fix the folders."
+        )
     val_dir, test_dir = find_split(root, VAL_NAMES), find_split(root, TEST_NAMES)
-    val = decode(*scan_class_folders(val_dir, classes)[:2]) if val_dir else None
+    val = scan_class_folders(val_dir, classes)[:2] if val_dir else None
     labeled_test = test_dir is not None and has_subdirs(test_dir)
     test = None
     if test_dir is not None:
         if labeled_test:
-            test = decode(*scan_class_folders(test_dir, classes)[:2])
+            test = scan_class_folders(test_dir, classes)[:2]
         else:
-            test = decode(*scan_food11(test_dir, labeled=False, num_classes=len(classes)))
+            test = scan_food11(test_dir, labeled=False, num_classes=len(classes))
+    decode = _decoder(
+        size=size, channels=channels, num_workers=num_workers, on_bad_image=on_bad_image, cache_dir=cache_dir
+    )
+    train, val, test = decode((files, labels)), decode(val), decode(test)
     return _splits(train, val, test, classes, labeled_test=labeled_test)
 
 
@@ -87,26 +94,29 @@ def read_food11(
     ``test_ids`` by file stem. With ``on_bad_image=skip`` a skipped test image is missing from
     ``test_ids`` and so from a submission.
     """
-    decode = partial(
-        decode_all,
-        size=size,
-        channels=3,
-        num_workers=num_workers,
-        on_bad_image=on_bad_image,
-        cache_dir=cache_dir,
-    )
     n = len(classes)
-    train = decode(*scan_food11(find_split(root, TRAIN_NAMES), labeled=True, num_classes=n))
+    train = scan_food11(find_split(root, TRAIN_NAMES), labeled=True, num_classes=n)
     val_dir, test_dir = find_split(root, VAL_NAMES), find_split(root, TEST_NAMES)
-    val = decode(*scan_food11(val_dir, labeled=True, num_classes=n)) if val_dir else None
-    test, labeled_test = None, False
-    if test_dir is not None:
-        labeled_test = food11_labeled(test_dir)
-        test = decode(*scan_food11(test_dir, labeled=labeled_test, num_classes=n))
+    val = scan_food11(val_dir, labeled=True, num_classes=n) if val_dir else None
+    labeled_test = test_dir is not None and food11_labeled(test_dir)
+    test = scan_food11(test_dir, labeled=labeled_test, num_classes=n) if test_dir else None
+    decode = _decoder(
+        size=size, channels=3, num_workers=num_workers, on_bad_image=on_bad_image, cache_dir=cache_dir
+    )
+    train, val, test = decode(train), decode(val), decode(test)
     splits = _splits(train, val, test, list(classes), labeled_test=labeled_test)
     if test is not None:
         splits.test_ids = [path.stem for path in test.files]
     return splits
+
+
+def _decoder(**settings) -> Callable[[tuple | None], Decoded | None]:
+    """``decode_all`` with fixed settings for a scanned ``(files, labels)``; None (no split) stays None."""
+
+    def decode(scanned: tuple | None) -> Decoded | None:
+        return None if scanned is None else decode_all(*scanned, **settings)
+
+    return decode
 
 
 def _splits(

@@ -96,12 +96,13 @@ def _require_dir(path: Path, layout: str) -> None:
 
 
 def scan_class_folders(
-    split_dir: Path, classes: list[str] | None = None
+    split_dir: Path, classes: list[str] | None = None, *, train: bool = False
 ) -> tuple[list[Path], list[int], list[str]]:
     """Files and labels of ``split_dir/<class>/*.<image suffix>``; classes sorted by folder name.
 
     Pass the training split's ``classes`` when scanning val/test so labels agree; a class folder
-    missing there is fine, an unknown one is an error.
+    missing there is fine, an unknown one is an error. With ``train``, given ``classes`` (the user's
+    ``dataset.classes``, in their order) must name exactly the folders. An empty class folder is an error.
     """
     layout = f"{split_dir}/<class>/*.jpg"
     _require_dir(split_dir, layout)
@@ -109,14 +110,22 @@ def scan_class_folders(
     if classes is None:
         classes = folders
     unknown = sorted(set(folders) - set(classes))
-    if unknown:
+    missing = sorted(set(classes) - set(folders)) if train else []
+    if unknown or missing:
+        expected = (
+            f"dataset.classes lists {list(classes)}" if train else f"the training split has {list(classes)}"
+        )
         raise DataError(
-            f"{split_dir} has class folders {unknown} that the training split lacks; "
-            "rename or remove them so every split uses the same classes."
+            f"{split_dir} has the class folders {folders} but {expected}; rename or remove folders so the "
+            "classes agree."
         )
     files, labels = [], []
     for label, name in enumerate(classes):
         found = _image_files(split_dir / name) if name in folders else []
+        if name in folders and not found:
+            raise DataError(
+                f"{split_dir / name} is a class folder without image files; add images or remove it."
+            )
         files += found
         labels += [label] * len(found)
     if not files:

@@ -17,6 +17,7 @@ from cnnlab.data.folders import FOLDER_LAYOUT, FOOD11_LAYOUT, has_train_dir, rea
 from cnnlab.data.idx import IDX_LAYOUT, has_idx_files, read_idx_dataset
 from cnnlab.data.loader import TensorLoader
 from cnnlab.data.lookup import cache_dir, cannot_read, find_root
+from cnnlab.data.options import check_dataset
 from cnnlab.data.split import split_indices
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import ConfigError, DataError
@@ -46,7 +47,13 @@ def _photo_kwargs(cfg: DictConfig) -> dict:
 
 
 def _read_image_folder(cfg: DictConfig, root: Path) -> ArraySplits:
-    return read_image_folder(root, channels=cfg.channels, **_photo_kwargs(cfg))
+    return read_image_folder(
+        root,
+        channels=cfg.channels,
+        classes=list(cfg.classes),
+        num_classes=cfg.num_classes,
+        **_photo_kwargs(cfg),
+    )
 
 
 def _read_food11(cfg: DictConfig, root: Path) -> ArraySplits:
@@ -98,6 +105,7 @@ class DataBundle:
 
 def read_splits(cfg: DictConfig) -> ArraySplits:
     """Read the dataset named by ``cfg`` (a ``dataset`` config) into uint8 tensors, checked."""
+    check_dataset(cfg)
     fmt = data_format(cfg)
     try:
         splits = fmt.read(cfg, locate(cfg))
@@ -116,8 +124,12 @@ def read_splits(cfg: DictConfig) -> ArraySplits:
 
 
 def _class_names(cfg: DictConfig, splits: ArraySplits) -> list[str]:
-    names = list(cfg.classes) or splits.classes or [str(i) for i in range(cfg.num_classes)]
-    if len(names) != cfg.num_classes:
+    """``dataset.classes``, else the data's own names, else numbers; ``num_classes`` (when set) must agree."""
+    count = cfg.num_classes
+    if count is None:
+        count = int(splits.train_y.max()) + 1 if len(splits.train_y) else 0
+    names = list(cfg.classes) or splits.classes or [str(i) for i in range(count)]
+    if cfg.num_classes is not None and len(names) != cfg.num_classes:
         raise ConfigError(
             f"dataset.classes lists {len(names)} names but dataset.num_classes is {cfg.num_classes}; "
             "make them agree."
