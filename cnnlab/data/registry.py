@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from cnnlab.data.arrays import resize_images
 from cnnlab.data.cifar import LAYOUTS as CIFAR_LAYOUTS
 from cnnlab.data.cifar import has_cifar10, read_cifar10
 from cnnlab.data.folders import FOLDER_LAYOUT, FOOD11_LAYOUT, has_train_dir, read_food11, read_image_folder
@@ -111,6 +112,7 @@ def read_splits(cfg: DictConfig) -> ArraySplits:
         splits = fmt.read(cfg, locate(cfg))
     except OSError as exc:  # an unreadable folder or file: not the disk-space advice the CLI gives
         raise cannot_read(exc, cfg) from exc
+    _resize_fixed(cfg, splits)
     splits.classes = _class_names(cfg, splits)
     n = len(splits.classes)
     for name in ("train_y", "val_y", "test_y"):
@@ -121,6 +123,17 @@ def read_splits(cfg: DictConfig) -> ArraySplits:
                 "fix dataset.num_classes / dataset.classes or the data."
             )
     return splits
+
+
+def _resize_fixed(cfg: DictConfig, splits: ArraySplits) -> None:
+    """Honour ``dataset.image_size`` for formats stored at one size (IDX, CIFAR-10): resize every split."""
+    have = splits.train_x.shape[-1]
+    if cfg.image_size == have:
+        return
+    log.info("%s: resizing the %d x %d images to dataset.image_size=%d", cfg.name, have, have, cfg.image_size)
+    for name in ("train_x", "val_x", "test_x"):
+        if getattr(splits, name) is not None:
+            setattr(splits, name, resize_images(getattr(splits, name), cfg.image_size))
 
 
 def _class_names(cfg: DictConfig, splits: ArraySplits) -> list[str]:
