@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from cnnlab.data import cache
 from cnnlab.data.folders import read_image_folder
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import DataError
@@ -235,30 +236,36 @@ def unpack_zip(archive: Path, cache_dir: Path) -> Path:
     """Unpack ``archive`` once into ``cache_dir/<stem>-<hash of size and mtime>/`` and return that dir.
 
     It is extracted into a temporary directory renamed into place at the end, so an interrupted unpack
-    never leaves a half tree that a later run would trust.
+    never leaves a half tree that a later run would trust; a killed unpack's temporary directory is
+    removed at the next start (see :mod:`cnnlab.data.cache`).
     """
     stat = archive.stat()
     tag = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir / f"{archive.stem}-{tag}"
+    cache.remove_stale(cache_dir)
     if target.is_dir():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".tmp"))
-    log.info("unpacking %s into %s (once)", archive, target)
     try:
-        _extract(archive, tmp)
-        os.rename(tmp, target)
+        with cache.writing(cache_dir):
+            _unpack(archive, target)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         if target.is_dir():  # another process finished the same unpack first
             return target
         raise DataError(
             f"Could not unpack {archive} into {cache_dir} ({exc}); free space or set cache_dir."
         ) from exc
+    return target
+
+
+def _unpack(archive: Path, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    log.info("unpacking %s into %s (once)", archive, target)
+    try:
+        _extract(archive, tmp)
+        os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def _extract(archive: Path, dest: Path) -> None:

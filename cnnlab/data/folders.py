@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnlab.data.images import Decoded, decode_all, food11_labeled, scan_class_folders, scan_food11
+from cnnlab.data.images import Decoded, decode_all
+from cnnlab.data.scan import food11_labeled, scan_class_folders, scan_food11
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import DataError
 
