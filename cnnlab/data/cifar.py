@@ -131,10 +131,18 @@ def _read_binary(folder: Path) -> ArraySplits:
         _check_labels(records[:, 0], path)
         parts.append((records[:, 1:], records[:, 0]))
     meta = folder / "batches.meta.txt"
-    classes = (
-        [line.strip() for line in meta.read_text().splitlines() if line.strip()] if meta.is_file() else []
-    )
-    return _to_splits(parts, classes or list(CLASSES), files)
+    return _to_splits(parts, _text_class_names(meta) if meta.is_file() else list(CLASSES), files)
+
+
+def _text_class_names(meta: Path) -> list[str]:
+    """The ten class names of ``batches.meta.txt``, one per line."""
+    try:
+        names = [line.strip() for line in meta.read_bytes().decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{meta} is not a text file of class names ({exc.reason}); copy it again.") from exc
+    if len(names) != len(CLASSES):
+        raise DataError(f"{meta} names {len(names)} classes, not CIFAR-10's {len(CLASSES)}; copy it again.")
+    return names
 
 
 def _reconstruct_function():
@@ -211,7 +219,11 @@ def _read_python(folder: Path) -> ArraySplits:
         names = _load_batch(meta).get("label_names")
         if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
             raise DataError(f"{meta} has no list of label_names; download it again.")
-        classes = [n.decode() if isinstance(n, bytes) else n for n in names]
+        if len(names) != len(CLASSES):
+            raise DataError(
+                f"{meta} names {len(names)} classes, not CIFAR-10's {len(CLASSES)}; download it again."
+            )
+        classes = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
     return _to_splits(parts, classes, [*files, meta] if meta.is_file() else files)
 
 
