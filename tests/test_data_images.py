@@ -226,3 +226,13 @@ def test_decoded_cache_is_memory_mapped_and_equals_decoding_in_memory(tmp_path):
     for out in (cached, hit):
         assert torch.equal(out.x, plain.x) and torch.equal(out.y, plain.y) and out.files == plain.files
         assert out.x.untyped_storage().data_ptr() != plain.x.untyped_storage().data_ptr()
+
+
+def test_decoding_leaves_the_global_random_stream_alone(tmp_path):
+    """A run that decodes and one that hits the cache must start from the same weights."""
+    files = make_files(tmp_path / "data")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    decode_all(files, None, size=None, channels=3, num_workers=0, on_bad_image="error", cache_dir=None)
+    assert torch.equal(torch.rand(3), expected)

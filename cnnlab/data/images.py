@@ -147,6 +147,18 @@ def collate_skip_bad(items: list[tuple]) -> Batch:
     return Batch(x, y, torch.tensor([item[2] for item in same], dtype=torch.int64), bad, odd)
 
 
+def decode_loader(dataset: ImageFileDataset, num_workers: int) -> torch.utils.data.DataLoader:
+    """Batches of decoded files in order. The loader has its own generator: drawing its worker seeds from
+    the global one would make a run that decodes start from other weights than one that hits the cache."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=256,
+        num_workers=num_workers,
+        collate_fn=collate_skip_bad,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 @dataclass
 class Decoded:
     x: torch.Tensor  # (N, C, H, W) uint8; memory-mapped from the cache when ``key`` is set
@@ -237,9 +249,7 @@ def _decoded_batches(files, labels, *, size, channels, num_workers, on_bad_image
     # Workers always return markers; whether a bad file is an error is decided here, so the user sees
     # one clean message rather than an exception re-raised from a worker with its traceback inside.
     dataset = ImageFileDataset(files, labels, size=size, channels=channels, on_bad_image="skip")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=256, num_workers=num_workers, collate_fn=collate_skip_bad
-    )
+    loader = decode_loader(dataset, num_workers)
     log.info("decoding %d images in %s with %d worker processes", len(files), _common_dir(files), num_workers)
     shape, count = None, 0
     for batch in loader:

@@ -12,11 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from cnnlab.data.cifar import find_cifar10, unpack_zip
-from cnnlab.data.images import SUFFIXES, ImageFileDataset, collate_skip_bad
+from cnnlab.data.images import SUFFIXES, ImageFileDataset, decode_loader
 from cnnlab.data.lookup import cache_dir
 from cnnlab.data.registry import locate, read_splits, workers
 from cnnlab.errors import DataError
@@ -65,10 +64,7 @@ def scan_images(root: Path, *, num_workers: int) -> tuple[int, list[str]]:
     ]
     images = [p for p in files if p.suffix.lower() in SUFFIXES]
     dataset = ImageFileDataset(images, None, size=8, channels=3, on_bad_image="skip")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=256, num_workers=num_workers, collate_fn=collate_skip_bad
-    )
-    for batch in loader:
+    for batch in decode_loader(dataset, num_workers):
         problems += [f"{images[i]}: {reason}" for i, reason in batch.bad]
     return len(files), sorted(problems)
 
