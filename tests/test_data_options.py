@@ -16,3 +16,40 @@ def test_num_classes_must_be_positive_or_null(make_cfg, value):
     ):
         check_dataset(cfg.dataset)
     check_dataset(make_cfg("dataset.num_classes=null").dataset)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "dataset.mean=average",
+            r"dataset.mean must be auto or a list of numbers, one per channel; got average",
+        ),
+        ("dataset.std=[0.5,0.5]", r"one value per channel \(1\) or auto; dataset.std has 2"),
+        ("dataset.std=[0]", r"dataset.std values must be greater than 0"),
+        ("dataset.mean=[a]", r"dataset.mean must be auto or a list of numbers"),
+        ("dataset.sampler=balance", r"Unknown dataset.sampler 'balance'; choose one of: random, balanced"),
+        ("dataset.in_memory=maybe", r"Unknown dataset.in_memory 'maybe'; choose one of: auto, true, false"),
+    ],
+)
+def test_bad_dataset_values_are_one_line(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_dataset(make_cfg(override).dataset)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["dataset.mean=auto", "dataset.std=auto", "dataset.sampler=balanced", "dataset.in_memory=false",
+     "dataset.in_memory=true", "dataset.in_memory=auto"],
+)  # fmt: skip
+def test_good_dataset_values_pass(make_cfg, override):
+    check_dataset(make_cfg(override).dataset)
+
+
+def test_cli_refuses_a_bad_value_before_reading_data(tmp_path):
+    from tests.conftest import run_cli
+
+    proc = run_cli("train", "dataset.root=/nonexistent", "dataset.sampler=balance", "trainer.device=cpu",
+                   f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "Unknown dataset.sampler 'balance'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "not found" not in proc.stderr

@@ -23,3 +23,18 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
         )
         out[lo : lo + CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images in [0, 1] units, from float64 sums of
+    the pixels and their squares over all of ``x``, one chunk at a time (``x`` may be memory-mapped)."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    for lo in range(0, len(x), CHUNK):
+        chunk = x[lo : lo + CHUNK].to(torch.float64)
+        total += chunk.sum((0, 2, 3))
+        squares += chunk.square().sum((0, 2, 3))
+    count = len(x) * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_(min=0).sqrt_()
+    return (mean / 255).tolist(), (std / 255).tolist()

@@ -144,3 +144,15 @@ def load_entry(folder: Path, key: str) -> tuple[torch.Tensor, dict] | None:
         log.warning("ignoring cache entry %s: its images do not match its shape", raw)
         return None
     return map_images(raw, shape), meta
+
+
+def rows_entry(folder: Path, key: str, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` as a mapped entry ``key`` in ``folder``, written once in chunks (``x`` may be mapped
+    and larger than memory)."""
+    remove_stale(folder)
+    found = load_entry(folder, key)
+    if found is not None and len(found[0]) == len(rows):
+        return found[0]
+    chunks = (x[rows[lo : lo + 4096]] for lo in range(0, len(rows), 4096))
+    with writing(folder):
+        return save_entry(folder, key, chunks, {})

@@ -124,7 +124,9 @@ def _splits(
     train: Decoded, val: Decoded | None, test: Decoded | None, classes: list[str], *, labeled_test: bool
 ) -> ArraySplits:
     """Assemble the decoded splits; ``files`` lists every image kept, for the data fingerprint."""
-    splits = ArraySplits(train_x=train.x, train_y=train.y, classes=classes, files=list(train.files))
+    splits = ArraySplits(
+        train_x=train.x, train_y=train.y, classes=classes, files=list(train.files), cache_key=train.key
+    )
     if val is not None:
         splits.val_x, splits.val_y = val.x, val.y
         splits.files += val.files

@@ -6,9 +6,23 @@ too, so ``cnnlab data`` and the readers used by predict and evaluate get the sam
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from numbers import Real
 
+from omegaconf import DictConfig, ListConfig
+
+from cnnlab.data.loader import SAMPLERS
 from cnnlab.errors import ConfigError
+
+IN_MEMORY = ("auto", "true", "false")
+
+
+def is_auto(value) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
+def in_memory_choice(value) -> str:
+    """``dataset.in_memory`` as one of ``auto``, ``true``, ``false`` (the command line may give a bool)."""
+    return str(value).lower()
 
 
 def check_dataset(cfg: DictConfig) -> None:
@@ -17,4 +31,31 @@ def check_dataset(cfg: DictConfig) -> None:
         raise ConfigError(
             "dataset.num_classes must be greater than 0, or null to count the classes; "
             f"got {cfg.num_classes}."
+        )
+    for key in ("mean", "std"):
+        _check_stats(key, cfg[key], cfg.channels)
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"Unknown dataset.sampler '{cfg.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+    if in_memory_choice(cfg.in_memory) not in IN_MEMORY:
+        raise ConfigError(
+            f"Unknown dataset.in_memory '{cfg.in_memory}'; choose one of: {', '.join(IN_MEMORY)}."
+        )
+
+
+def _check_stats(key: str, value, channels: int) -> None:
+    if is_auto(value):
+        return
+    numbers = isinstance(value, (list, ListConfig)) and all(
+        isinstance(v, Real) and not isinstance(v, bool) for v in value
+    )
+    if not numbers:
+        raise ConfigError(f"dataset.{key} must be auto or a list of numbers, one per channel; got {value}.")
+    if len(value) != channels:
+        raise ConfigError(
+            f"dataset.mean and dataset.std need one value per channel ({channels}) or auto; "
+            f"dataset.{key} has {len(value)}."
+        )
+    if key == "std" and min(value) <= 0:
+        raise ConfigError(
+            f"dataset.std values must be greater than 0 (they divide the pixels); got {list(value)}."
         )
