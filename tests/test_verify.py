@@ -42,4 +42,5 @@ def test_verify_reports_a_corrupt_idx_file(tiny_idx, tmp_path):
 
 def test_unknown_action_lists_the_actions(tmp_path):
     proc = run_cli("data", "check", cwd=tmp_path)
-    assert proc.returncode == 2 and "Unknown data action 'check'; choose one of: verify" in proc.stderr
+    assert proc.returncode == 2
+    assert "Unknown data action 'check'; choose one of: verify, stats." in proc.stderr
