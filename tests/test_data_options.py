@@ -53,3 +53,19 @@ def test_cli_refuses_a_bad_value_before_reading_data(tmp_path):
                    f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "Unknown dataset.sampler 'balance'" in proc.stderr
     assert "Traceback" not in proc.stderr and "not found" not in proc.stderr
+
+
+def test_a_stored_config_without_the_new_keys_means_the_old_behaviour(make_cfg):
+    """Run folders keep their config; one written before sampler and in_memory existed still builds."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from cnnlab.data.loader import TensorLoader
+    from cnnlab.data.registry import build_data
+
+    stored = OmegaConf.to_container(make_cfg().dataset, resolve=True)
+    del stored["sampler"], stored["in_memory"]
+    data = build_data(
+        OmegaConf.create(stored), device=torch.device("cpu"), batch_size=8, eval_batch_size=8, seed=0
+    )
+    assert type(data.train) is TensorLoader and data.train.sampler == "random"

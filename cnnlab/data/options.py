@@ -10,10 +10,17 @@ from numbers import Real
 
 from omegaconf import DictConfig, ListConfig
 
+from cnnlab.config import DatasetConfig
 from cnnlab.data.loader import SAMPLERS
 from cnnlab.errors import ConfigError
 
 IN_MEMORY = ("auto", "true", "false")
+
+
+def setting(cfg: DictConfig, key: str):
+    """``cfg[key]``, or the schema's default when a run folder's stored config predates the key (so an
+    old run is rebuilt with the behaviour it had)."""
+    return cfg.get(key, DatasetConfig.__dataclass_fields__[key].default)
 
 
 def is_auto(value) -> bool:
@@ -34,12 +41,11 @@ def check_dataset(cfg: DictConfig) -> None:
         )
     for key in ("mean", "std"):
         _check_stats(key, cfg[key], cfg.channels)
-    if cfg.sampler not in SAMPLERS:
-        raise ConfigError(f"Unknown dataset.sampler '{cfg.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
-    if in_memory_choice(cfg.in_memory) not in IN_MEMORY:
-        raise ConfigError(
-            f"Unknown dataset.in_memory '{cfg.in_memory}'; choose one of: {', '.join(IN_MEMORY)}."
-        )
+    sampler, in_memory = setting(cfg, "sampler"), setting(cfg, "in_memory")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"Unknown dataset.sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+    if in_memory_choice(in_memory) not in IN_MEMORY:
+        raise ConfigError(f"Unknown dataset.in_memory '{in_memory}'; choose one of: {', '.join(IN_MEMORY)}.")
 
 
 def _check_stats(key: str, value, channels: int) -> None:

@@ -19,7 +19,7 @@ from cnnlab.data.folders import FOLDER_LAYOUT, FOOD11_LAYOUT, has_train_dir, rea
 from cnnlab.data.idx import IDX_LAYOUT, has_idx_files, read_idx_dataset
 from cnnlab.data.loader import TensorLoader
 from cnnlab.data.lookup import cache_dir, cannot_read, find_root
-from cnnlab.data.options import check_dataset, is_auto
+from cnnlab.data.options import check_dataset, is_auto, setting
 from cnnlab.data.place import carve, image_bytes, keep_in_memory, loader
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import ConfigError, DataError
@@ -165,7 +165,7 @@ def build_data(
                 f"{cfg.name}: the images have {channels} channels but dataset.{key} has {len(cfg[key])} "
                 f"values; set dataset.channels, dataset.mean and dataset.std to match (or auto)."
             )
-    in_memory = keep_in_memory(cfg.in_memory, image_bytes(splits), device)
+    in_memory = keep_in_memory(setting(cfg, "in_memory"), image_bytes(splits), device)
     mapped = splits.cache_key is not None  # the images are mapped from the decode cache
     train, val = carve(cfg, splits, spill=None if in_memory else cache_dir(cfg) / "decoded")
     mean, std = normalisation(cfg, train[0])
@@ -183,7 +183,7 @@ def build_data(
             test_y = torch.full((len(splits.test_x),), -1, dtype=torch.long)
         test = loader((splits.test_x, test_y), eval_batch_size, shuffle=False, mapped=mapped, **place)
     return DataBundle(
-        train=loader(train, batch_size, shuffle=True, seed=seed, sampler=cfg.sampler, **carved),
+        train=loader(train, batch_size, shuffle=True, seed=seed, sampler=setting(cfg, "sampler"), **carved),
         val=loader(val, eval_batch_size, shuffle=False, **carved),
         test=test,
         classes=splits.classes,
