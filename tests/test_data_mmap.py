@@ -130,6 +130,3 @@ def test_mid_epoch_resume_on_the_host_matches_an_uninterrupted_run(make_cfg, tmp
     monkeypatch.undo()
     train(make_cfg(*host, f"resume={tmp_path / 'int'}"), tmp_path / "int")
     assert_same_run(tmp_path / "whole", tmp_path / "int")
-    train(make_cfg(*RECIPE), tmp_path / "memory")  # and in device memory: the same run
-    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "memory")
-    assert all(torch.equal(a[k], b[k]) for k in a)
