@@ -20,6 +20,7 @@ from torch import nn
 
 from cnnlab.config import SCHEMAS, validate
 from cnnlab.data.augment import BatchAugment, build_augment, check_augment
+from cnnlab.data.options import check_dataset
 from cnnlab.engine.distributed import check_backend
 from cnnlab.engine.ema import check_decay
 from cnnlab.engine.optim import param_groups
@@ -43,6 +44,7 @@ def check(cfg: DictConfig) -> None:
     EMA decay, the test-time augmentation and the distributed backend."""
     check_known_keys(cfg)
     validate(cfg)
+    check_dataset(cfg.dataset)
     aug = OmegaConf.to_container(cfg.augmentation, resolve=True)
     check_augment({**aug, "channels": cfg.dataset.channels, "image_size": cfg.dataset.image_size})
     sched = OmegaConf.to_container(cfg.scheduler, resolve=True)

@@ -30,6 +30,7 @@ commands:
             (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
   export    share a run's best weights: cnnlab export run=<run dir> format=safetensors|torchscript|onnx
   data      check a dataset's files: cnnlab data verify dataset=food11 dataset.root=<dir>
+            or describe it: cnnlab data stats dataset=... (class counts, image sizes, mean/std)
   runs      compare runs: cnnlab runs multirun/<date>/<time>   or   cnnlab runs outputs
             (a table sorted by the metric; writes <dir>/summary.csv; html=true also <dir>/runs.html)
   evaluate  score a run on its labeled test split: per-class table, confusion matrix, calibration

@@ -42,10 +42,11 @@ class DatasetConfig:
     download: bool = True
     channels: int = 1
     image_size: int = 28
-    num_classes: int = 10
+    num_classes: int | None = 10  # None: as many as the data has (imagefolder: its class folders)
     classes: list[str] = field(default_factory=list)
-    mean: list[float] = field(default_factory=lambda: [0.5])
-    std: list[float] = field(default_factory=lambda: [0.5])
+    # one value per channel, or auto: computed over the training split (after the validation split)
+    mean: Any = field(default_factory=lambda: [0.5])
+    std: Any = field(default_factory=lambda: [0.5])
     val_split: float = 0.1
     stratified: bool = True
     split_seed: int = 0  # fixed, so the validation set does not move when `seed` changes
@@ -53,6 +54,8 @@ class DatasetConfig:
     cache: bool = False
     num_workers: int | None = None
     on_bad_image: str = "error"
+    sampler: str = "random"  # random | balanced: each class drawn equally often (with replacement)
+    in_memory: Any = "auto"  # auto | true | false: false keeps the images on the host (see README)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
 
 
@@ -324,7 +327,7 @@ SUBMISSION_CHOICES = {"id_source": ("stem", "index1", "index0"), "label_as": ("n
 POSITIVE = {
     "optimizer": ("lr",),
     "trainer": ("max_epochs", "batch_size", "eval_batch_size", "accumulate"),
-    "dataset": ("channels", "image_size", "num_classes"),
+    "dataset": ("channels", "image_size"),
 }
 
 
@@ -351,11 +354,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.min_delta must be 0 or more, got {cfg.trainer.min_delta}.")
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {cfg.trainer.label_smoothing}.")
-    if len(cfg.dataset.mean) != cfg.dataset.channels or len(cfg.dataset.std) != cfg.dataset.channels:
-        raise ConfigError(
-            f"dataset.mean and dataset.std need one value per channel ({cfg.dataset.channels}), "
-            f"got {len(cfg.dataset.mean)} and {len(cfg.dataset.std)}."
-        )
 
 
 def check_submission(sub: DictConfig) -> None:

@@ -198,7 +198,7 @@ def build_run(
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if not resumed:  # a resumed run loads the fitted layers with its weights
         plain = BatchPipeline(data.mean, data.std, device)
-        fit_to_data(model, data.train.x[:FIT_IMAGES], lambda x: plain(x, train=False))
+        fit_to_data(model, data.train.head(FIT_IMAGES), lambda x: plain(x, train=False))
     if tc.compile:
         model.compile()  # in place, so state_dict keys, EMA copies and checkpoints stay those of the model
     train_model = distributed.wrap(model, dist)

@@ -4,15 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.augment import (
-    POLICIES,
-    TRIVIAL_OPS,
-    build_augment,
-    mix_batch,
-    random_erasing,
-    trivial_augment,
-    warp,
-)
+from cnnlab.data.augment import POLICIES, build_augment, mix_batch, random_erasing, warp
+from cnnlab.data.trivial import TRIVIAL_OPS, trivial_augment
 from cnnlab.engine.losses import mixed_loss
 from cnnlab.errors import ConfigError
 

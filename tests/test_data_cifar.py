@@ -157,11 +157,11 @@ def test_class_folders_decode_once_into_cache(tmp_path):
     images = write_tree(tmp_path / "data")
     cache = tmp_path / "cache"
     check_tree(read_cifar10(tmp_path / "data", cache_dir=cache), images)
-    cached = sorted((cache / "decoded").iterdir())
-    assert len(cached) == 2  # train and test
+    cached = sorted((cache / "decoded").glob("[!.]*"))
+    assert len(cached) == 4  # train and test: images and meta each
     mtimes = [p.stat().st_mtime_ns for p in cached]
     check_tree(read_cifar10(tmp_path / "data", cache_dir=cache), images)
-    assert [p.stat().st_mtime_ns for p in sorted((cache / "decoded").iterdir())] == mtimes
+    assert [p.stat().st_mtime_ns for p in sorted((cache / "decoded").glob("[!.]*"))] == mtimes
 
 
 def test_class_folders_of_wrong_size(tmp_path):
@@ -213,7 +213,7 @@ def test_interrupted_unpack_leaves_no_half_tree(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar, "_extract", interrupted)
     with pytest.raises(KeyboardInterrupt):
         read_cifar10(archive, cache_dir=tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".cnnlab-cache.lock"]  # no half tree
     monkeypatch.setattr(cifar, "_extract", real_extract)
     assert read_cifar10(archive, cache_dir=tmp_path / "cache").train_x.shape == (9, 3, 32, 32)
 
@@ -227,7 +227,7 @@ def test_zip_slip_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"unsafe path '\.\./\.\./escaped\.txt'"):
         read_cifar10(archive, cache_dir=tmp_path / "cache" / "deep")
     assert not list(tmp_path.rglob("escaped.txt"))
-    assert list((tmp_path / "cache" / "deep").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache" / "deep").iterdir()] == [".cnnlab-cache.lock"]
 
 
 def test_nothing_found_lists_layouts(tmp_path):

@@ -84,7 +84,7 @@ def test_food11_skip_drops_truncated_jpeg(tmp_path, caplog):
     broken = write_food11(tmp_path / "food")
     with caplog.at_level(logging.WARNING, logger="cnnlab.data.images"):
         splits = read_food11(tmp_path / "food", **food_args(tmp_path, "skip"))
-    assert str(broken) in caplog.text
+    assert str(broken) in caplog.text and "on_bad_image" not in caplog.text  # no advice to set it again
     assert splits.train_x.shape == (6, 3, 8, 8)  # 7 files, the broken one dropped
     assert splits.train_y.tolist() == [0, 0, 1, 1, 2, 2]
     assert broken not in splits.files and len(splits.files) == 6 + 3 + 3
@@ -109,3 +109,119 @@ def test_unlabeled_test_split_is_loaded_for_predict_but_not_scored(tmp_path, mak
     data = build_data(cfg.dataset, device=torch.device("cpu"), batch_size=4, eval_batch_size=2, seed=0)
     assert not data.test_labeled and data.test_ids == ["0001", "0002", "0003"]
     assert data.test.y.tolist() == [-1, -1, -1] and data.test.x.shape == (3, 3, 8, 8)
+
+
+def test_food11_original_layout_with_labeled_evaluation(tmp_path):
+    """The original Food-11: training/, validation/, evaluation/, all named <label>_<n>.jpg."""
+    for split, n in (("training", 4), ("validation", 2), ("evaluation", 3)):
+        for i in range(n):
+            write(tmp_path / split / f"{i % 2}_{i}.jpg", seed=i)
+    splits = read_food11(tmp_path, **food_args(tmp_path, "error"))
+    assert splits.train_y.tolist() == [0, 0, 1, 1] and splits.val_y.tolist() == [0, 1]  # by file name
+    assert splits.test_y.tolist() == [0, 0, 1] and splits.test_ids == ["0_0", "0_2", "1_1"]
+
+
+def test_food11_testing_folder_is_unlabeled(tmp_path):
+    write(tmp_path / "training" / "0_0.jpg")
+    write(tmp_path / "testing" / "0001.jpg")
+    splits = read_food11(tmp_path, **food_args(tmp_path, "error"))
+    assert splits.test_y is None and splits.test_ids == ["0001"] and splits.val_x is None
+
+
+def test_image_folder_course_layout(tmp_path):
+    for split in ("training", "validation", "evaluation"):
+        for name in ("b", "a"):
+            write(tmp_path / split / name / "0.png")
+    splits = read_image_folder(tmp_path, **folder_args(tmp_path))
+    assert (
+        splits.classes == ["a", "b"] and splits.val_y.tolist() == [0, 1] and splits.test_y.tolist() == [0, 1]
+    )
+
+
+def test_food11_wrong_root_names_the_expected_folders(tmp_path, make_cfg):
+    from cnnlab.data.registry import read_splits
+
+    (tmp_path / "photos").mkdir()
+    cfg = make_cfg("dataset=food11", f"dataset.root={tmp_path / 'photos'}")
+    with pytest.raises(DataError) as info:
+        read_splits(cfg.dataset)
+    message = str(info.value)
+    assert f"not found; looked in: {tmp_path / 'photos'}" in message and "\n" not in message
+    for name in ("train/", "valid/", "test/", "training/", "validation/", "evaluation/"):
+        assert name in message
+
+
+def three_class_folder(root):
+    for name in ("cat", "ant", "bee"):
+        for i in range(2):
+            write(root / "train" / name / f"{i}.png", seed=i)
+    return root
+
+
+def no_decoding(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded before the classes were checked")
+
+    monkeypatch.setattr("cnnlab.data.folders.decode_all", refuse)
+
+
+def test_imagefolder_classes_come_from_the_folders(tmp_path, make_cfg):
+    from cnnlab.data.registry import read_splits
+
+    root = three_class_folder(tmp_path / "d")
+    cfg = make_cfg(
+        "dataset=imagefolder", f"dataset.root={root}", "dataset.num_workers=0", "dataset.image_size=8"
+    )
+    assert cfg.dataset.num_classes is None and list(cfg.dataset.classes) == []
+    splits = read_splits(cfg.dataset)
+    assert splits.classes == ["ant", "bee", "cat"] and splits.train_y.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_imagefolder_given_classes_set_the_label_order(tmp_path, make_cfg):
+    from cnnlab.data.registry import read_splits
+
+    root = three_class_folder(tmp_path / "d")
+    order = ("dataset.classes=[cat,bee,ant]", "dataset.num_classes=3")
+    cfg = make_cfg(
+        "dataset=imagefolder", f"dataset.root={root}", "dataset.num_workers=0", "dataset.image_size=8", *order
+    )
+    splits = read_splits(cfg.dataset)
+    assert splits.classes == ["cat", "bee", "ant"] and splits.train_y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert [p.parent.name for p in splits.files[:2]] == ["cat", "cat"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset.num_classes=5", r"dataset.num_classes=5 but .*train has 3 class folders \(ant, bee, cat\)"),
+        (
+            "dataset.classes=[ant,bee]",
+            r"class folders \['ant', 'bee', 'cat'\] but dataset.classes lists \['ant', 'bee'\]",
+        ),
+        ("dataset.classes=[ant,bee,cat,dog]", r"but dataset.classes lists \['ant', 'bee', 'cat', 'dog'\]"),
+    ],
+    ids=["num_classes", "too-few-classes", "class-without-folder"],
+)
+def test_imagefolder_class_mismatch_fails_before_decoding(tmp_path, make_cfg, monkeypatch, override, message):
+    from cnnlab.data.registry import read_splits
+
+    root = three_class_folder(tmp_path / "d")
+    cfg = make_cfg("dataset=imagefolder", f"dataset.root={root}", "dataset.num_workers=0", override)
+    no_decoding(monkeypatch)
+    with pytest.raises(DataError, match=message):
+        read_splits(cfg.dataset)
+
+
+def test_empty_class_folder_and_bad_val_fail_before_decoding(tmp_path, monkeypatch):
+    root = three_class_folder(tmp_path / "d")
+    write(root / "val" / "emu" / "0.png")
+    no_decoding(monkeypatch)
+    with pytest.raises(DataError, match=r"val has the class folders \['emu'\]"):
+        read_image_folder(root, **folder_args(tmp_path))
+    (root / "val" / "emu" / "0.png").rename(root / "val" / "emu.png")
+    (root / "val" / "emu").rmdir()
+    (root / "train" / "dog").mkdir()
+    with pytest.raises(
+        DataError, match=r"dog is a class folder without image files; add images or remove it"
+    ):
+        read_image_folder(root, **folder_args(tmp_path))

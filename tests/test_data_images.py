@@ -10,14 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data.images import (
-    ImageFileDataset,
-    collate_skip_bad,
-    decode_all,
-    open_image,
-    scan_class_folders,
-    scan_food11,
-)
+from cnnlab.data.images import ImageFileDataset, collate_skip_bad, decode_all, open_image
+from cnnlab.data.scan import scan_class_folders, scan_food11
 from cnnlab.errors import DataError
 
 
@@ -104,8 +98,10 @@ def test_scan_class_folders_errors(tmp_path):
     with pytest.raises(DataError, match="not a directory"):
         scan_class_folders(tmp_path / "missing")
     (tmp_path / "empty" / "cat").mkdir(parents=True)
-    with pytest.raises(DataError, match="no image files"):
+    with pytest.raises(DataError, match="cat is a class folder without image files"):
         scan_class_folders(tmp_path / "empty")
+    with pytest.raises(DataError, match="holds no image files"):
+        scan_class_folders(tmp_path / "empty" / "cat")
     write_image(tmp_path / "val" / "emu" / "a.png", pattern(4, 4))
     with pytest.raises(DataError, match="emu"):
         scan_class_folders(tmp_path / "val", ["cat"])
@@ -132,7 +128,8 @@ def test_dataset_marks_bad_files_and_collate_drops_them(tmp_path):
     dataset = ImageFileDataset([good, bad], [1, 2], size=None, channels=3, on_bad_image="skip")
     batch = collate_skip_bad([dataset[0], dataset[1]])
     assert batch.x.shape == (1, 3, 4, 4) and batch.y.tolist() == [1] and batch.index.tolist() == [0]
-    assert batch.bad[0][0] == 1 and str(bad) in batch.bad[0][1]
+    assert batch.bad[0][0] == 1 and batch.bad[0][1].startswith("not a readable image")
+    assert str(bad) not in batch.bad[0][1]  # the reason alone: callers print the path once
     strict = ImageFileDataset([good, bad], None, size=None, channels=3, on_bad_image="error")
     assert strict[0][1] == -1
     with pytest.raises(DataError, match=r"bad\.jpg"):
@@ -189,7 +186,8 @@ def test_decode_cache_hits_and_invalidates(tmp_path):
 
     first = decode()
     assert not first.cache_hit
-    assert [p.suffix for p in cache.iterdir()] == [".pt"]  # one cache file, no temp files left over
+    names = sorted(p.name for p in cache.iterdir())  # one entry (images, meta), the lock, no temp files
+    assert [n[64:] for n in names[1:]] == [".pt", ".u8"] and names[0] == ".cnnlab-cache.lock"
     second = decode()
     assert second.cache_hit and torch.equal(second.x, first.x) and second.files == files
 
@@ -204,13 +202,37 @@ def test_decode_cache_hits_and_invalidates(tmp_path):
     assert not decode().cache_hit
 
 
-def test_decode_cache_survives_a_corrupt_cache_file(tmp_path):
+@pytest.mark.parametrize("part", [".pt", ".u8"], ids=["torn-meta", "short-images"])
+def test_decode_cache_survives_a_corrupt_cache_file(tmp_path, part):
     files = make_files(tmp_path / "data", n=2)
     cache = tmp_path / "cache"
     args = dict(size=None, channels=3, num_workers=0, on_bad_image="error", cache_dir=cache)
-    first = decode_all(files, None, **args)
-    (cache_file,) = cache.iterdir()
+    first = decode_all(files, None, **args).x.clone()
+    (cache_file,) = cache.glob(f"*{part}")
+    cache_file.unlink()  # a new file, as any writer would make: the mapping of the old one stays valid
     cache_file.write_bytes(b"torn write")
     again = decode_all(files, None, **args)
-    assert not again.cache_hit and torch.equal(again.x, first.x)
+    assert not again.cache_hit and torch.equal(again.x, first)
     assert decode_all(files, None, **args).cache_hit
+
+
+def test_decoded_cache_is_memory_mapped_and_equals_decoding_in_memory(tmp_path):
+    files = make_files(tmp_path / "data")
+    args = dict(size=None, channels=3, num_workers=0, on_bad_image="error")
+    plain = decode_all(files, [0] * 6, cache_dir=None, **args)
+    cached = decode_all(files, [0] * 6, cache_dir=tmp_path / "cache", **args)
+    hit = decode_all(files, [0] * 6, cache_dir=tmp_path / "cache", **args)
+    assert plain.key is None and cached.key == hit.key and hit.cache_hit
+    for out in (cached, hit):
+        assert torch.equal(out.x, plain.x) and torch.equal(out.y, plain.y) and out.files == plain.files
+        assert out.x.untyped_storage().data_ptr() != plain.x.untyped_storage().data_ptr()
+
+
+def test_decoding_leaves_the_global_random_stream_alone(tmp_path):
+    """A run that decodes and one that hits the cache must start from the same weights."""
+    files = make_files(tmp_path / "data")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    decode_all(files, None, size=None, channels=3, num_workers=0, on_bad_image="error", cache_dir=None)
+    assert torch.equal(torch.rand(3), expected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,63 @@ def test_count_mismatch(tmp_path):
     write_idx(root / "train-labels-idx1-ubyte", np.zeros(49, dtype=np.uint8))
     with pytest.raises(DataError, match="differ in count"):
         read_idx_dataset(root)
+
+
+def write_gzip_stream(path, header: bytes, zeros: int) -> None:
+    """A .gz of ``header`` followed by ``zeros`` zero bytes, compressed in pieces (no big buffer)."""
+    chunk = bytes(1 << 20)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        for start in range(0, zeros, len(chunk)):
+            f.write(chunk[: min(len(chunk), zeros - start)])
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(tmp_path, monkeypatch):
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    promised = 1000
+    write_gzip_stream(path, LABEL_MAGIC.to_bytes(4, "big") + promised.to_bytes(4, "big"), 64 << 20)
+    assert path.stat().st_size < 1 << 20  # 64 MiB of zeros in well under 1 MiB
+    inflated = []
+    real_read = gzip.GzipFile.read
+
+    def counting_read(self, size=-1):
+        data = real_read(self, size)
+        inflated.append(len(data))
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    with pytest.raises(DataError, match="more data than its header promises") as info:
+        read_idx(path, LABEL_MAGIC)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert sum(inflated) <= promised + 16  # header, the promised labels and one byte more
+
+
+def test_header_promising_more_than_gzip_can_hold(tmp_path):
+    path = tmp_path / "x-idx3-ubyte.gz"
+    dims = b"".join(d.to_bytes(4, "big") for d in (60000, 1000, 1000))  # 60 GB promised
+    write_gzip_stream(path, IMAGE_MAGIC.to_bytes(4, "big") + dims, 1000)
+    with pytest.raises(DataError, match="truncated: its header promises 60000000016 bytes"):
+        read_idx(path, IMAGE_MAGIC)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "not an IDX file"),
+        (LABEL_MAGIC.to_bytes(4, "big") + b"\x00\x00", "ends inside its IDX header"),
+        (LABEL_MAGIC.to_bytes(4, "big") + (5).to_bytes(4, "big") + b"\x01\x02", "truncated"),
+        (LABEL_MAGIC.to_bytes(4, "big") + (2).to_bytes(4, "big") + b"\x01\x02\x03", "more data than"),
+    ],
+    ids=["empty", "short-header", "short-data", "padded"],
+)
+@pytest.mark.parametrize("gz", [True, False])
+def test_malformed_files_fail_with_one_line(tmp_path, data, message, gz):
+    path = tmp_path / ("x-idx1-ubyte.gz" if gz else "x-idx1-ubyte")
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    with pytest.raises(DataError, match=message) as info:
+        read_idx(path, LABEL_MAGIC)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -28,10 +28,11 @@ def compose_cfg():
 def test_pair_builds_and_steps(compose_cfg, dataset, model_name):
     cfg = compose_cfg(f"dataset={dataset}", f"model={model_name}")
     d = cfg.dataset
-    model = build_model(cfg.model, in_channels=d.channels, num_classes=d.num_classes, image_size=d.image_size)
+    classes = d.num_classes or 2  # imagefolder counts its class folders
+    model = build_model(cfg.model, in_channels=d.channels, num_classes=classes, image_size=d.image_size)
     x = torch.randn(2, d.channels, d.image_size, d.image_size)
-    y = torch.tensor([0, d.num_classes - 1])
+    y = torch.tensor([0, classes - 1])
     logits = model(x)
-    assert logits.shape == (2, d.num_classes)
+    assert logits.shape == (2, classes)
     torch.nn.functional.cross_entropy(logits, y).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -3,6 +3,7 @@ writer at a time, writes stay inside the folder, and one scoring path from train
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -289,7 +290,10 @@ def test_train_reads_its_data_once_and_scores_the_test_split_once(make_cfg, tmp_
 
     reads, scored = [], []
     real_reader, real_log_probs = registry.FORMATS["idx"], Predictor.log_probs
-    monkeypatch.setitem(registry.FORMATS, "idx", lambda cfg: reads.append(1) or real_reader(cfg))
+    counting = dataclasses.replace(
+        real_reader, read=lambda cfg, root: reads.append(1) or real_reader.read(cfg, root)
+    )
+    monkeypatch.setitem(registry.FORMATS, "idx", counting)
     monkeypatch.setattr(
         Predictor, "log_probs", lambda self, xb: scored.append(len(xb)) or real_log_probs(self, xb)
     )

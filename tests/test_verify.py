@@ -18,7 +18,9 @@ def test_verify_lists_each_broken_file_and_exits_1(tmp_path):
     out = " ".join(proc.stdout.split())  # rich wraps long cells
     for name in (broken.name, "0_50.jpg", "1_9.png", "notes.txt"):
         assert name in out
-    assert "not an image file (.txt)" in out and "16 file(s) checked, 4 unusable" in out
+    assert "not an image file (.txt)" in out and f"16 file(s) checked in {root}, 4 unusable" in out
+    for line in proc.stdout.splitlines()[:-1]:  # each bad file once, with what is wrong, no advice
+        assert line.count(str(root)) == 1 and "on_bad_image" not in line
 
 
 def test_verify_passes_a_clean_image_folder(tmp_path):
@@ -27,15 +29,18 @@ def test_verify_passes_a_clean_image_folder(tmp_path):
     proc = run_cli("data", "verify", "dataset=imagefolder", f"dataset.root={tmp_path / 'd'}",
                    "dataset.num_classes=2", "dataset.num_workers=0", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "2 file(s) checked, 0 unusable" in proc.stdout
+    assert f"2 file(s) checked in {tmp_path / 'd'}, 0 unusable" in proc.stdout
 
 
 def test_verify_reports_a_corrupt_idx_file(tiny_idx, tmp_path):
     (tiny_idx / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b broken gzip")
     proc = run_cli("data", "verify", f"dataset.root={tiny_idx}", cwd=tmp_path)
-    assert proc.returncode == 1 and "1 unusable" in proc.stdout
+    assert proc.returncode == 1 and f"in {tiny_idx}, 1 unusable" in proc.stdout
+    (line,) = proc.stdout.splitlines()[:-1]
+    assert line.count("t10k-images-idx3-ubyte.gz") == 1
 
 
 def test_unknown_action_lists_the_actions(tmp_path):
     proc = run_cli("data", "check", cwd=tmp_path)
-    assert proc.returncode == 2 and "Unknown data action 'check'; choose one of: verify" in proc.stderr
+    assert proc.returncode == 2
+    assert "Unknown data action 'check'; choose one of: verify, stats." in proc.stderr

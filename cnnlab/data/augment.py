@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.data.pixels import blend, gray
+from cnnlab.data.trivial import trivial_augment
 from cnnlab.errors import ConfigError
 
 POLICIES = ("none", "basic", "standard", "strong")
@@ -28,17 +30,6 @@ Op = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 def _uniform(shape, low: float, high: float, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.rand(shape, generator=g, device=x.device).mul_(high - low).add_(low)
-
-
-def _blend(x: torch.Tensor, other, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * x + (1 - factor) * other).clamp_(0, 1)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
-    weights = torch.tensor([0.2989, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True)
 
 
 def random_crop(x: torch.Tensor, g: torch.Generator, *, padding: int) -> torch.Tensor:
@@ -85,70 +76,9 @@ def color_jitter(x, g, *, brightness: float, contrast: float, saturation: float)
     """Per-sample brightness, contrast and saturation factors in [1 - v, 1 + v], in that order (RGB only;
     no hue, whose RGB<->HSV round trip would cost more than the rest of the pipeline)."""
     n = (len(x), 1, 1, 1)
-    x = _blend(x, 0.0, _uniform(n, 1 - brightness, 1 + brightness, x, g))
-    x = _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), _uniform(n, 1 - contrast, 1 + contrast, x, g))
-    return _blend(x, _gray(x), _uniform(n, 1 - saturation, 1 + saturation, x, g))
-
-
-def _smooth(x: torch.Tensor) -> torch.Tensor:
-    """PIL's SMOOTH filter on the interior, edges kept: the 'degenerate' image of adjust_sharpness."""
-    kernel = torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype, device=x.device) / 13
-    kernel = kernel.expand(x.shape[1], 1, 3, 3)
-    out = x.clone()
-    out[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=x.shape[1])
-    return out
-
-
-def _posterize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    levels = 2 ** (8 - (6 * m).round())  # 8 bits at strength 0 down to 2 bits at 1
-    return torch.minimum((x * levels).floor(), levels - 1) / levels
-
-
-def _tv():
-    """torchvision's v2 kernels, imported only by the strong policy (the import costs ~1-2 s)."""
-    import torchvision.transforms.v2.functional as tv_functional
-
-    return tv_functional
-
-
-# TrivialAugmentWide (Müller & Hutter 2021) with torchvision's "wide" ranges; each colour op takes the
-# images, the strength m in [0, 1] and the signed strength s in [-1, 1], each shaped (k, 1, 1, 1).
-_GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
-_COLOUR = {
-    "identity": lambda x, m, s: x,
-    "brightness": lambda x, m, s: _blend(x, 0.0, 1 + 0.99 * s),
-    "color": lambda x, m, s: _blend(x, _gray(x), 1 + 0.99 * s),
-    "contrast": lambda x, m, s: _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), 1 + 0.99 * s),
-    "sharpness": lambda x, m, s: _blend(x, _smooth(x), 1 + 0.99 * s),
-    "posterize": lambda x, m, s: _posterize(x, m),
-    "solarize": lambda x, m, s: torch.where(x >= 1 - m, 1 - x, x),
-    "autocontrast": lambda x, m, s: _tv().autocontrast(x),
-    "equalize": lambda x, m, s: _tv().equalize(x),
-}
-TRIVIAL_OPS = _GEOMETRIC + tuple(_COLOUR)
-
-
-def _trivial_warp(x: torch.Tensor, op: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """The geometric TrivialAugment ops as one warp: shear factor up to 0.99, translation up to 32 px of
-    a 32-px image, rotation up to 135 degrees."""
-    idx = (op < len(_GEOMETRIC)).nonzero().squeeze(1)
-    signed = torch.stack([torch.where(op == i, s, 0.0) for i in range(len(_GEOMETRIC))], 1)[idx]
-    ones = torch.ones(len(idx), device=x.device)
-    warped = warp(x[idx], (135 * signed[:, 4]).deg2rad(), 0.99 * signed[:, :2], ones, signed[:, 2:4])
-    return x.index_put((idx,), warped)
-
-
-def trivial_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """One op per sample, chosen uniformly, at a uniform random strength; ops grouped to run batched."""
-    n = len(x)
-    op = torch.randint(len(TRIVIAL_OPS), (n,), generator=g, device=x.device)
-    m = torch.rand(n, generator=g, device=x.device)
-    s = torch.where(torch.rand(n, generator=g, device=x.device) < 0.5, -m, m)
-    x = _trivial_warp(x, op, s)
-    for i, fn in enumerate(_COLOUR.values(), start=len(_GEOMETRIC)):
-        idx = (op == i).nonzero().squeeze(1)
-        x = x.index_put((idx,), fn(x[idx], m[idx].view(-1, 1, 1, 1), s[idx].view(-1, 1, 1, 1)))
-    return x
+    x = blend(x, 0.0, _uniform(n, 1 - brightness, 1 + brightness, x, g))
+    x = blend(x, gray(x).mean((1, 2, 3), keepdim=True), _uniform(n, 1 - contrast, 1 + contrast, x, g))
+    return blend(x, gray(x), _uniform(n, 1 - saturation, 1 + saturation, x, g))
 
 
 def random_erasing(x: torch.Tensor, g: torch.Generator, *, p: float) -> torch.Tensor:

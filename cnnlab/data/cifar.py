@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from cnnlab.data import cache
 from cnnlab.data.folders import read_image_folder
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import DataError
@@ -130,10 +131,18 @@ def _read_binary(folder: Path) -> ArraySplits:
         _check_labels(records[:, 0], path)
         parts.append((records[:, 1:], records[:, 0]))
     meta = folder / "batches.meta.txt"
-    classes = (
-        [line.strip() for line in meta.read_text().splitlines() if line.strip()] if meta.is_file() else []
-    )
-    return _to_splits(parts, classes or list(CLASSES), files)
+    return _to_splits(parts, _text_class_names(meta) if meta.is_file() else list(CLASSES), files)
+
+
+def _text_class_names(meta: Path) -> list[str]:
+    """The ten class names of ``batches.meta.txt``, one per line."""
+    try:
+        names = [line.strip() for line in meta.read_bytes().decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{meta} is not a text file of class names ({exc.reason}); copy it again.") from exc
+    if len(names) != len(CLASSES):
+        raise DataError(f"{meta} names {len(names)} classes, not CIFAR-10's {len(CLASSES)}; copy it again.")
+    return names
 
 
 def _reconstruct_function():
@@ -210,7 +219,11 @@ def _read_python(folder: Path) -> ArraySplits:
         names = _load_batch(meta).get("label_names")
         if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
             raise DataError(f"{meta} has no list of label_names; download it again.")
-        classes = [n.decode() if isinstance(n, bytes) else n for n in names]
+        if len(names) != len(CLASSES):
+            raise DataError(
+                f"{meta} names {len(names)} classes, not CIFAR-10's {len(CLASSES)}; download it again."
+            )
+        classes = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
     return _to_splits(parts, classes, [*files, meta] if meta.is_file() else files)
 
 
@@ -235,30 +248,36 @@ def unpack_zip(archive: Path, cache_dir: Path) -> Path:
     """Unpack ``archive`` once into ``cache_dir/<stem>-<hash of size and mtime>/`` and return that dir.
 
     It is extracted into a temporary directory renamed into place at the end, so an interrupted unpack
-    never leaves a half tree that a later run would trust.
+    never leaves a half tree that a later run would trust; a killed unpack's temporary directory is
+    removed at the next start (see :mod:`cnnlab.data.cache`).
     """
     stat = archive.stat()
     tag = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir / f"{archive.stem}-{tag}"
+    cache.remove_stale(cache_dir)
     if target.is_dir():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".tmp"))
-    log.info("unpacking %s into %s (once)", archive, target)
     try:
-        _extract(archive, tmp)
-        os.rename(tmp, target)
+        with cache.writing(cache_dir):
+            _unpack(archive, target)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         if target.is_dir():  # another process finished the same unpack first
             return target
         raise DataError(
             f"Could not unpack {archive} into {cache_dir} ({exc}); free space or set cache_dir."
         ) from exc
+    return target
+
+
+def _unpack(archive: Path, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    log.info("unpacking %s into %s (once)", archive, target)
+    try:
+        _extract(archive, tmp)
+        os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def _extract(archive: Path, dest: Path) -> None:

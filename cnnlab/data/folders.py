@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
-from cnnlab.data.images import Decoded, decode_all, scan_class_folders, scan_food11
+from cnnlab.data.images import Decoded, decode_all
+from cnnlab.data.scan import food11_labeled, scan_class_folders, scan_food11
 from cnnlab.data.types import ArraySplits
+from cnnlab.errors import DataError
 
+# The usual spellings: the ML course's train/valid/test, the original Food-11's training/validation/
+# evaluation, and testing/ of other course years.
+TRAIN_NAMES = ("train", "training")
 VAL_NAMES = ("val", "valid", "validation")
-TEST_NAMES = ("test", "testing")
+TEST_NAMES = ("test", "testing", "evaluation")
+FOLDER_LAYOUT = (
+    "train/<class>/*.jpg (or training/), with optional val/, valid/ or validation/ and test/, testing/ "
+    "or evaluation/"
+)
+FOOD11_LAYOUT = (
+    "train/, valid/ and test/ (or training/, validation/ and evaluation/ or testing/) holding "
+    "<label>_<n>.jpg files (test/ may hold any names)"
+)
 
 
 def find_split(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / name for name in names if (root / name).is_dir()), None)
+
+
+def has_train_dir(path: Path) -> bool:
+    return find_split(path, TRAIN_NAMES) is not None
 
 
 def has_subdirs(path: Path) -> bool:
@@ -28,31 +45,37 @@ def read_image_folder(
     num_workers: int,
     on_bad_image: str,
     cache_dir: Path | None,
+    classes: list[str] | None = None,
+    num_classes: int | None = None,
 ) -> ArraySplits:
-    """Read ``root/train/<class>/*`` plus optional ``val|valid`` and ``test`` splits.
+    """Read ``root/train/<class>/*`` plus optional validation and test splits (see :data:`FOLDER_LAYOUT`).
 
-    Classes are train's folder names, sorted. ``test`` is labeled when it holds class folders and
-    unlabeled (with ``test_ids`` from file stems) when it holds the images directly.
+    Classes are train's folder names, sorted, unless ``classes`` gives them (same folders, that
+    order); ``num_classes``, when given, must match. Every split is scanned and checked before any
+    image is decoded. ``test`` is labeled when it holds class folders and unlabeled (with
+    ``test_ids`` from file stems) when it holds the images directly.
     """
-    decode = partial(
-        decode_all,
-        size=size,
-        channels=channels,
-        num_workers=num_workers,
-        on_bad_image=on_bad_image,
-        cache_dir=cache_dir,
-    )
-    files, labels, classes = scan_class_folders(root / "train")
-    train = decode(files, labels)
+    train_dir = find_split(root, TRAIN_NAMES)
+    files, labels, classes = scan_class_folders(train_dir, classes or None, train=True)
+    if num_classes is not None and num_classes != len(classes):
+        raise DataError(
+            f"dataset.num_classes={num_classes} but {train_dir} has {len(classes)} class folders "
+            f"({', '.join(classes)}); leave dataset.num_classes unset (the folders name the classes) or "
+            "fix the folders."
+        )
     val_dir, test_dir = find_split(root, VAL_NAMES), find_split(root, TEST_NAMES)
-    val = decode(*scan_class_folders(val_dir, classes)[:2]) if val_dir else None
+    val = scan_class_folders(val_dir, classes)[:2] if val_dir else None
     labeled_test = test_dir is not None and has_subdirs(test_dir)
     test = None
     if test_dir is not None:
         if labeled_test:
-            test = decode(*scan_class_folders(test_dir, classes)[:2])
+            test = scan_class_folders(test_dir, classes)[:2]
         else:
-            test = decode(*scan_food11(test_dir, labeled=False, num_classes=len(classes)))
+            test = scan_food11(test_dir, labeled=False, num_classes=len(classes))
+    decode = _decoder(
+        size=size, channels=channels, num_workers=num_workers, on_bad_image=on_bad_image, cache_dir=cache_dir
+    )
+    train, val, test = decode((files, labels)), decode(val), decode(test)
     return _splits(train, val, test, classes, labeled_test=labeled_test)
 
 
@@ -65,32 +88,45 @@ def read_food11(
     cache_dir: Path | None,
     classes: list[str],
 ) -> ArraySplits:
-    """Read Food-11: ``train/`` and ``valid/`` named ``<label>_<n>.jpg``, optional unlabeled ``test/``.
+    """Read Food-11 (see :data:`FOOD11_LAYOUT`): training and validation images named ``<label>_<n>.jpg``.
 
-    ``valid/`` becomes the validation split; test images are named in ``test_ids`` by file stem. With
-    ``on_bad_image=skip`` a skipped test image is missing from ``test_ids`` and so from a submission.
+    The test split is labeled when every file there is named ``<label>_<n>`` (the original dataset's
+    ``evaluation/``) and unlabeled otherwise (the course's ``test/``); its images are named in
+    ``test_ids`` by file stem. With ``on_bad_image=skip`` a skipped test image is missing from
+    ``test_ids`` and so from a submission.
     """
-    decode = partial(
-        decode_all,
-        size=size,
-        channels=3,
-        num_workers=num_workers,
-        on_bad_image=on_bad_image,
-        cache_dir=cache_dir,
-    )
     n = len(classes)
-    train = decode(*scan_food11(root / "train", labeled=True, num_classes=n))
+    train = scan_food11(find_split(root, TRAIN_NAMES), labeled=True, num_classes=n)
     val_dir, test_dir = find_split(root, VAL_NAMES), find_split(root, TEST_NAMES)
-    val = decode(*scan_food11(val_dir, labeled=True, num_classes=n)) if val_dir else None
-    test = decode(*scan_food11(test_dir, labeled=False, num_classes=n)) if test_dir else None
-    return _splits(train, val, test, list(classes), labeled_test=False)
+    val = scan_food11(val_dir, labeled=True, num_classes=n) if val_dir else None
+    labeled_test = test_dir is not None and food11_labeled(test_dir)
+    test = scan_food11(test_dir, labeled=labeled_test, num_classes=n) if test_dir else None
+    decode = _decoder(
+        size=size, channels=3, num_workers=num_workers, on_bad_image=on_bad_image, cache_dir=cache_dir
+    )
+    train, val, test = decode(train), decode(val), decode(test)
+    splits = _splits(train, val, test, list(classes), labeled_test=labeled_test)
+    if test is not None:
+        splits.test_ids = [path.stem for path in test.files]
+    return splits
+
+
+def _decoder(**settings) -> Callable[[tuple | None], Decoded | None]:
+    """``decode_all`` with fixed settings for a scanned ``(files, labels)``; None (no split) stays None."""
+
+    def decode(scanned: tuple | None) -> Decoded | None:
+        return None if scanned is None else decode_all(*scanned, **settings)
+
+    return decode
 
 
 def _splits(
     train: Decoded, val: Decoded | None, test: Decoded | None, classes: list[str], *, labeled_test: bool
 ) -> ArraySplits:
     """Assemble the decoded splits; ``files`` lists every image kept, for the data fingerprint."""
-    splits = ArraySplits(train_x=train.x, train_y=train.y, classes=classes, files=list(train.files))
+    splits = ArraySplits(
+        train_x=train.x, train_y=train.y, classes=classes, files=list(train.files), cache_key=train.key
+    )
     if val is not None:
         splits.val_x, splits.val_y = val.x, val.y
         splits.files += val.files

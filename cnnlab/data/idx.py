@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -14,12 +16,18 @@ from cnnlab.errors import DataError
 
 IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+# deflate cannot expand data more than 1032:1, so a header promising more than that is a lie
+MAX_GZIP_RATIO = 1032
 STEMS = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
+IDX_LAYOUT = (
+    "the four MNIST IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
+    "and t10k-labels-idx1-ubyte (or .gz)"
+)
 
 
 def find_file(root: Path, stem: str) -> Path | None:
@@ -37,29 +45,60 @@ def has_idx_files(root: Path) -> bool:
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Read one IDX file into a uint8 array, checking magic number and length."""
+    """Read one IDX file into a uint8 array, checking magic number and length.
+
+    The header is read first and the data is read into an array of the size it promises, so a
+    decompression bomb (a small .gz that inflates far beyond its header) is refused after inflating
+    one byte more than promised, not all of it.
+    """
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            data = f.read()
+            dims = _read_header(f, path, magic)
+            return _read_body(f, path, dims)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path} could not be read ({exc}); download or copy the file again.") from exc
-    if len(data) < 8 or int.from_bytes(data[:4], "big") != magic:
-        found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+
+
+def _read_header(f: BinaryIO, path: Path, magic: int) -> list[int]:
+    ndim = magic & 0xFF
+    head = f.read(4)
+    found = int.from_bytes(head, "big") if len(head) == 4 else None
+    if found != magic:
         raise DataError(
             f"{path} is not an IDX file of the expected kind (magic {found!r}, expected {magic:#010x}); "
             "replace it with the original file."
         )
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
-    if len(data) != expected:
+    sizes = f.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise DataError(f"{path} ends inside its IDX header; download or copy the file again.")
+    return [int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+
+
+def _read_body(f: BinaryIO, path: Path, dims: list[int]) -> np.ndarray:
+    promised = 4 + 4 * len(dims) + math.prod(dims)
+    size = path.stat().st_size
+    if promised > (MAX_GZIP_RATIO * size if path.suffix == ".gz" else size):
         raise DataError(
-            f"{path} is truncated or padded: {len(data)} bytes where the header promises {expected}; "
-            "download or copy the file again."
+            f"{path} is truncated: its header promises {promised} bytes but the file is {size} bytes"
+            f"{' of gzip' if path.suffix == '.gz' else ''}; download or copy the file again."
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    data = np.empty(math.prod(dims), dtype=np.uint8)
+    view, got = memoryview(data), 0
+    while got < len(data):  # gzip fills at most one internal buffer per call
+        n = f.readinto(view[got:])
+        if not n:
+            raise DataError(
+                f"{path} is truncated: {promised - len(data) + got} bytes where the header promises "
+                f"{promised}; download or copy the file again."
+            )
+        got += n
+    if f.read(1):
+        raise DataError(
+            f"{path} holds more data than its header promises ({promised} bytes), like a decompression "
+            "bomb or a damaged file; replace it with the original file."
+        )
+    return data.reshape(dims)
 
 
 def read_idx_dataset(root: Path) -> ArraySplits:
@@ -68,7 +107,7 @@ def read_idx_dataset(root: Path) -> ArraySplits:
     arrays = {}
     for key, path in paths.items():
         kind = IMAGE_MAGIC if key.endswith("_x") else LABEL_MAGIC
-        arrays[key] = torch.from_numpy(read_idx(path, kind).copy())
+        arrays[key] = torch.from_numpy(read_idx(path, kind))
     for split in ("train", "test"):
         n_x, n_y = len(arrays[f"{split}_x"]), len(arrays[f"{split}_y"])
         if n_x != n_y:

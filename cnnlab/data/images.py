@@ -1,4 +1,4 @@
-"""Image files shared by every photo format: safe decoding, folder scans, parallel decode with a cache."""
+"""Image files shared by every photo format: safe decoding, parallel decode, the decode cache."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import hashlib
 import json
 import logging
 import os
-import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnlab.data import cache
+from cnnlab.data.lookup import cannot_read
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,22 @@ FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
 SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 MODES = {1: "L", 3: "RGB"}
 ON_BAD_IMAGE = ("error", "skip")
-CACHE_VERSION = 1  # bump when the cached layout or the decoding changes
+CACHE_VERSION = 2  # bump when the cached layout or the decoding changes
 SKIP_HINT = "delete or replace it, or set dataset.on_bad_image=skip"
+
+
+class BadImageError(DataError):
+    """An image file that cannot be used; ``reason`` says why without naming the file, so a caller
+    that prints the path itself (verify, the skip warning) does not print it twice."""
+
+    reason = ""
+
+
+def bad_image(path: Path, reason: str) -> BadImageError:
+    # The message is the only constructor argument, so the error survives pickling out of a worker.
+    exc = BadImageError(f"{path}: {reason}; {SKIP_HINT}.")
+    exc.reason = reason
+    return exc
 
 
 def open_image(path: Path, *, size: int | None, channels: int = 3) -> torch.Tensor:
@@ -45,12 +60,12 @@ def open_image(path: Path, *, size: int | None, channels: int = 3) -> torch.Tens
                 img.load()
                 img = img.convert(MODES[channels])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(
-            f"{path} has more pixels than the decompression-bomb limit Image.MAX_IMAGE_PIXELS "
-            f"({Image.MAX_IMAGE_PIXELS}); {SKIP_HINT}."
-        ) from exc
+        reason = (
+            f"more pixels than the decompression-bomb limit Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS})"
+        )
+        raise bad_image(path, reason) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # UnidentifiedImageError is an OSError
-        raise DataError(f"{path} is not a readable image ({exc}); {SKIP_HINT}.") from exc
+        raise bad_image(path, f"not a readable image ({_without_path(exc, path)})") from exc
     if size is not None and img.size != (size, size):
         # PIL widens the bilinear kernel when shrinking, i.e. it antialiases.
         img = img.resize((size, size), Image.Resampling.BILINEAR)
@@ -59,74 +74,11 @@ def open_image(path: Path, *, size: int | None, channels: int = 3) -> torch.Tens
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files in ``folder`` by name, skipping hidden ones (macOS ``._x.jpg`` forks are not images)."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
-
-
-def _require_dir(path: Path, layout: str) -> None:
-    if not path.is_dir():
-        raise DataError(f"{path} is not a directory; expected images laid out as {layout}.")
-
-
-def scan_class_folders(
-    split_dir: Path, classes: list[str] | None = None
-) -> tuple[list[Path], list[int], list[str]]:
-    """Files and labels of ``split_dir/<class>/*.<image suffix>``; classes sorted by folder name.
-
-    Pass the training split's ``classes`` when scanning val/test so labels agree; a class folder
-    missing there is fine, an unknown one is an error.
-    """
-    layout = f"{split_dir}/<class>/*.jpg"
-    _require_dir(split_dir, layout)
-    folders = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if classes is None:
-        classes = folders
-    unknown = sorted(set(folders) - set(classes))
-    if unknown:
-        raise DataError(
-            f"{split_dir} has class folders {unknown} that the training split lacks; "
-            "rename or remove them so every split uses the same classes."
-        )
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found = _image_files(split_dir / name) if name in folders else []
-        files += found
-        labels += [label] * len(found)
-    if not files:
-        raise DataError(f"{split_dir} holds no image files; expected {layout}.")
-    return files, labels, list(classes)
-
-
-FOOD11_NAME = re.compile(r"(\d+)_.+")
-
-
-def scan_food11(split_dir: Path, *, labeled: bool, num_classes: int) -> tuple[list[Path], list[int] | None]:
-    """Food-11 files in ``split_dir`` by name: ``<label>_<n>.jpg`` when ``labeled``, any names otherwise."""
-    layout = f"{split_dir}/<label>_<n>.jpg" if labeled else f"{split_dir}/*.jpg"
-    _require_dir(split_dir, layout)
-    files = _image_files(split_dir)
-    if not files:
-        raise DataError(f"{split_dir} holds no image files; expected {layout}.")
-    if not labeled:
-        return files, None
-    labels = []
-    for path in files:
-        match = FOOD11_NAME.fullmatch(path.stem)
-        if match is None:
-            raise DataError(f"{path} is not named <label>_<n>.jpg; rename it or move it out of {split_dir}.")
-        label = int(match.group(1))
-        if label >= num_classes:
-            raise DataError(
-                f"{path} has label {label} but the dataset has {num_classes} classes "
-                f"(0 to {num_classes - 1}); fix the file name or dataset.num_classes."
-            )
-        labels.append(label)
-    return files, labels
+def _without_path(exc: Exception, path: Path) -> str:
+    """PIL's message without the file name it often repeats ("cannot identify image file '<path>'")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).replace(f" {str(path)!r}", "").replace(str(path), "the file")
 
 
 def check_on_bad_image(value: str) -> None:
@@ -164,10 +116,10 @@ class ImageFileDataset(torch.utils.data.Dataset):
         label = -1 if self.labels is None else self.labels[index]
         try:
             return open_image(self.files[index], size=self.size, channels=self.channels), label, index
-        except DataError as exc:
+        except BadImageError as exc:
             if self.on_bad_image == "error":
                 raise
-            return None, str(exc), index
+            return None, exc.reason, index
 
 
 class Batch(NamedTuple):
@@ -195,12 +147,25 @@ def collate_skip_bad(items: list[tuple]) -> Batch:
     return Batch(x, y, torch.tensor([item[2] for item in same], dtype=torch.int64), bad, odd)
 
 
+def decode_loader(dataset: ImageFileDataset, num_workers: int) -> torch.utils.data.DataLoader:
+    """Batches of decoded files in order. The loader has its own generator: drawing its worker seeds from
+    the global one would make a run that decodes start from other weights than one that hits the cache."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=256,
+        num_workers=num_workers,
+        collate_fn=collate_skip_bad,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 @dataclass
 class Decoded:
-    x: torch.Tensor  # (N, C, H, W) uint8
+    x: torch.Tensor  # (N, C, H, W) uint8; memory-mapped from the cache when ``key`` is set
     y: torch.Tensor  # (N,) int64, -1 when unlabeled
     files: list[Path]  # the files kept, in order (skipped ones removed)
     cache_hit: bool
+    key: str | None = None  # the cache entry holding ``x``
 
 
 def cache_key(
@@ -231,59 +196,90 @@ def decode_all(
 ) -> Decoded:
     """Decode every file into one uint8 tensor with ``num_workers`` processes.
 
-    With ``cache_dir`` the result is kept in ``cache_dir/<key>.pt`` (see :func:`cache_key`) and reused.
+    With ``cache_dir`` the images are streamed into a cache entry named by :func:`cache_key` (see
+    :mod:`cnnlab.data.cache`) and returned memory-mapped from it; a later call with the same files
+    and settings maps the entry without decoding. A cache that cannot be written costs a warning.
     """
     check_on_bad_image(on_bad_image)
     if not files:
         raise DataError("No image files to decode; check the dataset directory.")
-    try:
-        key = cache_key(files, labels, size=size, channels=channels, on_bad_image=on_bad_image)
-    except OSError as exc:
-        raise DataError(
-            f"{exc.filename} could not be read ({exc.strerror}); check the dataset directory."
-        ) from exc
-    path = cache_dir / f"{key}.pt" if cache_dir is not None else None
-    cached = _load_cache(path, len(files)) if path is not None else None
-    if cached is not None:
-        x, y, kept = cached
-        return Decoded(x, y, [files[i] for i in kept.tolist()], cache_hit=True)
-    x, y, kept = _decode(
-        files, labels, size=size, channels=channels, num_workers=num_workers, on_bad_image=on_bad_image
-    )
-    if path is not None:
-        _save_cache(path, {"x": x, "y": y, "kept": kept})
+    settings = dict(size=size, channels=channels, num_workers=num_workers, on_bad_image=on_bad_image)
+    if cache_dir is not None:
+        try:
+            key = cache_key(files, labels, size=size, channels=channels, on_bad_image=on_bad_image)
+        except OSError as exc:
+            raise cannot_read(exc) from exc
+        decoded = _cached(files, labels, cache_dir, key, settings)
+        if decoded is not None:
+            return decoded
+    x, y, kept = _collect(_decoded_batches(files, labels, **settings), len(files))
     return Decoded(x, y, [files[i] for i in kept.tolist()], cache_hit=False)
 
 
-def _decode(files, labels, *, size, channels, num_workers, on_bad_image):
-    """Returns ``(x, y, kept)``; ``kept`` holds the positions of the files that decoded."""
+def _cached(files, labels, cache_dir: Path, key: str, settings: dict) -> Decoded | None:
+    """Decoded images from the cache entry ``key``, decoding into it first when it is missing; None
+    when the cache cannot be written (the caller decodes into memory)."""
+    cache.remove_stale(cache_dir)
+    found = cache.load_entry(cache_dir, key)
+    if found is not None and len(found[1]["kept"]) <= len(files):
+        x, meta = found
+        log.info("loaded %d decoded images from cache %s", len(x), cache_dir / key)
+        return Decoded(x, meta["y"], [files[i] for i in meta["kept"].tolist()], cache_hit=True, key=key)
+    meta: dict = {}
+
+    def images():
+        y, kept = [], []
+        for batch in _decoded_batches(files, labels, **settings):
+            y.append(batch.y)
+            kept.append(batch.index)
+            yield batch.x
+        meta.update(y=torch.cat(y), kept=torch.cat(kept))
+
+    try:
+        with cache.writing(cache_dir):
+            x = cache.save_entry(cache_dir, key, images(), meta)
+    except OSError as exc:
+        log.warning("could not write the decode cache in %s (%s); decoding into memory", cache_dir, exc)
+        return None
+    return Decoded(x, meta["y"], [files[i] for i in meta["kept"].tolist()], cache_hit=False, key=key)
+
+
+def _decoded_batches(files, labels, *, size, channels, num_workers, on_bad_image) -> Iterator[Batch]:
+    """The decoded batches in file order, bad files reported or dropped as ``on_bad_image`` says."""
     # Workers always return markers; whether a bad file is an error is decided here, so the user sees
     # one clean message rather than an exception re-raised from a worker with its traceback inside.
     dataset = ImageFileDataset(files, labels, size=size, channels=channels, on_bad_image="skip")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=256, num_workers=num_workers, collate_fn=collate_skip_bad
-    )
+    loader = decode_loader(dataset, num_workers)
     log.info("decoding %d images in %s with %d worker processes", len(files), _common_dir(files), num_workers)
-    x = None
-    y = torch.full((len(files),), -1, dtype=torch.int64)
-    ok = torch.zeros(len(files), dtype=torch.bool)
+    shape, count = None, 0
     for batch in loader:
         for index, reason in batch.bad:
             if on_bad_image == "error":
-                raise DataError(reason)
+                raise bad_image(files[index], reason)
             log.warning("skipping %s: %s", files[index], reason)
         if not len(batch.x):
             continue
-        if x is None:
-            x = torch.empty((len(files), *batch.x.shape[1:]), dtype=torch.uint8)
-        _check_shapes(batch, tuple(x.shape[1:]), files)
-        x[batch.index], y[batch.index], ok[batch.index] = batch.x, batch.y, True
-    if x is None:
+        shape = shape or tuple(batch.x.shape[1:])
+        _check_shapes(batch, shape, files)
+        count += len(batch.x)
+        yield batch
+    if not count:
         raise DataError(
             f"None of the {len(files)} images in {_common_dir(files)} could be read; check the files."
         )
-    kept = ok.nonzero().squeeze(1)
-    return (x, y, kept) if len(kept) == len(files) else (x[kept], y[kept], kept)
+
+
+def _collect(batches: Iterator[Batch], n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, y, kept)`` in memory; ``kept`` holds the positions of the files that decoded."""
+    x, y, kept, filled = None, [], [], 0
+    for batch in batches:
+        if x is None:
+            x = torch.empty((n, *batch.x.shape[1:]), dtype=torch.uint8)
+        x[filled : filled + len(batch.x)] = batch.x
+        filled += len(batch.x)
+        y.append(batch.y)
+        kept.append(batch.index)
+    return x[:filled], torch.cat(y), torch.cat(kept)
 
 
 def _check_shapes(batch: Batch, shape: tuple[int, ...], files: list[Path]) -> None:
@@ -300,31 +296,3 @@ def _check_shapes(batch: Batch, shape: tuple[int, ...], files: list[Path]) -> No
 
 def _common_dir(files: list[Path]) -> Path:
     return Path(os.path.commonpath(files)) if len(files) > 1 else files[0].parent
-
-
-def _load_cache(path: Path, n_files: int):
-    """The cached ``(x, y, kept)``, or None when absent or unusable (it is then rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, weights_only=True)
-        x, y, kept = state["x"], state["y"], state["kept"]
-        valid = (
-            x.dtype == torch.uint8 and x.ndim == 4 and len(x) == len(y) == len(kept) and len(kept) <= n_files
-        )
-    except Exception as exc:  # a torn or foreign file is just a cache miss
-        log.warning("ignoring unreadable decode cache %s (%s)", path, exc)
-        return None
-    if not valid:
-        log.warning("ignoring malformed decode cache %s", path)
-        return None
-    log.info("loaded %d decoded images from cache %s", len(x), path)
-    return x, y, kept
-
-
-def _save_cache(path: Path, state: dict) -> None:
-    """Write the cache atomically; a read-only or full cache dir costs a warning, not the run."""
-    try:
-        atomic_write(path, lambda f: torch.save(state, f))
-    except OSError as exc:
-        log.warning("could not write decode cache %s (%s); decoding again next run", path, exc)

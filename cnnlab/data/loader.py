@@ -11,24 +11,39 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+SAMPLERS = ("random", "balanced")
+
 
 class TensorLoader:
     """Iterate ``(x_uint8, y)`` batches over tensors already on the device.
 
     With ``shuffle`` the order of epoch ``e`` comes from a generator seeded by ``(seed, e)``, so a
     resumed run sees the same batches as an uninterrupted one without saving generator state.
+    ``sampler="random"`` is a permutation; ``"balanced"`` draws ``len(x)`` samples with replacement,
+    each class equally often (inverse class frequency), from the same generator.
     After :meth:`shard`, ``len()``, ``batch_size`` and ``num_samples`` still describe the global
     batches; iteration yields this rank's slice of each.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        sampler: str = "random",
+    ):
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.sampler = sampler
         self.epoch = 0
         self.limit: int | None = None
         self.rank, self.world_size = 0, 1
+        self._by_class: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def shard(self, rank: int, world_size: int) -> None:
         """Yield only rank ``rank``'s contiguous part of every batch (data-parallel training)."""
@@ -48,27 +63,57 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def head(self, n: int) -> torch.Tensor:
+        """The first ``n`` images of the split on the training device (e.g. to fit a layer to the data)."""
+        return self.x[:n]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()
 
     def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's batches from index ``start`` on (a run resumed mid-epoch skips what it did)."""
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(len(self.x), generator=g).to(self.x.device)
-        else:
-            order = None
+        order = self.order()
+        if order is not None:
+            order = order.to(self.x.device)
+        for rows in self.batch_rows(start):
+            if order is None:
+                yield self.x[rows], self.y[rows]
+            else:  # index_select: on the CPU ~20x faster than x[index] for uint8 images (same values)
+                index = order[rows]
+                yield torch.index_select(self.x, 0, index), self.y[index]
+
+    def batch_rows(self, start: int = 0) -> Iterator[slice]:
+        """Which positions of the epoch's order each batch takes (this rank's part of it)."""
         for i in range(start, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, len(self.x))
             if self.world_size > 1:
                 m = hi - lo
                 lo, hi = lo + m * self.rank // self.world_size, lo + m * (self.rank + 1) // self.world_size
-            sl = slice(lo, hi)
-            if order is None:
-                yield self.x[sl], self.y[sl]
-            else:
-                idx = order[sl]
-                yield self.x[idx], self.y[idx]
+            yield slice(lo, hi)
+
+    def order(self) -> torch.Tensor | None:
+        """The sample indices of epoch ``self.epoch`` on the CPU (None: in stored order); they depend
+        on ``(seed, epoch)`` alone."""
+        if not self.shuffle:
+            return None
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.sampler == "balanced":
+            return self._balanced(g)
+        return torch.randperm(len(self.x), generator=g)
+
+    def _balanced(self, g: torch.Generator) -> torch.Tensor:
+        """``len(x)`` indices: a class drawn uniformly among those present, then a sample of it."""
+        if self._by_class is None:
+            labels = self.y.cpu()
+            members = torch.argsort(labels, stable=True)
+            counts = torch.bincount(labels)
+            counts = counts[counts > 0]
+            self._by_class = members, counts, torch.cumsum(counts, 0) - counts
+        members, counts, starts = self._by_class
+        n = len(self.x)
+        cls = torch.randint(len(counts), (n,), generator=g)
+        within = (torch.rand(n, generator=g, dtype=torch.float64) * counts[cls]).long()
+        return members[starts[cls] + within]
 
 
 class BatchPipeline:

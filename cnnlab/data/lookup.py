@@ -34,8 +34,11 @@ def candidate_dirs(cfg: DictConfig) -> list[Path]:
     return places
 
 
-def find_root(cfg: DictConfig, looks_complete: Callable[[Path], bool]) -> Path:
-    """Return the first candidate that holds the dataset, downloading it when allowed and possible."""
+def find_root(cfg: DictConfig, looks_complete: Callable[[Path], bool], *, expected: str = "") -> Path:
+    """Return the first candidate that holds the dataset, downloading it when allowed and possible.
+
+    ``expected`` says what a folder must hold; the "not found" message repeats it.
+    """
     places = candidate_dirs(cfg)
     for place in places:
         if looks_complete(place):
@@ -46,7 +49,7 @@ def find_root(cfg: DictConfig, looks_complete: Callable[[Path], bool]) -> Path:
             target / cfg.torchvision_name / "raw"
         ):
             return target / cfg.torchvision_name / "raw"
-    raise DataError(_not_found_message(cfg, places))
+    raise DataError(_not_found_message(cfg, places, expected))
 
 
 def _try_download(torchvision_name: str, target: Path) -> bool:
@@ -63,11 +66,29 @@ def _try_download(torchvision_name: str, target: Path) -> bool:
     return True
 
 
-def _not_found_message(cfg: DictConfig, places: list[Path]) -> str:
+def _not_found_message(cfg: DictConfig, places: list[Path], expected: str) -> str:
     looked = ", ".join(str(p) for p in places)
+    if expected:
+        looked += f" (each should hold {expected})"
     how = [f"set dataset.root=<dir> or CNNLAB_DATA=<dir containing {cfg.name}/>"]
     if cfg.apt_package:
         how.append(f"on Debian run `apt-get install {cfg.apt_package}`")
     if cfg.torchvision_name and not cfg.root:
         how.append("or run once with internet access so torchvision can download it")
     return f"Dataset '{cfg.name}' not found; looked in: {looked}. To provide it, {', '.join(how)}."
+
+
+def cannot_read(exc: OSError, cfg: DictConfig | None = None) -> DataError:
+    """One sentence for an OSError met while reading a dataset (permissions, a vanished file...)."""
+    path = Path(exc.filename) if exc.filename else None
+    reason = exc.strerror or str(exc)
+    if path is not None and cfg is not None and cache_dir(cfg) in path.parents:
+        return DataError(
+            f"cannot use the cache {path} ({reason}); set dataset.cache_dir=<a writable folder> or free "
+            "disk space."
+        )
+    where = path if path is not None else "the dataset"
+    return DataError(
+        f"cannot read {where} ({reason}); make the dataset readable (e.g. chmod -R a+rX on its folder) "
+        "or set dataset.root=<a copy you can read>."
+    )

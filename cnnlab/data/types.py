@@ -15,7 +15,8 @@ class ArraySplits:
     Images are ``(N, C, H, W)`` uint8, labels ``(N,)`` int64. ``val_*`` is set only when the dataset
     ships its own validation split; otherwise the caller carves one from train. ``test_y`` is ``None``
     for an unlabeled test split, and ``test_ids`` names test images (file stems) when they come from
-    files, for submissions. ``files`` lists the source files, for the data fingerprint.
+    files, for submissions. ``files`` lists the source files, for the data fingerprint. ``cache_key``
+    is set when the images are memory-mapped from the decode cache (the training split's entry).
     """
 
     train_x: torch.Tensor
@@ -27,3 +28,4 @@ class ArraySplits:
     val_y: torch.Tensor | None = None
     test_ids: list[str] | None = None
     files: list[Path] = field(default_factory=list)
+    cache_key: str | None = None

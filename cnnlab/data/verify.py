@@ -9,58 +9,74 @@ are read whole, with every check their readers make.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
-from cnnlab.data.cifar import unpack_zip
-from cnnlab.data.images import SUFFIXES, ImageFileDataset, collate_skip_bad
-from cnnlab.data.lookup import cache_dir, find_root
-from cnnlab.data.registry import read_splits
+from cnnlab.data.cifar import find_cifar10, unpack_zip
+from cnnlab.data.images import SUFFIXES, ImageFileDataset, decode_loader
+from cnnlab.data.lookup import cache_dir
+from cnnlab.data.registry import locate, read_splits, workers
 from cnnlab.errors import DataError
 
-ACTIONS = ("verify",)
+
+@dataclass
+class Checked:
+    """What ``verify`` looked at: the folder or archive, how many files, and one line per problem."""
+
+    where: Path
+    files: int
+    problems: list[str]  # "<file>: <what is wrong>"
+    unpacked: Path | None = None  # where an archive was unpacked to check its images
 
 
-def photo_root(cfg: DictConfig) -> Path | None:
-    """The folder of image files to scan, or None for binary formats."""
+def photo_tree(cfg: DictConfig, root: Path) -> Path | None:
+    """The folder of image files to scan, or None for datasets stored as binary files."""
     if cfg.format in ("food11", "imagefolder"):
-        return find_root(cfg, lambda p: (p / "train").is_dir())
-    if cfg.format == "cifar10":
-        root = find_root(cfg, lambda p: p.is_dir() or p.suffix == ".zip")
-        zips = [root] if root.suffix == ".zip" else sorted(root.glob("*.zip"))
-        if not any((root / d).is_dir() for d in ("cifar-10-batches-bin", "cifar-10-batches-py")) and zips:
-            return unpack_zip(zips[0], cache_dir(cfg))
-        return root if (root / "train").is_dir() else None
-    return None
+        return root
+    found = find_cifar10(root) if cfg.format == "cifar10" else None
+    if found is None or found[0] in ("bin", "py"):
+        return None
+    return unpack_zip(found[1], cache_dir(cfg)) if found[0] == "zip" else found[1]
 
 
-def scan_images(root: Path, *, num_workers: int) -> tuple[int, list[tuple[Path, str]]]:
-    """Decode every file under ``root``; returns how many were checked and ``(file, problem)`` pairs."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    problems = [
-        (p, f"not an image file ({p.suffix or 'no extension'})")
+def list_files(root: Path) -> tuple[list[Path], list[str]]:
+    """Every file below ``root`` but hidden ones, and a problem line for each folder that cannot be read."""
+    files, problems = [], []
+
+    def unreadable(exc: OSError) -> None:
+        problems.append(f"{exc.filename}: cannot read this folder ({exc.strerror})")
+
+    for folder, subdirs, names in os.walk(root, onerror=unreadable):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        files += [Path(folder) / name for name in names if not name.startswith(".")]
+    return sorted(files), problems
+
+
+def scan_images(root: Path, *, num_workers: int) -> tuple[int, list[str]]:
+    """Decode every file under ``root``; returns how many were checked and a line per unusable one."""
+    files, problems = list_files(root)
+    problems += [
+        f"{p}: not an image file ({p.suffix or 'no extension'})"
         for p in files
         if p.suffix.lower() not in SUFFIXES
     ]
     images = [p for p in files if p.suffix.lower() in SUFFIXES]
     dataset = ImageFileDataset(images, None, size=8, channels=3, on_bad_image="skip")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=256, num_workers=num_workers, collate_fn=collate_skip_bad
-    )
-    for batch in loader:
-        problems += [(images[i], reason) for i, reason in batch.bad]
+    for batch in decode_loader(dataset, num_workers):
+        problems += [f"{images[i]}: {reason}" for i, reason in batch.bad]
     return len(files), sorted(problems)
 
 
-def verify(cfg: DictConfig) -> tuple[int, list[tuple[Path, str]]]:
-    root = photo_root(cfg)
-    if root is not None:
-        workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
-        return scan_images(root, num_workers=workers)
+def verify(cfg: DictConfig) -> Checked:
+    root = locate(cfg)
+    tree = photo_tree(cfg, root)
+    if tree is not None:
+        checked, problems = scan_images(tree, num_workers=workers(cfg))
+        return Checked(root, checked, problems, unpacked=tree if tree != root else None)
     try:
         splits = read_splits(cfg)
-    except DataError as exc:
-        return 1, [(Path(str(cfg.root or cfg.name)), str(exc))]
-    return len(splits.files), []
+    except DataError as exc:  # the reader's message names the file
+        return Checked(root, 1, [str(exc)])
+    return Checked(root, len(splits.files), [])

@@ -21,7 +21,7 @@ from cnnlab.run.trust import check_overrides
 MAY_CHANGE = (
     "resume", "trust_config", "trainer.max_epochs", "trainer.patience", "trainer.progress",
     "trainer.tensorboard", "trainer.device", "trainer.threads", "trainer.evaluate", "trainer.summary",
-    "trainer.backend",
+    "trainer.backend", "dataset.in_memory", "dataset.num_workers", "dataset.cache_dir",
 )  # fmt: skip
 
 
