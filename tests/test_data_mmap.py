@@ -12,7 +12,7 @@ from cnnlab.data.registry import build_data
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.train import train
 from tests.test_data_folders import write
-from tests.test_resume import RECIPE, assert_same_run, interrupt_at_step
+from tests.test_resume import RECIPE, SignalAtStep, assert_same_run
 
 CPU = torch.device("cpu")
 
@@ -121,12 +121,10 @@ def test_same_weights_in_memory_or_on_the_host(make_cfg, tmp_path, source):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_mid_epoch_resume_on_the_host_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch):
+def test_mid_epoch_resume_on_the_host_matches_an_uninterrupted_run(make_cfg, tmp_path):
     host = (*RECIPE, "dataset.in_memory=false")
     train(make_cfg(*host), tmp_path / "whole")
-    interrupt_at_step(monkeypatch, 17)  # epoch 2, step 5 of 12
-    with pytest.raises(BaseException, match="SIGINT in epoch 2 after step 5"):
-        train(make_cfg(*host), tmp_path / "int")
-    monkeypatch.undo()
+    with pytest.raises(BaseException, match="SIGINT in epoch 2 after step 5"):  # epoch 2, step 5 of 12
+        train(make_cfg(*host), tmp_path / "int", callbacks=(SignalAtStep(17),))
     train(make_cfg(*host, f"resume={tmp_path / 'int'}"), tmp_path / "int")
     assert_same_run(tmp_path / "whole", tmp_path / "int")
