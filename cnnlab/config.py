@@ -68,6 +68,9 @@ class MLPConfig(ModelConfig):
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [256, 64])
     dropout: float = 0.2
+    activation: str = "relu"  # relu | leaky_relu | elu | silu | gelu | sigmoid | tanh
+    init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
+    init_std: float = 0.01  # the standard deviation of init=normal
 
 
 @dataclass
@@ -78,6 +81,8 @@ class LeNetConfig(ModelConfig):
     pool: str = "max"
     channels: list[int] = field(default_factory=lambda: [6, 16])
     fc: list[int] = field(default_factory=lambda: [120, 84])
+    init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
+    init_std: float = 0.01  # the standard deviation of init=normal
 
 
 @dataclass
@@ -91,6 +96,9 @@ class SimpleCNNConfig(ModelConfig):
     pool_first: bool = True
     convs: int = 1  # 3x3 convolutions per stage
     whiten: int = 0  # patch size of a whitening first layer fitted to the training data; 0: none
+    activation: str = "relu"  # relu | leaky_relu | elu | silu | gelu | sigmoid | tanh
+    init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
+    init_std: float = 0.01  # the standard deviation of init=normal
 
 
 @dataclass
