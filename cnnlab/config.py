@@ -110,6 +110,25 @@ class ResNet18Config(ModelConfig):
 
 
 @dataclass
+class TorchvisionConfig(ModelConfig):
+    _target_: str = "cnnlab.models.tv.TorchvisionNet"
+    name: str = "torchvision"
+    arch: str = "resnet18"  # any name of torchvision.models.list_models(module=torchvision.models)
+    stem: str = "auto"  # auto | imagenet | cifar (ResNet families only)
+    weights: str | None = None  # a local file; nothing is downloaded
+    input_size: int | None = None  # the size the network sees; null: the images', raised to its minimum
+
+
+@dataclass
+class TimmConfig(ModelConfig):
+    _target_: str = "cnnlab.models.timm_net.TimmNet"
+    name: str = "timm"
+    arch: str = "resnet18"  # any name of timm.list_models()
+    weights: str | None = None  # a local file; nothing is downloaded
+    input_size: int | None = None  # the size the network sees; null: the images'
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     name: str = MISSING
@@ -251,6 +270,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "lenet": LeNetConfig,
         "simplecnn": SimpleCNNConfig,
         "resnet18": ResNet18Config,
+        "torchvision": TorchvisionConfig,
+        "timm": TimmConfig,
     },
     "optimizer": {
         "sgd": SGDConfig,
