@@ -129,6 +129,24 @@ class TimmConfig(ModelConfig):
 
 
 @dataclass
+class LossConfig:
+    name: str = MISSING
+    label_smoothing: float = 0.0  # deprecated: loss.label_smoothing
+    class_weights: Any = None  # null | auto (inverse class frequency of the training split) | [w1, ...]
+
+
+@dataclass
+class CrossEntropyConfig(LossConfig):
+    name: str = "cross_entropy"
+
+
+@dataclass
+class FocalConfig(LossConfig):
+    name: str = "focal"
+    gamma: float = 2.0  # focusing: (1 - p)^gamma down-weights easy examples; 0 is cross-entropy
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     name: str = MISSING
@@ -227,7 +245,7 @@ class TrainerConfig:
     patience: int | None = 3  # epochs without improvement before stopping; null disables
     min_delta: float = 0.0
     grad_clip: float | None = None  # clip the gradient norm to this (the norm is logged)
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # deprecated: loss.label_smoothing
     accumulate: int = 1  # micro-batches per optimizer step: an effective batch of accumulate*batch_size
     ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
     tta: str | None = None  # test-time augmentation in validation and test: null | flip | <n> crops (1-9)
@@ -248,6 +266,7 @@ class TrainConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    loss: LossConfig = MISSING
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -280,6 +299,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "adagrad": AdagradConfig,
         "rmsprop": RMSpropConfig,
     },
+    "loss": {"cross_entropy": CrossEntropyConfig, "focal": FocalConfig},
     "scheduler": {"base": SchedulerConfig},
     "augmentation": {"base": AugmentationConfig},
     "trainer": {"base": TrainerConfig},
