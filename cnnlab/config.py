@@ -131,7 +131,7 @@ class TimmConfig(ModelConfig):
 @dataclass
 class LossConfig:
     name: str = MISSING
-    label_smoothing: float = 0.0  # deprecated: loss.label_smoothing
+    label_smoothing: float = 0.0
     class_weights: Any = None  # null | auto (inverse class frequency of the training split) | [w1, ...]
 
 
@@ -153,6 +153,7 @@ class OptimizerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     decay_bias_norm: bool = False  # also decay biases and normalisation weights (off, as is usual)
+    backbone_lr_mult: float = 1.0  # learning rate of the pretrained part (model.weights) x this
 
 
 @dataclass
@@ -246,6 +247,7 @@ class TrainerConfig:
     min_delta: float = 0.0
     grad_clip: float | None = None  # clip the gradient norm to this (the norm is logged)
     label_smoothing: float = 0.0  # deprecated: loss.label_smoothing
+    freeze_epochs: int = 0  # with model.weights: train only the new head for this many epochs, then all
     accumulate: int = 1  # micro-batches per optimizer step: an effective batch of accumulate*batch_size
     ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
     tta: str | None = None  # test-time augmentation in validation and test: null | flip | <n> crops (1-9)
