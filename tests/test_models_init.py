@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cnnlab.build import build_model
+from cnnlab.config import SCHEMAS
 from cnnlab.errors import ConfigError
 from cnnlab.models.layers import ACTIVATIONS, INITS, gain
 from cnnlab.models.lenet import LeNet
@@ -112,6 +113,12 @@ def test_xavier_orthogonal_and_normal():
 def test_bad_values_list_the_choices(name, options, message):
     with pytest.raises(ConfigError) as err:
         MODELS[name](**options)
+    assert str(err.value) == message
+    from cnnlab.models.sizes import min_image_size
+
+    cfg = OmegaConf.merge(OmegaConf.structured(SCHEMAS["model"][name]), options)
+    with pytest.raises(ConfigError) as err:
+        min_image_size(cfg)  # the same check before any data is read
     assert str(err.value) == message
 
 

@@ -93,6 +93,14 @@ def check_init(init: str, init_std: float) -> Callable | None:
     return choose(INITS, init, "init")
 
 
+def check_choices(
+    *, activation: str = "relu", init: str = "default", init_std: float = 0.01, **_options
+) -> None:
+    """The activation and init options of a model config, before any data is read."""
+    activation_factory(activation)
+    check_init(init, init_std)
+
+
 def init_weights(model: nn.Module, init: str, *, activation: str, init_std: float = 0.01) -> None:
     """Initialise every Conv2d and Linear weight of ``model`` by ``init``; zero their biases.
 

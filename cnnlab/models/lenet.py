@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.models.layers import activation_factory, choose, init_weights
+from cnnlab.models.layers import activation_factory, check_choices, choose, init_weights
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 MIN_IMAGE_SIZE = 12  # two 2x2 pools and a valid 5x5 convolution leave at least one pixel
@@ -19,7 +19,10 @@ class LeNet(nn.Module):
     """
 
     @staticmethod
-    def min_image_size(**_options) -> int:
+    def min_image_size(pool: str = "max", **options) -> int:
+        """Also checks the options that need no data."""
+        choose(POOLS, pool, "pool")
+        check_choices(**options)
         return MIN_IMAGE_SIZE
 
     def __init__(

@@ -5,11 +5,17 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.models.layers import activation_factory, init_weights
+from cnnlab.models.layers import activation_factory, check_choices, init_weights
 
 
 class MLP(nn.Module):
     """Flatten -> hidden layers (activation, dropout) -> classes. Input size comes from the dataset."""
+
+    @staticmethod
+    def min_image_size(**options) -> int:
+        """Any size; checks the options that need no data."""
+        check_choices(**options)
+        return 1
 
     def __init__(
         self,

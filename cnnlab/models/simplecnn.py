@@ -11,7 +11,7 @@ from collections.abc import Callable
 from torch import nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.models.layers import activation_factory, init_weights
+from cnnlab.models.layers import activation_factory, check_choices, init_weights
 from cnnlab.models.whiten import PatchWhitening
 
 
@@ -125,8 +125,11 @@ class SimpleCNN(nn.Module):
         init_weights(self, init, activation=activation, init_std=init_std)
 
     @staticmethod
-    def min_image_size(whiten: int = 0, **_options) -> int:
-        """A whitening patch must fit in the image (and leave at least one pixel after it)."""
+    def min_image_size(whiten: int = 0, **options) -> int:
+        """A whitening patch must fit in the image (and leave at least one pixel after it).
+
+        Also checks the options that need no data."""
+        check_choices(**options)
         return whiten + 1
 
     @staticmethod
