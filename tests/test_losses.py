@@ -56,6 +56,12 @@ def test_focal_down_weights_easy_examples():
     assert FocalLoss(2.0)(hard, y0) > 0.8 * F.cross_entropy(hard, y0)  # wrong: almost all of it
 
 
+def test_focal_gradient_stays_finite_for_certain_examples():
+    logits = torch.tensor([[40.0, 0.0, 0.0]], requires_grad=True)  # p = 1 in float32
+    FocalLoss(0.5)(logits, torch.tensor([0])).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 def test_label_smoothing_changes_the_loss_only():
     logits, y = batch()
     smooth = build_loss(node(label_smoothing=0.2), train_labels=LABELS, num_classes=5)

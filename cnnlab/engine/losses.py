@@ -35,7 +35,8 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits.float(), dim=1)
-        terms = -log_p * (1 - log_p.exp()).pow(self.gamma)  # per class: (1 - p)^gamma (-log p)
+        # per class (1 - p)^gamma (-log p); the clamp keeps the gradient finite for gamma < 1 at p = 1
+        terms = -log_p * (1 - log_p.exp()).clamp(min=1e-12).pow(self.gamma)
         weight = torch.ones(logits.shape[1], device=logits.device) if self.weight is None else self.weight
         true = terms.gather(1, target[:, None]).squeeze(1) * weight[target]
         eps = self.label_smoothing
