@@ -232,3 +232,27 @@ def test_min_image_size(name, options, smallest):
     if smallest > 1:
         with pytest.raises(ConfigError, match=f"model {name} takes images of at least {smallest} pixels"):
             check_image_size(cfg, smallest - 1)
+
+
+def test_train_load_and_start_again_from_the_run(make_cfg, tmp_path):
+    """A torchvision run trains, rebuilds for predict/evaluate, and its best weights start another run."""
+    from cnnlab.rundir import load_run
+    from cnnlab.train import train
+
+    options = ("model=torchvision", "model.arch=squeezenet1_1", "trainer.max_epochs=1",
+               "trainer.precision=32", "trainer.report=false", "trainer.evaluate=false")  # fmt: skip
+    first = tmp_path / "first"
+    train(make_cfg(*options), first)
+    run = load_run(first)
+    assert isinstance(run.model, TorchvisionNet) and run.model.arch == "squeezenet1_1"
+    weights = first / "checkpoints" / "best.safetensors"
+    second = make_cfg(*options, f"model.weights={weights}")
+    model = build_model_from(second)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in run.model.state_dict().items())
+    assert model.fresh_parameters == ()
+
+
+def build_model_from(cfg):
+    from cnnlab.build import build_model
+
+    return build_model(cfg.model, in_channels=1, num_classes=10, image_size=28)
