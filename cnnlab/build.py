@@ -23,12 +23,15 @@ from cnnlab.data.augment import BatchAugment, build_augment, check_augment
 from cnnlab.data.options import check_dataset
 from cnnlab.engine.distributed import check_backend
 from cnnlab.engine.ema import check_decay
+from cnnlab.engine.finetune import check_finetune, lr_groups
+from cnnlab.engine.losses import build_loss, check_loss, loss_node
 from cnnlab.engine.optim import param_groups
 from cnnlab.engine.schedulers import Schedule, build_scheduler, check_schedule
 from cnnlab.engine.tta import parse_tta
 from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.models.sizes import check_image_size
 
-OPTIMIZER_OWN_KEYS = ("name", "decay_bias_norm")  # cnnlab's keys, not constructor arguments
+OPTIMIZER_OWN_KEYS = ("name", "decay_bias_norm", "backbone_lr_mult")  # cnnlab's, not the constructor's
 FREE_FORM = ("scheduler.options",)  # dict nodes whose keys the schema does not list (checked by their owner)
 
 
@@ -45,6 +48,9 @@ def check(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     validate(cfg)
     check_dataset(cfg.dataset)
+    check_image_size(cfg.model, cfg.dataset.image_size)
+    check_loss(loss_node(cfg))
+    check_finetune(cfg)
     aug = OmegaConf.to_container(cfg.augmentation, resolve=True)
     check_augment({**aug, "channels": cfg.dataset.channels, "image_size": cfg.dataset.image_size})
     sched = OmegaConf.to_container(cfg.scheduler, resolve=True)
@@ -100,20 +106,23 @@ def has_conv(model: nn.Module) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """Any ``torch.optim`` class (``_target_``), weight decay off for biases and norms unless asked."""
+    """Any ``torch.optim`` class (``_target_``), weight decay off for biases and norms unless asked; with
+    ``backbone_lr_mult`` (see :mod:`cnnlab.engine.finetune`) the parameters not new to the model learn at
+    ``lr * backbone_lr_mult``."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     decay_bias_norm = bool(kwargs.get("decay_bias_norm", False))
+    backbone_lr_mult = float(kwargs.get("backbone_lr_mult", 1.0))
     for key in OPTIMIZER_OWN_KEYS:
         kwargs.pop(key, None)
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
     groups = param_groups(model, kwargs.get("weight_decay", 0.0), decay_bias_norm)
+    groups = lr_groups(model, groups, kwargs["lr"], backbone_lr_mult)
     try:
         return hydra.utils.instantiate(kwargs, groups)
     except Exception as exc:
-        raise ConfigError(
-            f"Could not build optimizer {cfg.get('_target_')}: {exc.__cause__ or exc}."
-        ) from None
+        target = cfg.get("_target_")
+        raise ConfigError(f"Could not build optimizer {target}: {exc.__cause__ or exc}.") from None
 
 
 def build_schedule(
@@ -133,5 +142,6 @@ def build_augment_from(cfg: DictConfig, *, channels: int, image_size: int) -> Ba
     )
 
 
-def build_criterion(trainer: DictConfig) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=trainer.label_smoothing)
+def build_criterion(cfg: DictConfig, *, train_labels: torch.Tensor, num_classes: int) -> nn.Module:
+    """The loss of a train config: its ``loss`` group, the deprecated trainer.label_smoothing moved in."""
+    return build_loss(loss_node(cfg), train_labels=train_labels, num_classes=num_classes)

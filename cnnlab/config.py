@@ -71,6 +71,9 @@ class MLPConfig(ModelConfig):
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [256, 64])
     dropout: float = 0.2
+    activation: str = "relu"  # relu | leaky_relu | elu | silu | gelu | sigmoid | tanh
+    init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
+    init_std: float = 0.01  # the standard deviation of init=normal
 
 
 @dataclass
@@ -81,6 +84,8 @@ class LeNetConfig(ModelConfig):
     pool: str = "max"
     channels: list[int] = field(default_factory=lambda: [6, 16])
     fc: list[int] = field(default_factory=lambda: [120, 84])
+    init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
+    init_std: float = 0.01  # the standard deviation of init=normal
 
 
 @dataclass
@@ -94,6 +99,9 @@ class SimpleCNNConfig(ModelConfig):
     pool_first: bool = True
     convs: int = 1  # 3x3 convolutions per stage
     whiten: int = 0  # patch size of a whitening first layer fitted to the training data; 0: none
+    activation: str = "relu"  # relu | leaky_relu | elu | silu | gelu | sigmoid | tanh
+    init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
+    init_std: float = 0.01  # the standard deviation of init=normal
 
 
 @dataclass
@@ -105,12 +113,50 @@ class ResNet18Config(ModelConfig):
 
 
 @dataclass
+class TorchvisionConfig(ModelConfig):
+    _target_: str = "cnnlab.models.tv.TorchvisionNet"
+    name: str = "torchvision"
+    arch: str = "resnet18"  # any name of torchvision.models.list_models(module=torchvision.models)
+    stem: str = "auto"  # auto | imagenet | cifar (ResNet families only)
+    weights: str | None = None  # a local file; nothing is downloaded
+    input_size: int | None = None  # the size the network sees; null: the images', raised to its minimum
+
+
+@dataclass
+class TimmConfig(ModelConfig):
+    _target_: str = "cnnlab.models.timm_net.TimmNet"
+    name: str = "timm"
+    arch: str = "resnet18"  # any name of timm.list_models()
+    weights: str | None = None  # a local file; nothing is downloaded
+    input_size: int | None = None  # the size the network sees; null: the images'
+
+
+@dataclass
+class LossConfig:
+    name: str = MISSING
+    label_smoothing: float = 0.0
+    class_weights: Any = None  # null | auto (inverse class frequency of the training split) | [w1, ...]
+
+
+@dataclass
+class CrossEntropyConfig(LossConfig):
+    name: str = "cross_entropy"
+
+
+@dataclass
+class FocalConfig(LossConfig):
+    name: str = "focal"
+    gamma: float = 2.0  # focusing: (1 - p)^gamma down-weights easy examples; 0 is cross-entropy
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     name: str = MISSING
     lr: float = 1e-3
     weight_decay: float = 0.0
     decay_bias_norm: bool = False  # also decay biases and normalisation weights (off, as is usual)
+    backbone_lr_mult: float = 1.0  # learning rate of the pretrained part (model.weights) x this
 
 
 @dataclass
@@ -203,7 +249,8 @@ class TrainerConfig:
     patience: int | None = 3  # epochs without improvement before stopping; null disables
     min_delta: float = 0.0
     grad_clip: float | None = None  # clip the gradient norm to this (the norm is logged)
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # deprecated: loss.label_smoothing
+    freeze_epochs: int = 0  # with model.weights: train only the new head for this many epochs, then all
     accumulate: int = 1  # micro-batches per optimizer step: an effective batch of accumulate*batch_size
     ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
     tta: str | None = None  # test-time augmentation in validation and test: null | flip | <n> crops (1-9)
@@ -224,6 +271,7 @@ class TrainConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    loss: LossConfig = MISSING
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -288,6 +336,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "lenet": LeNetConfig,
         "simplecnn": SimpleCNNConfig,
         "resnet18": ResNet18Config,
+        "torchvision": TorchvisionConfig,
+        "timm": TimmConfig,
     },
     "optimizer": {
         "sgd": SGDConfig,
@@ -296,6 +346,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "adagrad": AdagradConfig,
         "rmsprop": RMSpropConfig,
     },
+    "loss": {"cross_entropy": CrossEntropyConfig, "focal": FocalConfig},
     "scheduler": {"base": SchedulerConfig},
     "augmentation": {"base": AugmentationConfig},
     "trainer": {"base": TrainerConfig},
@@ -316,7 +367,7 @@ def register_configs() -> None:
 
 CHOICES = {
     ("trainer", "precision"): ("auto", "32", "bf16", "16"),
-    ("trainer", "monitor"): ("val_acc", "val_loss"),
+    ("trainer", "monitor"): ("val_acc", "val_loss", "val_macro_f1", "val_balanced_acc"),
     ("trainer", "mode"): ("max", "min"),
     ("trainer", "progress"): ("auto", "rich", "plain"),
     ("dataset", "on_bad_image"): ("error", "skip"),

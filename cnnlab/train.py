@@ -39,8 +39,10 @@ from cnnlab.engine.checkpoint import (
 )
 from cnnlab.engine.device import configure_cpu, resolve_precision
 from cnnlab.engine.ema import ModelEMA
+from cnnlab.engine.finetune import Freezer
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
 from cnnlab.engine.loop import EpochState, StepContext, optimizer_steps, score, train_one_epoch
+from cnnlab.engine.metrics import BALANCED_MONITORS
 from cnnlab.engine.schedulers import Schedule
 from cnnlab.engine.tracker import MetricTracker, is_better
 from cnnlab.engine.tta import tta_views
@@ -103,6 +105,7 @@ class Run:
     tracker: MetricTracker
     metrics: MetricsWriter
     config_yaml: str
+    freezer: Freezer  # trainer.freeze_epochs: the backbone frozen for the first epochs
     callbacks: tuple[Callback, ...] = ()
 
     def record(self, epoch: int, weights: str = "raw") -> RunRecord:
@@ -194,6 +197,7 @@ def build_run(
         cfg.model, in_channels=data.channels, num_classes=len(data.classes), image_size=data.image_size
     )
     model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
+    freezer = Freezer(model, tc.get("freeze_epochs", 0))  # after SyncBatchNorm replaced BatchNorm modules
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if not resumed:  # a resumed run loads the fitted layers with its weights
@@ -234,21 +238,23 @@ def build_run(
         device=device,
         precision=precision,
         pipeline=pipeline,
-        criterion=build_criterion(tc),
+        criterion=build_criterion(cfg, train_labels=data.train.y, num_classes=len(data.classes)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
         grad_clip=tc.grad_clip,
         ema=ModelEMA(model, tc.ema) if tc.ema else None,
         accumulate=tc.accumulate,
         dist=dist,
         eval_views=tta_views(tc.tta, data.image_size),
+        balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0,
     )
     metrics = MetricsWriter(folder, tensorboard=tc.tensorboard, ema=ctx.ema is not None,
-                            clip=bool(tc.grad_clip), enabled=dist.is_main)  # fmt: skip
+                            clip=bool(tc.grad_clip), balanced=bool(ctx.balanced_classes),
+                            enabled=dist.is_main)  # fmt: skip
     return Run(
         cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
         optimizer=optimizer, schedule=schedule, ctx=ctx,
         tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
-        config_yaml=config_yaml,
+        config_yaml=config_yaml, freezer=freezer,
     )  # fmt: skip
 
 
@@ -333,6 +339,8 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
             ctx.should_stop = (lambda: dist.any(guard.requested())) if dist.enabled else guard.requested
             for epoch in range(start_epoch, tc.max_epochs + 1):
                 t0 = time.perf_counter()
+                if run.freezer.at_epoch(epoch) and dist.enabled:  # DDP registers trainable parameters
+                    run.train_model = distributed.wrap(run.model, dist)
                 data.train.set_epoch(epoch)
                 lr = run.schedule.lr if partial is None else partial.lr
                 state = partial or EpochState(lr=lr)
@@ -406,13 +414,13 @@ def score_epoch(run: Run, epoch: int, lr: float, stats: dict) -> tuple[dict, flo
     t1 = time.perf_counter()
     val = score(run.model, run.data.val, run.ctx)
     row = {
-        "epoch": epoch, "lr": lr, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
+        "epoch": epoch, "lr": lr, **stats, **{f"val_{k}": v for k, v in val.items()},
         "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
     }  # fmt: skip
     value, weights = row[tc.monitor], "raw"
     if run.ctx.ema is not None:
         ema_val = score(run.ctx.ema.module, run.data.val, run.ctx)
-        row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
+        row.update({f"ema_val_{k}": v for k, v in ema_val.items()})
         if is_better(row[f"ema_{tc.monitor}"], value, tc.mode):
             value, weights = row[f"ema_{tc.monitor}"], "ema"
     row["weights"] = weights

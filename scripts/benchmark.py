@@ -78,6 +78,13 @@ CASES = {
         "resnet18 (CIFAR stem) / CIFAR-10",
     ),
 }
+TORCHVISION = ("alexnet", "vgg11_bn", "googlenet", "resnet18", "mobilenet_v3_small")  # model=torchvision
+for _arch in TORCHVISION:
+    CASES[f"tv_{_arch}"] = Case(
+        ["dataset=cifar10", "model=torchvision", f"model.arch={_arch}", "trainer.batch_size=64"],
+        3,
+        f"torchvision {_arch} / CIFAR-10",
+    )
 
 
 class ArrayVisionDataset(Dataset):

@@ -31,7 +31,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnnlab.build import build_model  # noqa: E402
+from cnnlab.build import build_model, build_optimizer  # noqa: E402
 from cnnlab.config import register_configs  # noqa: E402
 from cnnlab.data.cifar import find_cifar10, unpack_zip  # noqa: E402
 from cnnlab.data.loader import BatchPipeline  # noqa: E402
@@ -40,7 +40,6 @@ from cnnlab.data.mmap import HostLoader  # noqa: E402
 from cnnlab.data.registry import build_data  # noqa: E402
 from cnnlab.engine.device import configure_cpu, resolve_device  # noqa: E402
 from cnnlab.engine.loop import EpochState, StepContext, train_one_epoch  # noqa: E402
-from cnnlab.engine.optim import build_optimizer  # noqa: E402
 from cnnlab.engine.schedulers import build_scheduler  # noqa: E402
 
 

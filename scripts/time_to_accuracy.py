@@ -26,6 +26,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 
 from cnnlab.config import register_configs
+from cnnlab.engine.losses import loss_node
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("mnist", "fashion_mnist")  # what bare_reference.py reads
@@ -44,7 +45,7 @@ def bare_arguments(preset: str) -> list[str]:
     return [
         "--dataset", cfg.dataset.name, "--epochs", str(tc.max_epochs),
         "--channels", ",".join(str(c) for c in cfg.model.channels), "--lr", str(cfg.optimizer.lr),
-        "--batch-size", str(tc.batch_size), "--label-smoothing", str(tc.label_smoothing),
+        "--batch-size", str(tc.batch_size), "--label-smoothing", str(loss_node(cfg).label_smoothing),
         "--threads", str(tc.threads or 0),
     ]  # fmt: skip
 

@@ -42,7 +42,8 @@ def test_help_lists_groups(tmp_path):
     [
         (
             ["model=lenett"],
-            "Unknown model 'lenett'; choose one of: lenet, mlp, resnet18, simplecnn. Did you mean 'lenet'?",
+            "Unknown model 'lenett'; choose one of: lenet, mlp, resnet18, simplecnn, timm, torchvision."
+            " Did you mean 'lenet'?",
         ),
         (["model.dropuot=0.1", "model=mlp"], "Unknown config key 'model.dropuot'. Did you mean 'dropout'?"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs=abc"),

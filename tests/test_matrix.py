@@ -11,7 +11,7 @@ from cnnlab.build import build_model
 from cnnlab.config import register_configs
 
 DATASETS = ["mnist", "fashion_mnist", "cifar10", "food11", "imagefolder"]
-MODELS = ["mlp", "lenet", "simplecnn", "resnet18"]
+MODELS = ["mlp", "lenet", "simplecnn", "resnet18", "torchvision"]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experime
 RECIPES = {
     "mnist_mlp": {"optimizer.name": "sgd", "optimizer.lr": 0.01, "trainer.batch_size": 20,
                   "trainer.max_epochs": 30, "dataset.name": "mnist"},
-    "fashion_mnist_lenet_d2l": {"model.activation": "sigmoid", "optimizer.lr": 0.9, "trainer.batch_size": 256,
+    "fashion_mnist_lenet_d2l": {"model.activation": "sigmoid", "model.init": "xavier", "optimizer.lr": 0.9,
+                                "trainer.batch_size": 256,
                                 "trainer.max_epochs": 10, "dataset.name": "fashion_mnist"},
     "cifar10_simplecnn": {"model.channels": [16, 32, 64], "optimizer.momentum": 0.9, "optimizer.lr": 0.01,
                           "dataset.val_split": 0.2, "dataset.name": "cifar10"},

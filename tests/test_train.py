@@ -120,7 +120,7 @@ def test_overfit_preset_drives_loss_down(make_cfg, tmp_path):
         ("trainer.precision=8", "Unknown trainer.precision '8'"),
         ("trainer.device=cuda", "no usable CUDA GPU"),
         ("trainer.device=tpu", "Unknown trainer.device"),
-        ("model.activation=gelu", "Unknown model.activation 'gelu'; choose one of: relu, sigmoid, tanh"),
+        ("model.activation=swish", "Unknown model.activation 'swish'; choose one of: relu, leaky_relu, elu"),
     ],
 )
 def test_bad_values_are_one_clear_error(make_cfg, tmp_path, override, fragment):

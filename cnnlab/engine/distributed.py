@@ -71,6 +71,12 @@ class Dist:
         td.all_reduce(t)
         return t.tolist()
 
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of ``tensor`` over all ranks (in place; one all-reduce)."""
+        if self.enabled:
+            td.all_reduce(tensor)
+        return tensor
+
     def any(self, flag: bool) -> bool:
         """True on every rank when any rank says so (e.g. a signal reached only some of them)."""
         return bool(self.totals(flag)[0]) if self.enabled else flag

@@ -181,7 +181,8 @@ def _main_schedule(
         return sched.ExponentialLR(optimizer, gamma=opts["gamma"] ** (1 / steps_per_epoch))
     if name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=steps, eta_min=opts["min_lr"])
-    max_lr = opts.pop("max_lr") or optimizer.param_groups[0]["lr"]
+    peak = opts.pop("max_lr") or optimizer.param_groups[0]["lr"]
+    max_lr = [peak * group.get("lr_mult", 1.0) for group in optimizer.param_groups]  # backbone_lr_mult
     return sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps, **opts)
 
 

@@ -5,15 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import ConfigError
+from cnnlab.models.layers import activation_factory, check_choices, choose, init_weights
 
-ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
-
-
-def _choice(table: dict, value: str, key: str):
-    if value not in table:
-        raise ConfigError(f"Unknown model.{key} '{value}'; choose one of: {', '.join(table)}.")
-    return table[value]
+MIN_IMAGE_SIZE = 12  # two 2x2 pools and a valid 5x5 convolution leave at least one pixel
 
 
 class LeNet(nn.Module):
@@ -22,6 +17,13 @@ class LeNet(nn.Module):
     The first convolution pads by 2 so 28-pixel inputs behave like the original 32-pixel ones; the
     flatten size is computed from ``image_size``, so RGB and 128-pixel inputs work too.
     """
+
+    @staticmethod
+    def min_image_size(pool: str = "max", **options) -> int:
+        """Also checks the options that need no data."""
+        choose(POOLS, pool, "pool")
+        check_choices(**options)
+        return MIN_IMAGE_SIZE
 
     def __init__(
         self,
@@ -33,16 +35,18 @@ class LeNet(nn.Module):
         pool: str = "max",
         channels: list[int] = (6, 16),
         fc: list[int] = (120, 84),
+        init: str = "default",
+        init_std: float = 0.01,
     ):
         super().__init__()
-        act = _choice(ACTIVATIONS, activation, "activation")
-        pool_cls = _choice(POOLS, pool, "pool")
+        act = activation_factory(activation)
+        pool_cls = choose(POOLS, pool, "pool")
         if len(channels) != 2 or min(channels) <= 0:
             raise ConfigError(f"model.channels must be two positive sizes, got {list(channels)}.")
         c1, c2 = channels
         size = (image_size // 2 - 4) // 2  # after conv1 (same), pool, conv2 (valid), pool
         if size < 1:
-            raise ConfigError(f"LeNet needs images of at least 12 pixels, got {image_size}.")
+            raise ConfigError(f"LeNet needs images of at least {MIN_IMAGE_SIZE} pixels, got {image_size}.")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 5, padding=2), act(), pool_cls(2),
             nn.Conv2d(c1, c2, 5), act(), pool_cls(2),
@@ -55,6 +59,7 @@ class LeNet(nn.Module):
             width = h
         self.head = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
+        init_weights(self, init, activation=activation, init_std=init_std)
 
     def forward(self, x):
         return self.classifier(self.head(self.features(x)))

@@ -5,10 +5,17 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.errors import ConfigError
+from cnnlab.models.layers import activation_factory, check_choices, init_weights
 
 
 class MLP(nn.Module):
-    """Flatten -> hidden layers (ReLU, dropout) -> classes. Input size comes from the dataset."""
+    """Flatten -> hidden layers (activation, dropout) -> classes. Input size comes from the dataset."""
+
+    @staticmethod
+    def min_image_size(**options) -> int:
+        """Any size; checks the options that need no data."""
+        check_choices(**options)
+        return 1
 
     def __init__(
         self,
@@ -18,8 +25,12 @@ class MLP(nn.Module):
         image_size: int,
         hidden: list[int] = (256, 64),
         dropout: float = 0.2,
+        activation: str = "relu",
+        init: str = "default",
+        init_std: float = 0.01,
     ):
         super().__init__()
+        act = activation_factory(activation, inplace=True)
         if any(h <= 0 for h in hidden):
             raise ConfigError(f"model.hidden sizes must be positive, got {list(hidden)}.")
         if not 0 <= dropout < 1:
@@ -27,10 +38,11 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_channels * image_size * image_size
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, h), act(), nn.Dropout(dropout)]
             width = h
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
+        init_weights(self, init, activation=activation, init_std=init_std)
 
     def forward(self, x):
         return self.classifier(self.features(x))

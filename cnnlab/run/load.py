@@ -152,8 +152,11 @@ def load_run(
     weights, record = read_checkpoint(path, device=device)
     cfg = record.cfg
     check_config(cfg, path, trust_config=trust_config)
+    model_cfg = cfg.model.copy()
+    if "weights" in model_cfg:  # the checkpoint's weights replace any pretrained file the run started from
+        model_cfg.weights = None
     model = build_model(
-        cfg.model,
+        model_cfg,
         in_channels=record.in_channels,
         num_classes=len(record.classes),
         image_size=record.image_size,

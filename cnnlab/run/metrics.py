@@ -10,6 +10,7 @@ METRIC_FIELDS = [
     "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
     "data_s", "compute_s", "eval_s", "img_per_s",
 ]  # fmt: skip
+BALANCED_FIELDS = ["val_macro_f1", "val_balanced_acc"]  # with trainer.monitor one of them
 CLIP_FIELDS = ["grad_norm"]  # with trainer.grad_clip: the gradient norm before clipping, last step
 EMA_FIELDS = ["ema_val_loss", "ema_val_acc", "weights"]  # with trainer.ema: which weights were monitored
 TB_SCALARS = {
@@ -27,9 +28,11 @@ class MetricsWriter:
     """
 
     def __init__(self, run: RunDir, *, tensorboard: bool, ema: bool = False, clip: bool = False,
-                 enabled: bool = True):  # fmt: skip
+                 balanced: bool = False, enabled: bool = True):  # fmt: skip
         self.run = run
-        self.fields = METRIC_FIELDS + (CLIP_FIELDS if clip else []) + (EMA_FIELDS if ema else [])
+        balanced_fields = BALANCED_FIELDS if balanced else []
+        self.fields = METRIC_FIELDS + balanced_fields + (CLIP_FIELDS if clip else [])
+        self.fields += [f"ema_{f}" for f in balanced_fields] + (EMA_FIELDS if ema else [])
         self.global_step = 0
         self.enabled = enabled
         self.tb = None
