@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import functools
 import importlib
+import importlib.resources
 import logging
 import os
 import sys
@@ -97,15 +98,22 @@ TOOLS: dict[str, tuple[str, str, list[str]]] = {
 }
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group in ``conf/`` (Hydra names none when one of a list is missing)."""
+    folder = importlib.resources.files("cnnlab.conf").joinpath(group)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def hydra_error_message(exc: Exception) -> str | None:
     """One sentence for Hydra's composition errors, with a suggestion for a misspelt key or choice."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    if isinstance(exc, MissingConfigException) and exc.options is not None:
-        group, _, choice = (exc.missing_cfg_file or "").rpartition("/")
-        hint = difflib.get_close_matches(choice, exc.options, n=1)
+    if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
+        group, _, choice = exc.missing_cfg_file.rpartition("/")
+        options = exc.options if exc.options is not None else group_options(group)  # a list: logger=[a,b]
+        hint = difflib.get_close_matches(choice, options, n=1)
         did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
-        return f"Unknown {group} '{choice}'; choose one of: {', '.join(exc.options)}.{did_you_mean}"
+        return f"Unknown {group} '{choice}'; choose one of: {', '.join(options)}.{did_you_mean}"
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
         key = getattr(cause, "key", None)

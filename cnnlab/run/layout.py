@@ -28,6 +28,8 @@ SUBMISSION, LOCK = "submission.csv", ".cnnlab.lock"
 SWEEP_SUMMARY = "summary.csv"  # in a sweep folder, or any folder `cnnlab runs` compares
 SWEEP_PAGE, SWEEP_CURVES = "runs.html", "runs_curves.png"  # likewise, with `cnnlab runs <dir> html=true`
 RUN_PAGE, REPORT_METRICS = "index.html", "metrics.json"  # in report/: the run's page, the evaluation
+# In the folder that holds runs (a sweep's or a study's, or outputs/<date>): MLflow's default local store.
+MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"
 WRITTEN_DIRS = (HYDRA, CHECKPOINTS, REPORT, TB, EXPORT)
 WRITTEN_FILES = (LOG, METRICS, SUMMARY, STATUS, PROVENANCE, SUBMISSION, LOCK)
 # A folder holding any of these is a run (a sweep job's folder too, once Hydra has written .hydra/).
@@ -315,7 +317,8 @@ def _number(value: str | None) -> float:
 
 def find_runs(root: Path) -> list[Path]:
     """Every run folder under ``root`` (``root`` itself included), in natural order; run folders are not
-    searched further, and symbolic links are not followed (a link loop cannot list a run twice)."""
+    searched further, nor MLflow's artifact store (its copies of checkpoints are not runs), and symbolic
+    links are not followed (a link loop cannot list a run twice)."""
     root = Path(root)
     if RunDir(root).holds_run():
         return [root]
@@ -325,7 +328,10 @@ def find_runs(root: Path) -> list[Path]:
 
     runs = []
     try:
-        children = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()), key=natural)
+        children = sorted(
+            (p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name != MLFLOW_ARTIFACTS),
+            key=natural,
+        )
     except OSError as exc:
         raise DataError(f"cannot read {root} ({exc.strerror}); check its permissions.") from None
     for child in children:
