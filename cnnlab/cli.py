@@ -21,11 +21,14 @@ commands:
   train     train a model: cnnlab train model=lenet dataset=fashion_mnist trainer.max_epochs=3
             (Hydra: --cfg job shows the composed config, -m runs a sweep, --help lists the groups)
             continue a stopped run: cnnlab train resume=<run dir>  (or resume=auto)
-            sweeps: cnnlab train -m optimizer=sgd,adam optimizer.lr=0.01,0.1
-                    cnnlab train hparams_search=fashion_mnist      (Optuna TPE; see conf/hparams_search/)
+            grid sweeps: cnnlab train -m optimizer=sgd,adam optimizer.lr=0.01,0.1
                     add hydra/launcher=joblib to run the jobs in parallel
             data parallel: torchrun --nproc_per_node=N -m cnnlab train ...  (trainer.batch_size is global)
             on SLURM: cnnlab train -m hydra/launcher=slurm hydra.launcher.partition=<name> ...
+  tune      search hyperparameters with Optuna, pruning weak trials: cnnlab tune tune=fashion_mnist
+            cnnlab tune 'optimizer.lr=tag(log, interval(1e-4, 0.1))' 'trainer.batch_size=choice(64,128)'
+            (tune.n_trials, tune.pruner=median|hyperband|none, tune.n_jobs, tune.report=true;
+             cnnlab tune tune.dir=<study folder> continues a study)
   predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
             [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
             (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
@@ -89,6 +92,7 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 # command -> (config name, "module:function", names of leading positional arguments)
 TOOLS: dict[str, tuple[str, str, list[str]]] = {
     "train": ("train", "cnnlab.commands.train:train_job", []),  # returns the metric a sweeper optimises
+    "tune": ("tune", "cnnlab.commands.tune:main", []),
     "predict": ("predict", "cnnlab.commands.predict:main", []),
     "runs": ("runs", "cnnlab.commands.runs:main", ["dir"]),
     "export": ("export", "cnnlab.commands.export:main", []),
@@ -150,9 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         claim = contextlib.nullcontext()
-        if command == "train":  # every check before Hydra writes anything; the run folder pinned, claimed
-            from cnnlab.commands.train import prepare
-
+        if command in ("train", "tune"):  # every check before Hydra starts; the run/study folder claimed
+            prepare = importlib.import_module(f"cnnlab.commands.{command}").prepare
             rest, claim = prepare(rest)
         sys.argv = [f"cnnlab {command}", *rest]
         with claim:

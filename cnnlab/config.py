@@ -253,6 +253,26 @@ class LoggerConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``cnnlab tune``: an Optuna study whose trials are cnnlab runs (see conf/tune.yaml)."""
+
+    # override key -> search space in Hydra's sweep syntax: choice(..), interval(..), range(..), tag(log, ..)
+    params: dict[str, str] = field(default_factory=dict)
+    n_trials: int = 20  # trials this command runs (a continued study runs as many more)
+    timeout: float | None = None  # seconds after which no new trial starts
+    sampler: str = "tpe"  # tpe | random | gp | qmc
+    seed: int = 0  # the sampler's seed
+    pruner: str = "median"  # median | hyperband | none
+    startup_trials: int = 5  # trials sampled at random before the sampler models them, and before pruning
+    warmup_epochs: int = 0  # epochs of a trial the median pruner waits before judging it
+    direction: str = "auto"  # auto (maximize if trainer.mode is max) | maximize | minimize
+    n_jobs: int = 1  # trials at once, each in its own process
+    # the study folder; a folder that holds a study continues it
+    dir: str = "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
+    report: bool = False  # write the optimisation history, parameter importances and intermediate values
+
+
+@dataclass
 class TrainConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -261,6 +281,7 @@ class TrainConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    tune: TuneConfig | None = None  # cnnlab tune's study settings (conf/tune/ presets); a run ignores them
     seed: int = 42
     resume: str | None = None  # a run directory (or auto) to continue from its checkpoints/last.pt
     trust_config: bool = False  # resume: replay stored overrides / a config that name code off the allow-list
@@ -406,15 +427,15 @@ def check_loggers(logger: DictConfig) -> None:
             "logger must include csv: metrics.csv is the run's own record (resume, cnnlab runs and the "
             "curves read it); e.g. logger=[csv,tensorboard,mlflow]."
         )
+    mode = logger.wandb.mode if logger.wandb is not None else None
+    if mode is not None and mode not in WANDB_MODES:
+        raise ConfigError(f"Unknown logger.wandb.mode '{mode}'; choose one of: {', '.join(WANDB_MODES)}.")
     for name in ("mlflow", "wandb"):
         if logger[name] is not None and importlib.util.find_spec(name) is None:
             raise ConfigError(
                 f"logger {name} needs the {name} package, which is not installed: "
                 f"pip install 'cnnlab[{name}]' (or drop {name} from logger)."
             )
-    mode = logger.wandb.mode if logger.wandb is not None else None
-    if mode is not None and mode not in WANDB_MODES:
-        raise ConfigError(f"Unknown logger.wandb.mode '{mode}'; choose one of: {', '.join(WANDB_MODES)}.")
 
 
 def check_submission(sub: DictConfig) -> None:
