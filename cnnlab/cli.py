@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import functools
 import importlib
+import importlib.resources
 import logging
 import os
 import sys
@@ -20,11 +21,14 @@ commands:
   train     train a model: cnnlab train model=lenet dataset=fashion_mnist trainer.max_epochs=3
             (Hydra: --cfg job shows the composed config, -m runs a sweep, --help lists the groups)
             continue a stopped run: cnnlab train resume=<run dir>  (or resume=auto)
-            sweeps: cnnlab train -m optimizer=sgd,adam optimizer.lr=0.01,0.1
-                    cnnlab train hparams_search=fashion_mnist      (Optuna TPE; see conf/hparams_search/)
+            grid sweeps: cnnlab train -m optimizer=sgd,adam optimizer.lr=0.01,0.1
                     add hydra/launcher=joblib to run the jobs in parallel
             data parallel: torchrun --nproc_per_node=N -m cnnlab train ...  (trainer.batch_size is global)
             on SLURM: cnnlab train -m hydra/launcher=slurm hydra.launcher.partition=<name> ...
+  tune      search hyperparameters with Optuna, pruning weak trials: cnnlab tune tune=fashion_mnist
+            cnnlab tune 'optimizer.lr=tag(log, interval(1e-4, 0.1))' 'trainer.batch_size=choice(64,128)'
+            (tune.n_trials, tune.pruner=median|hyperband|none, tune.n_jobs, tune.report=true;
+             cnnlab tune tune.dir=<study folder> continues a study)
   predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
             [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
             (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
@@ -89,6 +93,7 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 # command -> (config name, "module:function", names of leading positional arguments)
 TOOLS: dict[str, tuple[str, str, list[str]]] = {
     "train": ("train", "cnnlab.commands.train:train_job", []),  # returns the metric a sweeper optimises
+    "tune": ("tune", "cnnlab.commands.tune:main", []),
     "predict": ("predict", "cnnlab.commands.predict:main", []),
     "runs": ("runs", "cnnlab.commands.runs:main", ["dir"]),
     "export": ("export", "cnnlab.commands.export:main", []),
@@ -98,15 +103,22 @@ TOOLS: dict[str, tuple[str, str, list[str]]] = {
 }
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group in ``conf/`` (Hydra names none when one of a list is missing)."""
+    folder = importlib.resources.files("cnnlab.conf").joinpath(group)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def hydra_error_message(exc: Exception) -> str | None:
     """One sentence for Hydra's composition errors, with a suggestion for a misspelt key or choice."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    if isinstance(exc, MissingConfigException) and exc.options is not None:
-        group, _, choice = (exc.missing_cfg_file or "").rpartition("/")
-        hint = difflib.get_close_matches(choice, exc.options, n=1)
+    if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
+        group, _, choice = exc.missing_cfg_file.rpartition("/")
+        options = exc.options if exc.options is not None else group_options(group)  # a list: logger=[a,b]
+        hint = difflib.get_close_matches(choice, options, n=1)
         did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
-        return f"Unknown {group} '{choice}'; choose one of: {', '.join(exc.options)}.{did_you_mean}"
+        return f"Unknown {group} '{choice}'; choose one of: {', '.join(options)}.{did_you_mean}"
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
         key = getattr(cause, "key", None)
@@ -143,9 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         claim = contextlib.nullcontext()
-        if command == "train":  # every check before Hydra writes anything; the run folder pinned, claimed
-            from cnnlab.commands.train import prepare
-
+        if command in ("train", "tune"):  # every check before Hydra starts; the run/study folder claimed
+            prepare = importlib.import_module(f"cnnlab.commands.{command}").prepare
             rest, claim = prepare(rest)
         sys.argv = [f"cnnlab {command}", *rest]
         with claim:

@@ -9,6 +9,7 @@ every other option check before any data is read.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,6 +268,61 @@ class TrainerConfig:
 
 
 @dataclass
+class CsvLoggerConfig:
+    """metrics.csv, one row per epoch: the run folder's own record (resume, runs, curves read it)."""
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    """Event files in ``<run>/tb`` (also off with ``trainer.tensorboard=false``)."""
+
+
+@dataclass
+class MlflowLoggerConfig:
+    tracking_uri: str | None = None  # null: sqlite:///<the folder holding the run>/mlflow.db
+    experiment: str = "cnnlab"
+    checkpoint: bool = True  # log checkpoints/best.safetensors as an artifact at the end
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = "cnnlab"
+    entity: str | None = None
+    mode: str | None = None  # null: $WANDB_MODE if set, else offline | online | offline | disabled
+    checkpoint: bool = True  # log checkpoints/best.safetensors as a model artifact at the end
+
+
+@dataclass
+class LoggerConfig:
+    """Where a run's numbers go: ``logger=[csv,tensorboard]`` by default; a node is there when chosen."""
+
+    csv: CsvLoggerConfig | None = None
+    tensorboard: TensorBoardLoggerConfig | None = None
+    mlflow: MlflowLoggerConfig | None = None
+    wandb: WandbLoggerConfig | None = None
+
+
+@dataclass
+class TuneConfig:
+    """``cnnlab tune``: an Optuna study whose trials are cnnlab runs (see conf/tune.yaml)."""
+
+    # override key -> search space in Hydra's sweep syntax: choice(..), interval(..), range(..), tag(log, ..)
+    params: dict[str, str] = field(default_factory=dict)
+    n_trials: int = 20  # trials this command runs (a continued study runs as many more)
+    timeout: float | None = None  # seconds after which no new trial starts
+    sampler: str = "tpe"  # tpe | random | gp | qmc
+    seed: int = 0  # the sampler's seed
+    pruner: str = "median"  # median | hyperband | none
+    startup_trials: int = 5  # trials sampled at random before the sampler models them, and before pruning
+    warmup_epochs: int = 0  # epochs of a trial the median pruner waits before judging it
+    direction: str = "auto"  # auto (maximize if trainer.mode is max) | maximize | minimize
+    n_jobs: int = 1  # trials at once, each in its own process
+    # the study folder; a folder that holds a study continues it
+    dir: str = "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
+    report: bool = False  # write the optimisation history, parameter importances and intermediate values
+
+
+@dataclass
 class TrainConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -275,6 +331,8 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    tune: TuneConfig | None = None  # cnnlab tune's study settings (conf/tune/ presets); a run ignores them
     seed: int = 42
     resume: str | None = None  # a run directory (or auto) to continue from its checkpoints/last.pt
     trust_config: bool = False  # resume: replay stored overrides / a config that name code off the allow-list
@@ -394,6 +452,7 @@ def validate(cfg: DictConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"Unknown {group}.{key} '{value}'; choose one of: {', '.join(allowed)}.")
     check_submission(cfg.dataset.submission)
+    check_loggers(cfg.logger)
     split = cfg.dataset.val_split
     if not 0 < split < 1:
         raise ConfigError(f"dataset.val_split must be between 0 and 1 (exclusive), got {split}.")
@@ -405,6 +464,27 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.min_delta must be 0 or more, got {cfg.trainer.min_delta}.")
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {cfg.trainer.label_smoothing}.")
+
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def check_loggers(logger: DictConfig) -> None:
+    """metrics.csv stays (resume, runs and the curves read it); an extra's package must be installed."""
+    if logger.csv is None:
+        raise ConfigError(
+            "logger must include csv: metrics.csv is the run's own record (resume, cnnlab runs and the "
+            "curves read it); e.g. logger=[csv,tensorboard,mlflow]."
+        )
+    mode = logger.wandb.mode if logger.wandb is not None else None
+    if mode is not None and mode not in WANDB_MODES:
+        raise ConfigError(f"Unknown logger.wandb.mode '{mode}'; choose one of: {', '.join(WANDB_MODES)}.")
+    for name in ("mlflow", "wandb"):
+        if logger[name] is not None and importlib.util.find_spec(name) is None:
+            raise ConfigError(
+                f"logger {name} needs the {name} package, which is not installed: "
+                f"pip install 'cnnlab[{name}]' (or drop {name} from logger)."
+            )
 
 
 def check_submission(sub: DictConfig) -> None:

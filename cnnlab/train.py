@@ -51,6 +51,7 @@ from cnnlab.models.whiten import fit_to_data
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import Predictor, load_state_strict, read_checkpoint_config, weights_of
 from cnnlab.run.log import EpochProgress, result_table, setup_logging, use_rich
+from cnnlab.run.loggers import uses_tensorboard
 from cnnlab.run.metrics import MetricsWriter
 from cnnlab.run.provenance import provenance
 from cnnlab.run.record import RunRecord
@@ -247,9 +248,8 @@ def build_run(
         eval_views=tta_views(tc.tta, data.image_size),
         balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0,
     )
-    metrics = MetricsWriter(folder, tensorboard=tc.tensorboard, ema=ctx.ema is not None,
-                            clip=bool(tc.grad_clip), balanced=bool(ctx.balanced_classes),
-                            enabled=dist.is_main)  # fmt: skip
+    metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
+                            balanced=bool(ctx.balanced_classes), enabled=dist.is_main)  # fmt: skip
     return Run(
         cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
         optimizer=optimizer, schedule=schedule, ctx=ctx,
@@ -302,13 +302,17 @@ def train(
         run.callbacks = tuple(callbacks)
         run.ctx.on_step = step_hook(run)
         if not resumed and dist.is_main:
-            folder.write_provenance(
-                provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files)
-            )
-        start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})
-        stop_reason, epoch, best_row = fit(run, start_epoch, partial, best_row, rich=rich)
-        return finish(run, epoch=epoch, stop_reason=stop_reason, best_row=best_row, started=started,
-                      overrides=overrides, rich=rich)  # fmt: skip
+            record = provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files,
+                                device=dist.device)  # fmt: skip
+            folder.write_provenance(record)
+        try:
+            start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})
+            stop_reason, epoch, best_row = fit(run, start_epoch, partial, best_row, rich=rich)
+            return finish(run, epoch=epoch, stop_reason=stop_reason, best_row=best_row, started=started,
+                          overrides=overrides, rich=rich)  # fmt: skip
+        except BaseException as exc:
+            run.metrics.abort(exc)  # trackers record the run as failed (or stopped), not as still running
+            raise
 
 
 def step_hook(run: Run):
@@ -482,5 +486,5 @@ def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: f
     if tc.evaluate and tc.report:  # report/: curves, and the evaluation report when the test split has labels
         from cnnlab.report.evaluate import write_train_report
 
-        write_train_report(run.folder, test, tensorboard=tc.tensorboard)
+        write_train_report(run.folder, test, tensorboard=uses_tensorboard(cfg))
     return summary

@@ -8,12 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from cnnlab.commands.runs import collect, find_runs, report, varying_keys
 from cnnlab.commands.train import error_line, job_resources
-from cnnlab.config import register_configs
 from cnnlab.errors import ConfigError
 
 
@@ -118,22 +115,6 @@ def test_error_line():
     assert error_line(ConfigError("Bad value.\nmore")) == "Bad value."
     assert error_line(RuntimeError("CUDA out of memory")) == "RuntimeError: CUDA out of memory"
     assert error_line(KeyboardInterrupt()) == "KeyboardInterrupt"
-
-
-@pytest.mark.parametrize(("mode", "direction"), [("max", "maximize"), ("min", "minimize")])
-@pytest.mark.parametrize("search", ["mnist", "fashion_mnist", "cifar10", "food11"])
-def test_search_spaces_compose_and_follow_trainer_mode(search, mode, direction):
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        initialize_config_module("cnnlab.conf", version_base="1.3")
-        cfg = compose("train", overrides=[f"hparams_search={search}", f"trainer.mode={mode}"],
-                      return_hydra_config=True)  # fmt: skip
-        assert cfg.hydra.sweeper.direction == direction
-        assert cfg.dataset.name == search and cfg.hydra.sweeper.params
-        assert cfg.hydra.sweeper.max_failure_rate == 1.0
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def test_tensorboard_hparams_log_every_overridden_key(make_cfg, tmp_path):

@@ -1,4 +1,4 @@
-"""Sweeps through the CLI, as a user runs them: grids, Optuna, failing jobs, parallel jobs, run dirs."""
+"""Sweeps through the CLI, grids, failing jobs, parallel jobs, run dirs; Optuna: test_tune."""
 
 from __future__ import annotations
 
@@ -83,19 +83,6 @@ def test_failed_and_diverged_jobs_are_reported_and_the_others_finish(tiny_idx, t
     assert "failed: trainer.batch_size must be greater than 0" in res.stdout
 
 
-def test_optuna_sweep_best_trial_matches_the_summary(tiny_idx, tmp_path):
-    res = run_cli("train", "hparams_search=mnist", f"dataset.root={tiny_idx}", *FAST,
-                  "hydra.sweeper.n_trials=3", cwd=tmp_path)  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    root = sweep_dir(tmp_path)
-    rows = read_csv(root / "summary.csv")
-    assert len(rows) == 3 and {r["status"] for r in rows} == {"ok"}
-    best = yaml.safe_load((root / "optimization_results.yaml").read_text())
-    assert best["best_value"] == float(rows[0]["best_value"])
-    for key, value in best["best_params"].items():
-        assert str(value) == rows[0][key] or float(value) == float(rows[0][key])
-
-
 def test_joblib_launcher_runs_jobs_in_parallel_with_a_share_of_the_cores(tiny_idx, tmp_path):
     res = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                   f"dataset.root={tiny_idx}", *FAST, "optimizer.lr=0.01,0.02", cwd=tmp_path)  # fmt: skip
@@ -106,15 +93,6 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_a_share_of_the_cores(tiny_id
         state = torch.load(root / job / "checkpoints" / "best.pt", weights_only=True)
         threads = yaml.safe_load(state["config"])["trainer"]["threads"]
         assert threads == max((os.cpu_count() or 1) // 2, 1)
-
-
-def test_unknown_search_is_one_line(tmp_path):
-    res = run_cli("train", "hparams_search=mnst", cwd=tmp_path)
-    assert res.returncode == 2
-    assert (
-        "Unknown hparams_search 'mnst'; choose one of: cifar10, fashion_mnist, food11, mnist." in res.stderr
-    )
-    assert "Did you mean 'mnist'?" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_single_runs_started_together_get_their_own_dirs_and_compare(tiny_idx, tmp_path):

@@ -23,7 +23,15 @@ from cnnlab.run.layout import SWEEP_SUMMARY, RunDir, find_runs
 from cnnlab.run.lock import is_locked
 
 # Finished runs first, best metric first within a status.
-STATUS_RANK = {"ok": 0, "diverged": 1, "failed": 2, "interrupted": 3, "incomplete": 4, "broken": 5}
+STATUS_RANK = {
+    "ok": 0,
+    "pruned": 1,
+    "diverged": 2,
+    "failed": 3,
+    "interrupted": 4,
+    "incomplete": 5,
+    "broken": 6,
+}
 CSV_FIELDS = [
     "run", "status", "monitor", "best_value", "best_val_acc", "test_acc", "best_epoch", "epochs_run",
     "stop_reason", "seconds", "overrides", "error",
@@ -52,7 +60,7 @@ def read_run(run_dir: Path, root: Path) -> dict:
         row = dict.fromkeys(CSV_FIELDS)
         row.update(run=name, status="broken", error=str(exc), overrides=[], mode="max", path=run_dir)
         return row
-    row = {field: summary.get(field) for field in CSV_FIELDS}
+    row = {field: summary.get(field, status.get(field)) for field in CSV_FIELDS}  # a pruned trial: status
     row.update(
         run=name,
         status=status.get("status") or ("ok" if summary else "incomplete"),

@@ -26,13 +26,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cnnlab.build import check
 from cnnlab.config import register_configs
 from cnnlab.engine import distributed
-from cnnlab.engine.interrupt import Interrupted
-from cnnlab.engine.loop import DivergedError
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run import lock
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir
 from cnnlab.run.load import read_checkpoint_config
 from cnnlab.run.log import setup_logging, use_rich
+from cnnlab.run.metrics import failure_status
 from cnnlab.run.resume import check_resumable, resume_arguments
 from cnnlab.run.trust import check_config
 from cnnlab.run.workspace import check_fresh, claim
@@ -68,13 +67,8 @@ def error_line(exc: BaseException) -> str:
 
 
 def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict:
-    status = (
-        "diverged" if isinstance(exc, DivergedError)
-        else "interrupted" if isinstance(exc, KeyboardInterrupt | Interrupted)
-        else "failed"
-    )  # fmt: skip
     record = {
-        "status": status,
+        "status": failure_status(exc),
         "error": error_line(exc),
         "error_type": type(exc).__name__,
         "seconds": seconds,
@@ -156,6 +150,10 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
         return args, contextlib.nullcontext()
     if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
         return distributed.hydra_overrides(args), contextlib.nullcontext()
+    tuning = [a for a in args if a.lstrip("+~").split("=")[0].split(".")[0] in ("tune", "hparams_search")]
+    if tuning:  # a trial's resume replays its preset's tune=<name> from the run folder, not from here
+        search = " ".join(a.replace("hparams_search=", "tune=") for a in tuning)
+        raise ConfigError(f"{tuning[0]} is a search setting: run the search with cnnlab tune {search}.")
     trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
     args = distributed.hydra_overrides(resume_arguments(args, trust_config=trust))
     if "-m" in args or "--multirun" in args:

@@ -196,7 +196,7 @@ def hydra_overrides(args: list[str]) -> list[str]:
     """
     if env_world_size() <= 1:
         return args
-    if any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in args):
+    if any(a in ("-m", "--multirun") for a in args):
         raise ConfigError(
             "A sweep cannot run inside torchrun (each process would run every job); run the sweep "
             "with hydra/launcher=slurm and hydra.launcher.tasks_per_node=<GPUs> instead."

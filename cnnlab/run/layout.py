@@ -28,6 +28,11 @@ SUBMISSION, LOCK = "submission.csv", ".cnnlab.lock"
 SWEEP_SUMMARY = "summary.csv"  # in a sweep folder, or any folder `cnnlab runs` compares
 SWEEP_PAGE, SWEEP_CURVES = "runs.html", "runs_curves.png"  # likewise, with `cnnlab runs <dir> html=true`
 RUN_PAGE, REPORT_METRICS = "index.html", "metrics.json"  # in report/: the run's page, the evaluation
+# In a study folder (cnnlab tune): Optuna's SQLite database, the best trial, the study's figures.
+STUDY_DB, BEST_TRIAL = "study.db", "best_trial.json"
+STUDY_FIGURES = ("optimization_history.png", "param_importances.png", "intermediate_values.png")
+# In the folder that holds runs (a sweep's or a study's, or outputs/<date>): MLflow's default local store.
+MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"
 WRITTEN_DIRS = (HYDRA, CHECKPOINTS, REPORT, TB, EXPORT)
 WRITTEN_FILES = (LOG, METRICS, SUMMARY, STATUS, PROVENANCE, SUBMISSION, LOCK)
 # A folder holding any of these is a run (a sweep job's folder too, once Hydra has written .hydra/).
@@ -248,11 +253,13 @@ class RunDir:
     def write_provenance(self, record: dict) -> None:
         write_json(self.provenance_file, record)
 
-    def write_hydra(self, config_yaml: str, overrides: list[str], hydra_yaml: str) -> None:
-        """``.hydra/``: the composed config, the command-line overrides and Hydra's own settings."""
+    def write_hydra(self, config_yaml: str, overrides: list[str], hydra_yaml: str | None = None) -> None:
+        """``.hydra/``: the composed config, the command-line overrides and Hydra's own settings (a trial
+        of a study, composed without a Hydra job of its own, has none)."""
         write_text(self.config_file, config_yaml)
         write_text(self.overrides_file, yaml.safe_dump(list(overrides), default_flow_style=False))
-        write_text(self.hydra / HYDRA_SETTINGS, hydra_yaml)
+        if hydra_yaml is not None:
+            write_text(self.hydra / HYDRA_SETTINGS, hydra_yaml)
 
     def rewrite_metrics(self, fields: list[str], rows: list[dict]) -> None:
         """Replace metrics.csv with ``rows`` (a resumed run drops epochs its checkpoint does not hold)."""
@@ -306,6 +313,39 @@ class RunDir:
         return removed
 
 
+class StudyDir:
+    """A study folder of ``cnnlab tune``: ``study.db`` (the Optuna study) and one run folder per trial,
+    named by the trial's number."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def db(self) -> Path:
+        return self.path / STUDY_DB
+
+    @property
+    def storage_url(self) -> str:
+        return f"sqlite:///{self.db.resolve()}"
+
+    @property
+    def best_file(self) -> Path:
+        return self.path / BEST_TRIAL
+
+    def figure(self, name: str) -> Path:
+        assert name in STUDY_FIGURES
+        return self.path / name
+
+    def trial(self, number: int) -> RunDir:
+        return RunDir(self.path / str(number))
+
+    def holds_study(self) -> bool:
+        return self.db.is_file()
+
+
 def _number(value: str | None) -> float:
     try:
         return float(value)
@@ -315,7 +355,8 @@ def _number(value: str | None) -> float:
 
 def find_runs(root: Path) -> list[Path]:
     """Every run folder under ``root`` (``root`` itself included), in natural order; run folders are not
-    searched further, and symbolic links are not followed (a link loop cannot list a run twice)."""
+    searched further, nor MLflow's artifact store (its copies of checkpoints are not runs), and symbolic
+    links are not followed (a link loop cannot list a run twice)."""
     root = Path(root)
     if RunDir(root).holds_run():
         return [root]
@@ -325,7 +366,10 @@ def find_runs(root: Path) -> list[Path]:
 
     runs = []
     try:
-        children = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()), key=natural)
+        children = sorted(
+            (p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name != MLFLOW_ARTIFACTS),
+            key=natural,
+        )
     except OSError as exc:
         raise DataError(f"cannot read {root} ({exc.strerror}); check its permissions.") from None
     for child in children:

@@ -1,10 +1,16 @@
-"""metrics.csv (one row per epoch) and TensorBoard events, as a run goes."""
+"""A run's numbers as it goes: metrics.csv (one row per epoch) and the other loggers the config chooses
+(TensorBoard, MLflow, wandb; :mod:`cnnlab.run.loggers`)."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+import sys
 
+from omegaconf import DictConfig
+
+from cnnlab.engine.interrupt import Interrupted
+from cnnlab.engine.loop import DivergedError
 from cnnlab.run.layout import RunDir
+from cnnlab.run.loggers import Logger, open_loggers
 
 METRIC_FIELDS = [
     "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
@@ -13,33 +19,41 @@ METRIC_FIELDS = [
 BALANCED_FIELDS = ["val_macro_f1", "val_balanced_acc"]  # with trainer.monitor one of them
 CLIP_FIELDS = ["grad_norm"]  # with trainer.grad_clip: the gradient norm before clipping, last step
 EMA_FIELDS = ["ema_val_loss", "ema_val_acc", "weights"]  # with trainer.ema: which weights were monitored
-TB_SCALARS = {
-    "train_loss": "loss", "val_loss": "loss", "ema_val_loss": "loss", "train_acc": "acc", "val_acc": "acc",
-    "ema_val_acc": "acc", "lr": "lr", "img_per_s": "speed",
-}  # fmt: skip
+
+
+def failure_status(exc: BaseException) -> str:
+    """How a run that raised ``exc`` ended, as status.json says it: pruned (by an Optuna pruner),
+    diverged, interrupted (a signal) or failed."""
+    optuna = sys.modules.get("optuna")  # only a study that imported Optuna can prune a run
+    if optuna is not None and isinstance(exc, optuna.TrialPruned):
+        return "pruned"
+    if isinstance(exc, DivergedError):
+        return "diverged"
+    if isinstance(exc, KeyboardInterrupt | Interrupted):
+        return "interrupted"
+    return "failed"
 
 
 class MetricsWriter:
-    """metrics.csv (one row per epoch, appended and flushed) and TensorBoard scalars.
+    """Feeds every logger of a run: a row per epoch, the learning rate per optimizer step, the end.
 
     ``global_step`` counts optimizer steps over the whole run (the x axis of the per-step learning
     rate); it is checkpointed so a resumed run continues the same curves. With ``enabled=False``
-    (data-parallel ranks other than 0) it counts steps but writes nothing.
+    (data-parallel ranks other than 0) it counts steps but opens and writes nothing.
     """
 
-    def __init__(self, run: RunDir, *, tensorboard: bool, ema: bool = False, clip: bool = False,
-                 balanced: bool = False, enabled: bool = True):  # fmt: skip
+    def __init__(self, run: RunDir, cfg: DictConfig, *, resumed: bool = False, ema: bool = False,
+                 clip: bool = False, balanced: bool = False, enabled: bool = True):  # fmt: skip
         self.run = run
         balanced_fields = BALANCED_FIELDS if balanced else []
         self.fields = METRIC_FIELDS + balanced_fields + (CLIP_FIELDS if clip else [])
         self.fields += [f"ema_{f}" for f in balanced_fields] + (EMA_FIELDS if ema else [])
         self.global_step = 0
         self.enabled = enabled
-        self.tb = None
-        if tensorboard and enabled:
-            from torch.utils.tensorboard import SummaryWriter  # lazy: seconds of import time
-
-            self.tb = SummaryWriter(str(run.tb))
+        self.loggers: list[Logger] = (
+            open_loggers(cfg, run, fields=self.fields, resumed=resumed) if enabled else []
+        )
+        self.closed = False
 
     def resume(self, epochs_done: int, best_epoch: int) -> dict:
         """Drop rows of epochs the checkpoint does not hold (written just before a kill).
@@ -53,61 +67,34 @@ class MetricsWriter:
         return {k: float(v) for k, v in best.items() if k.endswith("acc") and v}
 
     def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self.run.append_metrics(self.fields, row)
-        if self.tb is not None:
-            for key, group in TB_SCALARS.items():
-                if key in row:
-                    self.tb.add_scalar(f"{group}/{key}", row[key], row["epoch"])
+        """One epoch's row: every logger gets the columns metrics.csv has, no more."""
+        row = {key: row[key] for key in self.fields if key in row}
+        for logger in self.loggers:
+            logger.log_epoch(row)
 
     def step(self, lr: float) -> None:
-        """After every optimizer step: count it, and log the learning rate to TensorBoard."""
+        """After every optimizer step: count it, and hand the learning rate to the loggers."""
         self.global_step += 1
-        if self.tb is not None:
-            self.tb.add_scalar("lr/step", lr, self.global_step)
+        for logger in self.loggers:
+            logger.log_step(self.global_step, lr)
 
     def flush(self) -> None:
-        if self.tb is not None:
-            self.tb.flush()
+        for logger in self.loggers:
+            logger.flush()
 
     def close(self, cfg: DictConfig | None = None, overrides: list[str] = (), summary: dict | None = None):
-        """Log the run's hyperparameters and final metrics for TensorBoard's hparams view, then close.
+        """The run finished: every logger gets the config, the overrides and summary.json's numbers."""
+        if self.closed:
+            return
+        self.closed = True
+        for logger in self.loggers:
+            logger.finish(cfg, list(overrides), summary or {})
 
-        ``run_name="."`` keeps them in the run's own tb/ folder, so ``tensorboard --logdir multirun/...``
-        lists every job of a sweep as one row of the hparams table.
-        """
-        if self.tb is not None:
-            if cfg is not None and summary is not None:
-                self.tb.add_hparams(run_hparams(cfg, list(overrides)), final_metrics(summary), run_name=".")
-            self.tb.close()
-
-
-def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict:
-    """What to compare runs by: model, data, optimizer, lr, batch size, seed, and every overridden key.
-
-    An overridden key is logged with its value in the composed config (``optimizer.lr`` -> 0.01);
-    a group choice (``optimizer=sgd``) or a list is logged as the text the user wrote.
-    """
-    hparams = {
-        "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "optimizer": str(cfg.optimizer.name),
-        "lr": float(cfg.optimizer.lr), "batch_size": int(cfg.trainer.batch_size), "seed": int(cfg.seed),
-    }  # fmt: skip
-    for item in overrides:
-        key, sep, text = item.lstrip("+~").partition("=")
-        if not sep or key.startswith("hydra"):
-            continue
-        value = OmegaConf.select(cfg, key, default=None)
-        hparams[key] = value if isinstance(value, bool | int | float | str) else text
-    return hparams
-
-
-def final_metrics(summary: dict) -> dict:
-    """The hparams view's metric columns (TensorBoard wants numbers: metrics a run lacks are left out)."""
-    final = {
-        "hparam/best_val_acc": summary["best_val_acc"],
-        "hparam/test_acc": summary["test_acc"],
-        f"hparam/best_{summary['monitor']}": summary["best_value"],
-        "hparam/epochs_run": summary["epochs_run"],
-    }
-    return {key: float(value) for key, value in final.items() if value is not None}
+    def abort(self, exc: BaseException) -> None:
+        """The run ended with ``exc``: end each logger's record of it as failed (or stopped)."""
+        if self.closed:
+            return
+        self.closed = True
+        text = str(exc).strip().splitlines()
+        for logger in self.loggers:
+            logger.abort(failure_status(exc), text[0] if text else type(exc).__name__)

@@ -1,4 +1,5 @@
-"""Where a run came from: overrides, git commit, package versions, seed, a fingerprint of the data."""
+"""Where a run came from: overrides, git commit (and whether the tree had uncommitted changes), package
+versions, the GPU and its driver and CUDA/cuDNN versions when one is used, seed, a fingerprint of the data."""
 
 from __future__ import annotations
 
@@ -8,24 +9,37 @@ import platform
 import subprocess
 from pathlib import Path
 
+import torch
+
 PACKAGES = ("cnnlab", "torch", "torchvision", "hydra-core", "omegaconf", "numpy")
+
+
+def _output(*command: str, cwd: Path | None = None) -> str | None:
+    """What ``command`` prints; None when it cannot run or fails (git and nvidia-smi are optional)."""
+    try:
+        out = subprocess.run(  # noqa: S603 (fixed commands, no user input)
+            list(command), cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git(*args: str) -> str | None:
+    """``git <args>`` in cnnlab's own source tree; None when that is not a git checkout (or no git)."""
+    return _output("git", *args, cwd=Path(__file__).resolve().parent)
 
 
 def git_commit() -> str | None:
     """The commit of cnnlab's own source tree, when it is a git checkout."""
-    src = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],  # noqa: S607 (git from PATH, optional)
-            cwd=src,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+    return (_git("rev-parse", "HEAD") or "").strip() or None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from that commit (staged or not); None outside a git checkout.
+    Untracked files do not count: run folders and data often sit untracked inside a checkout."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
 
 
 def fingerprint(files: list[Path]) -> str:
@@ -49,11 +63,37 @@ def versions() -> dict:
     return found
 
 
-def provenance(*, overrides: list[str], seed: int, data_files: list[Path]) -> dict:
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version as nvidia-smi reports it (torch knows only the CUDA driver API's)."""
+    lines = (_output("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader") or "").split()
+    return lines[0] if lines else None
+
+
+def gpu_info(device: torch.device | None) -> dict | None:
+    """The GPU a run uses: model, compute capability, memory, driver, CUDA and cuDNN versions; None on
+    other devices."""
+    if device is None or device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_gb": round(props.total_memory / 2**30, 1),
+        "count": torch.cuda.device_count(),
+        "driver": nvidia_driver(),
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+    }
+
+
+def provenance(*, overrides: list[str], seed: int, data_files: list[Path], device=None) -> dict:
     return {
         "overrides": overrides,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "versions": versions(),
+        "gpu": gpu_info(device),
         "seed": seed,
         "data_files": [str(p) for p in data_files],
         "data_fingerprint": fingerprint(data_files) if data_files else None,

@@ -1,0 +1,182 @@
+"""``cnnlab tune``: a hyperparameter search with Optuna, each trial a normal cnnlab run folder.
+
+The tune config is the train config plus a ``tune`` node (presets in ``conf/tune/``). Search params are
+``tune.params`` in Hydra's sweep syntax (:mod:`.space`), also given straight on the command line
+(``'optimizer.lr=tag(log, interval(1e-4, 0.1))'``). The study lives in SQLite in its folder (``tune.dir``,
+by default ``multirun/<date>/<time>``); a tune on a folder that holds a study continues it (:mod:`.study`).
+Trials run in that folder as ``<trial number>/`` (:mod:`.trial`), ``tune.n_jobs`` at a time
+(:mod:`.workers`); at the end the table of trials, the best one, and with ``tune.report=true`` the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.build import check
+from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed
+from cnnlab.commands.tune.space import corners, parse_space
+from cnnlab.commands.tune.study import check_options, continued_args, create, key_of, load
+from cnnlab.commands.tune.trial import SAMPLED, Plan, compose_trial, with_sampled
+from cnnlab.commands.tune.workers import run_workers
+from cnnlab.engine import distributed
+from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.io import write_json
+from cnnlab.run import lock
+from cnnlab.run.layout import LOCK, SWEEP_SUMMARY, StudyDir
+from cnnlab.run.trust import check_config
+
+
+def fold_search_args(args: list[str]) -> list[str]:
+    """Sweep-syntax overrides on the command line are search params: they join ``tune.params`` (over a
+    preset's param of the same key) as one ``++tune.params={...}`` override."""
+    parser = OverridesParser.create()
+    params, rest = {}, []
+    for arg in args:
+        try:
+            override = None if arg.startswith("-") else parser.parse_override(arg)
+        except Exception:  # Hydra reports it with its own message when it composes
+            override = None
+        if override is not None and override.is_sweep_override() and key_of(arg) == arg.split("=")[0]:
+            params[key_of(arg)] = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if not params:
+        return rest
+    quoted = ", ".join(f"{key}: '{_escape(text)}'" for key, text in params.items())
+    return [*rest, f"++tune.params={{{quoted}}}"]
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
+    """Before Hydra runs the tune: fold search params, pin the study folder (continuing the study there
+    replays its overrides), check every option and every corner of the search space, claim the folder."""
+    if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
+        return args, contextlib.nullcontext()
+    if distributed.env_world_size() > 1:
+        raise ConfigError("cnnlab tune runs its trials itself; start it without torchrun.")
+    trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
+    args = fold_search_args(args)
+    folder = StudyDir(compose_tune(args).tune.dir)
+    args = [a for a in args if key_of(a) != "tune.dir"]
+    if folder.holds_study():
+        args = continued_args(folder, args, trust_config=trust)
+    elif folder.path.is_dir() and any(p.name != LOCK for p in folder.path.iterdir()):
+        raise ConfigError(f"{folder} holds files but no study (study.db); choose a new tune.dir.")
+    args = [*args, f"tune.dir={folder.path}"]
+    cfg = compose_tune(args)
+    if folder.holds_study():
+        check_config(cfg, folder.db, trust_config=trust)
+    check_search(cfg, args)
+    lock.check_free(folder.path, what="tune")
+    return args, lock.hold(folder.path, what="tune")
+
+
+def compose_tune(args: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+
+    from cnnlab.config import register_configs
+
+    register_configs()
+    with initialize_config_module("cnnlab.conf", version_base="1.3"):
+        return compose("tune", overrides=args)
+
+
+def check_search(cfg: DictConfig, args: list[str]) -> None:
+    """The study's options, then every choice and both ends of every range composed into a trial config
+    and checked as ``cnnlab train`` would: a typo in a search param fails now, not in trial 7."""
+    from hydra import initialize_config_module
+
+    check_options(cfg.tune, cfg.trainer)
+    space = parse_space(cfg.tune.params)
+    with initialize_config_module("cnnlab.conf", version_base="1.3"):
+        for sampled in corners(space):
+            try:
+                check(compose_trial(with_sampled(args, sampled)))
+            except CnnlabError as exc:
+                raise ConfigError(f"tune.params: a trial with {' '.join(sampled)} fails: {exc}") from None
+            except Exception as exc:  # Hydra cannot compose it: an unknown key or group option
+                reason = str(exc.__cause__ or exc).strip().splitlines()[0]
+                raise ConfigError(f"tune.params: a trial with {' '.join(sampled)} does not compose: "
+                                  f"{reason}") from None  # fmt: skip
+
+
+def main(cfg: DictConfig) -> None:
+    """The study in ``tune.dir``: create or continue it, run the trials, print the table and the best."""
+    folder = StudyDir(cfg.tune.dir)
+    args = list(HydraConfig.get().overrides.task)
+    with lock.hold(folder.path, what="tune"):
+        study = load(folder) if folder.holds_study() else create(folder, cfg.tune, cfg.trainer, args)
+        first = len(study.trials)
+        timeout = cfg.tune.timeout
+        plan = Plan(folder=str(folder.path), args=args, tune=OmegaConf.to_container(cfg.tune, resolve=True),
+                    max_epochs=int(cfg.trainer.max_epochs), device=str(cfg.trainer.device),
+                    threads=cfg.trainer.threads, first_trial=first,
+                    deadline=None if timeout is None else time.time() + timeout)  # fmt: skip
+        print(f"study {folder}: {first} trials so far; {cfg.tune.n_trials} more, {cfg.tune.n_jobs} at a time")
+        run_workers(plan)
+        conclude(folder, cfg, first)
+
+
+def conclude(folder: StudyDir, cfg: DictConfig, first: int) -> None:
+    """The table of every trial (``<folder>/summary.csv``), the best trial (``best_trial.json``), the
+    figures with ``tune.report``; exit 1 when a trial of this command failed with an error."""
+    from cnnlab.commands.runs import report
+
+    study = load(folder)
+    rows = report(folder.path)
+    if rows:
+        print(f"wrote {folder.path / SWEEP_SUMMARY}")
+    else:
+        print(f"no trial ran in {folder} (tune.timeout={cfg.tune.timeout} s passed first)")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if complete:
+        best = study.best_trial
+        sampled = best.user_attrs.get(SAMPLED, [])
+        write_json(folder.best_file, {
+            "trial": best.number, "monitor": str(cfg.trainer.monitor), "value": best.value,
+            "params": best.params, "overrides": sampled, "run": str(folder.trial(best.number).path),
+        })  # fmt: skip
+        print(f"best trial {best.number}: {cfg.trainer.monitor} {best.value:.4f} with {' '.join(sampled)}")
+    if cfg.tune.report:
+        for path in write_figures(folder, study, cfg):
+            print(f"wrote {path}")
+    failed = [r for r in rows if r["status"] == "failed" and _number(r["run"]) >= first]
+    if failed:
+        raise SweepFailed(
+            f"{len(failed)} trials of the study in {folder} failed (trial {failed[0]['run']}: "
+            f"{failed[0]['error']}); see each one's status.json."
+        )
+
+
+def _number(name: str) -> int:
+    return int(name) if name.isdigit() else -1
+
+
+def write_figures(folder: StudyDir, study, cfg: DictConfig) -> list:
+    import optuna
+
+    from cnnlab.report.study import TrialPoint, write_study_figures
+
+    points = []
+    for t in study.trials:
+        curve = {int(k): float(v) for k, v in t.intermediate_values.items()}
+        value = t.value if t.value is not None else (curve[max(curve)] if curve else None)
+        points.append(TrialPoint(t.number, t.state.name.lower(), value, curve))
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ValueError, RuntimeError) as exc:  # fewer than two complete trials, or nothing varied
+        print(f"no parameter importances: {exc}")
+        importances = None
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return write_study_figures(
+        folder, points, importances, maximize=maximize, metric=str(cfg.trainer.monitor)
+    )

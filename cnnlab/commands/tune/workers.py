@@ -1,0 +1,109 @@
+"""Running a study's trials with ``tune.n_jobs`` workers: the loop in this process for one, spawned
+processes for more (threads would share torch's thread count, the global RNGs and the logging setup).
+
+Every worker asks the shared study for its next trial until the command's ``tune.n_trials`` are taken
+(a counter shared by the workers) or ``tune.timeout`` has passed. Worker k trains on ``cores // n_jobs``
+threads unless ``trainer.threads`` is set, and with several GPUs on GPU k mod count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from cnnlab.commands.train import job_resources
+from cnnlab.commands.tune.space import parse_space
+from cnnlab.commands.tune.study import load, make_pruner, make_sampler
+from cnnlab.commands.tune.trial import Plan, ask, run_trial, settle
+from cnnlab.engine.interrupt import Interrupted
+from cnnlab.errors import CnnlabError
+from cnnlab.run.layout import StudyDir
+
+
+def open_study(plan: Plan, index: int):
+    """The study as worker ``index`` sees it. Its sampler's seed is tune.seed + the trials the study had
+    when the command started + 1000 * index: parallel workers and continued studies never draw the same
+    stream of values."""
+    tune = OmegaConf.create(plan.tune)
+    sampler = make_sampler(tune, tune.seed + plan.first_trial + 1000 * index)
+    return load(StudyDir(plan.folder), sampler=sampler, pruner=make_pruner(tune, plan.max_epochs))
+
+
+def share(plan: Plan, index: int) -> tuple[str, int | None]:
+    """Worker ``index``'s device and CPU threads."""
+    return job_resources(n_jobs=plan.n_jobs, job_num=index, device=plan.device, threads=plan.threads,
+                         cpu_count=os.cpu_count() or 1, gpu_count=torch.cuda.device_count())  # fmt: skip
+
+
+def work(plan: Plan, index: int, slots) -> None:
+    """Worker ``index``: new trials until the slots run out or the deadline passes."""
+    study, space, resources = open_study(plan, index), parse_space(plan.tune["params"]), share(plan, index)
+    while take(slots, plan.tune["n_trials"]) and (plan.deadline is None or time.time() < plan.deadline):
+        trial, sampled = ask(study, space)
+        run_trial(study, trial, plan, sampled=sampled, resources=resources)
+
+
+def take(slots, limit: int) -> bool:
+    """Claim one of the command's ``limit`` trials; False when all are taken."""
+    with slots.get_lock():
+        if slots.value >= limit:
+            return False
+        slots.value += 1
+        return True
+
+
+def spawned(plan: Plan, index: int, slots) -> None:
+    """A spawned worker: compose with cnnlab's config, work, and exit with the code the CLI would."""
+    from hydra import initialize_config_module
+
+    from cnnlab.config import register_configs
+
+    register_configs()
+    initialize_config_module("cnnlab.conf", version_base="1.3")
+    try:
+        work(plan, index, slots)
+    except CnnlabError as exc:  # Interrupted too: its checkpoint is saved
+        print(f"cnnlab: worker {index}: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(plan: Plan) -> None:
+    """The trials an earlier command left running, then the command's new trials with ``plan.n_jobs``
+    workers; a signal stops them all and is raised as :class:`Interrupted` once each has saved its trial."""
+    settle(open_study(plan, 0), plan, share(plan, 0))  # before any worker asks for a new trial
+    context = multiprocessing.get_context("spawn")
+    slots = context.Value("i", 0)
+    if plan.n_jobs == 1:
+        work(plan, 0, slots)
+        return
+    procs = [
+        context.Process(target=spawned, args=(plan, k, slots), name=f"cnnlab-tune-{k}")
+        for k in range(plan.n_jobs)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: let them checkpoint their trials
+        for proc in procs:
+            proc.join()
+    stopped = [p.exitcode for p in procs if p.exitcode and p.exitcode > 128]
+    if stopped:
+        signum = stopped[0] - 128
+        raise Interrupted(
+            f"Stopped by {signal.Signals(signum).name}; the running trials saved their state: continue the "
+            f"study with `cnnlab tune tune.dir={plan.folder}`.",
+            signum,
+        )
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise CnnlabError(f"{len(failed)} of {len(procs)} tune workers failed (see their lines above).")
