@@ -30,7 +30,7 @@ from cnnlab.report.htmlparts import (
     section,
     table,
 )  # fmt: skip
-from cnnlab.run.layout import REPORT_METRICS, SWEEP_CURVES, SWEEP_PAGE, RunDir
+from cnnlab.run.layout import METRICS, REPORT_METRICS, SWEEP_CURVES, SWEEP_PAGE, RunDir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Known figures, in the order they are shown, with their captions; other images follow by name.
@@ -195,7 +195,7 @@ def write_sweep_page(root: Path, runs_table: SweepTable) -> Path:
     if curves is not None:
         parts.append(section("curves", "Curves", figure(href(curves, root), "Every run's curves overlaid")))
     else:
-        parts.append(section("curves", "Curves", problem("no run has a readable metrics.csv")))
+        parts.append(section("curves", "Curves", problem(f"no run has a readable {METRICS}")))
     nav = [("table", "Runs"), ("curves", "Curves")]
     html = page(f"cnnlab runs {root.name}", f"cnnlab runs {root.resolve()}", nav, "".join(parts))
     write_text(root / SWEEP_PAGE, html)

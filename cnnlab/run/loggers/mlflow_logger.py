@@ -12,7 +12,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.run.layout import MLFLOW_ARTIFACTS, MLFLOW_DB, RunDir
+from cnnlab.run.layout import CHECKPOINTS, MLFLOW_ARTIFACTS, MLFLOW_DB, RunDir
 from cnnlab.run.loggers import Logger, numbers
 
 RUN_TAG = "cnnlab.run_dir"  # the run folder's absolute path: how a resumed run finds its MLflow run
@@ -91,7 +91,7 @@ class MlflowLogger(Logger):
         self.client.set_tag(self.run_id, "cnnlab.overrides", " ".join(overrides)[:5000])
         if self.checkpoint and self.folder.best_safetensors.is_file():
             best = str(self.folder.best_safetensors)
-            self.client.log_artifact(self.run_id, best, artifact_path="checkpoints")
+            self.client.log_artifact(self.run_id, best, artifact_path=CHECKPOINTS)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def abort(self, status: str, error: str) -> None:
