@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -366,3 +367,10 @@ def test_a_run_from_before_still_resumes(old_run, tmp_path):
     assert json.loads((old_run / "summary.json").read_text())["epochs_run"] == 2
     assert [r.split(",")[0] for r in (old_run / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
     assert torch.load(old_run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_run_file_names_are_spelled_only_in_the_layout_module():
+    package = Path(__file__).parents[1] / "cnnlab"
+    names = re.compile(r'"(checkpoints|summary\.json|status\.json|overrides\.yaml|metrics\.csv)"')
+    spelled = {str(p.relative_to(package)) for p in package.rglob("*.py") if names.search(p.read_text())}
+    assert spelled == {"run/layout.py"}
