@@ -86,9 +86,10 @@ class BatchPipeline:
     ):
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        # (x / 255 - mean) / std as one multiply-add.
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -mean_t / std_t
+        # (x / 255 - mean) / std as one multiply-add on the uint8 batch (the kernel converts it), and
+        # (x - mean) / std likewise for an augmented batch in [0, 1].
+        self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+        self.inv_std = 1.0 / std_t
         self.std, self.mean = std_t, mean_t
         self.augment = augment
         self.channels_last = channels_last
@@ -97,9 +98,9 @@ class BatchPipeline:
     def __call__(self, x: torch.Tensor, *, train: bool) -> torch.Tensor:
         if train and self.augment is not None:
             x = self.augment(x.float().div_(255.0), self.generator)
-            x = (x - self.mean) / self.std
+            x = torch.addcmul(self.shift, x, self.inv_std)
         else:
-            x = torch.addcmul(self.shift, x.float(), self.scale)
-        if self.channels_last:
+            x = torch.addcmul(self.shift, x, self.scale)
+        if self.channels_last:  # a no-op when the data is stored channels_last (see TensorLoader)
             x = x.contiguous(memory_format=torch.channels_last)
         return x
