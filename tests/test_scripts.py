@@ -34,8 +34,9 @@ def test_bare_reference_learns_the_tiny_data_and_prints_one_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     fields = dict(item.split("=") for item in proc.stdout.split())
-    assert set(fields) == {"test_acc", "seconds"}
+    assert set(fields) == {"test_acc", "seconds", "setup_s", "train_s", "test_s"}
     assert float(fields["test_acc"]) >= 0.9 and float(fields["seconds"]) > 0
+    assert 0 < float(fields["train_s"]) < float(fields["seconds"])
 
 
 @pytest.fixture
@@ -54,7 +55,9 @@ def test_time_to_accuracy_gives_the_bare_script_the_presets_recipe(composed):
     assert recipe == {
         "--dataset": "fashion_mnist", "--epochs": "3", "--channels": "16,32,64", "--lr": "0.008",
         "--batch-size": "128", "--label-smoothing": "0.1", "--threads": "0",
+        "--precision": recipe["--precision"],
     }  # fmt: skip
+    assert recipe["--precision"] in ("32", "bf16")  # what trainer.precision=auto resolves to here
     assert dict(zip(*[iter(tta.bare_arguments("fast_mnist"))] * 2, strict=True))["--epochs"] == "1"
 
 
