@@ -64,3 +64,19 @@ def test_time_to_accuracy_gives_the_bare_script_the_presets_recipe(composed):
 def test_time_to_accuracy_refuses_a_preset_the_bare_script_cannot_run(composed):
     with pytest.raises(SystemExit, match="fast_cifar10: the bare reference covers simplecnn on MNIST"):
         load_script("time_to_accuracy").bare_arguments("fast_cifar10")
+
+
+@pytest.mark.slow  # three short CLI runs and three step loops on real MNIST and CIFAR-10: about a minute
+def test_gpu_check_smoke_mode_runs_every_step_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu_check.md"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "gpu_check.py"), "--device", "cpu", "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = out.read_text()
+    assert table.startswith("GPU check on **CPU") and "| run | device | test acc | train s |" in table
+    for name in ("`fast_mnist` seed 42", "`fast_cifar10_gpu` seed 42", "`cifar10_resnet18` seed 42"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name}"))
+        assert 0 <= float(row.split(" | ")[2]) <= 1  # a test accuracy
+    assert table.count("step loop") == 3  # cnnlab against the bare loop, one per network
