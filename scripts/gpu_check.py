@@ -156,7 +156,7 @@ def run_bench(bench, case: str, args, util: Utilisation) -> dict:
         steps=3 if args.smoke else None, rounds=1 if args.smoke else 3, precision=args.precision,
         overrides=["trainer.batch_size=32"] if args.smoke and case != "fast_mnist" else [],
     )  # fmt: skip
-    rows = {path: (rate, windows) for _, path, _, rate, _, _, windows in bench.run_case(case, options)}
+    rows = {path: (rate, windows) for _, path, _, rate, _, _, windows, _ in bench.run_case(case, options)}
     (fast, fast_w), (bare, bare_w) = rows["cnnlab"], rows["bare"]
     batch = bench.compose_cfg([*bench.CASES[case].overrides, *options.overrides]).trainer.batch_size
     return {"run": f"{bench.CASES[case].label}: step loop, batch {batch}", "cnnlab": fast, "bare": bare,

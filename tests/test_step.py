@@ -128,3 +128,32 @@ def test_a_conv_run_keeps_its_splits_channels_last_and_learns(make_cfg, tmp_path
     summary = train(make_cfg("model=simplecnn", "trainer.max_epochs=1", "trainer.report=false",
                              "trainer.precision=32"), tmp_path / "run")  # fmt: skip
     assert seen and all(seen) and summary["test_acc"] is not None
+
+
+def test_compile_takes_a_mode_and_logs_the_first_steps_time(make_cfg, tmp_path, monkeypatch, caplog):
+    """trainer.compile=reduce-overhead reaches torch.compile as its mode (the quick eager backend here:
+    CUDA graphs need a GPU); the first step's time, the compile cost, is logged."""
+    modes = []
+    original = nn.Module.compile
+
+    def eager_compile(self, **kwargs):
+        modes.append(kwargs.get("mode"))
+        original(self, backend="eager")
+
+    monkeypatch.setattr(nn.Module, "compile", eager_compile)
+    cfg = make_cfg("trainer.compile=reduce-overhead", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                   "trainer.report=false")  # fmt: skip
+    with caplog.at_level("INFO", logger="cnnlab"):
+        train(cfg, tmp_path / "run")
+    assert modes == ["reduce-overhead"]
+    assert "torch.compile: the first step took" in caplog.text
+    train(make_cfg("trainer.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                   "trainer.report=false"), tmp_path / "plain")  # fmt: skip
+    assert modes == ["reduce-overhead", "default"]
+
+
+def test_unknown_compile_mode_lists_the_choices(make_cfg, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"Unknown trainer\.compile 'fast'; choose one of: false, true, default"
+    ):
+        train(make_cfg("trainer.compile=fast"), tmp_path / "run")

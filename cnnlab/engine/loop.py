@@ -86,6 +86,14 @@ def optimizer_steps(loader, accumulate: int) -> int:
     return -(-len(loader) // accumulate)
 
 
+def clear_grads(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` without its wrapper (torch._dynamo's disable guard cost
+    ~35 us a call on a CPU, a tenth of a tiny model's step)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
 def micro_step(model, x, targets, optimizer, schedule, ctx: StepContext, *, weight: float, boundary: bool):
     """Forward, loss and backward of one micro-batch, the loss weighted by its share of the group; on
     the group's last micro-batch (``boundary``) also clip, step the optimizer and the schedule, update
@@ -116,7 +124,7 @@ def micro_step(model, x, targets, optimizer, schedule, ctx: StepContext, *, weig
             scaler.update()
         else:
             optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        clear_grads(optimizer)
         schedule.step_batch()
         if ctx.ema is not None:
             ctx.ema.update(model)
@@ -176,7 +184,7 @@ def train_one_epoch(
     augment = getattr(ctx.pipeline, "augment", None)
     mixing = augment is not None and augment.mixes
     totals, first_step, steps = EpochTotals(), state.step, len(loader)
-    optimizer.zero_grad(set_to_none=True)
+    clear_grads(optimizer)
     t = time.perf_counter()
     for step, (xb, yb) in enumerate(loader.batches(start=state.step), start=state.step):
         x = ctx.pipeline(xb, train=True)
