@@ -157,3 +157,18 @@ def test_unknown_compile_mode_lists_the_choices(make_cfg, tmp_path):
         ConfigError, match=r"Unknown trainer\.compile 'fast'; choose one of: false, true, default"
     ):
         train(make_cfg("trainer.compile=fast"), tmp_path / "run")
+
+
+def test_crops_and_flips_run_on_the_uint8_batch_with_the_same_result():
+    from cnnlab.data.augment import build_augment
+
+    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    basic = build_augment(name="basic", channels=3, image_size=16, crop_padding=2)
+    fast = BatchPipeline(mean, std, CPU, augment=basic, seed=3)
+    slow = BatchPipeline(mean, std, CPU, augment=basic, seed=3)
+    slow.geometric = False  # the float path every other policy takes
+    assert fast.geometric and not BatchPipeline(mean, std, CPU, augment=lambda b, g: b).geometric
+    torch.testing.assert_close(fast(x, train=True), slow(x, train=True), rtol=0, atol=1e-5)
+    noisy = build_augment(name="basic", channels=3, image_size=16, gaussian_noise=0.1)
+    assert not BatchPipeline(mean, std, CPU, augment=noisy).geometric  # noise needs floats

@@ -71,6 +71,9 @@ class TensorLoader:
                 yield self.x[idx], self.y[idx]
 
 
+GEOMETRIC_OPS = ("crop", "flip")  # cnnlab.data.augment ops that work on uint8 batches as they are
+
+
 class BatchPipeline:
     """uint8 batch -> float in [0, 1] -> augmentation (train only) -> normalised, in one place."""
 
@@ -92,14 +95,20 @@ class BatchPipeline:
         self.inv_std = 1.0 / std_t
         self.std, self.mean = std_t, mean_t
         self.augment = augment
+        # Crops and flips only move pixels: they can run on the uint8 batch (a quarter of the bytes),
+        # and conversion and normalisation stay one kernel after them.
+        names = [name for name, _ in getattr(augment, "ops", [("?", None)])]
+        self.geometric = augment is not None and all(name in GEOMETRIC_OPS for name in names)
         self.channels_last = channels_last
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, x: torch.Tensor, *, train: bool) -> torch.Tensor:
-        if train and self.augment is not None:
+        if train and self.augment is not None and not self.geometric:
             x = self.augment(x.float().div_(255.0), self.generator)
             x = torch.addcmul(self.shift, x, self.inv_std)
         else:
+            if train and self.augment is not None:
+                x = self.augment(x, self.generator)
             x = torch.addcmul(self.shift, x, self.scale)
         if self.channels_last:  # a no-op when the data is stored channels_last (see TensorLoader)
             x = x.contiguous(memory_format=torch.channels_last)
