@@ -115,8 +115,8 @@ def cnnlab_steps(run, steps: int) -> int:
 
 
 def build(args, folder: Path):
-    cfg = compose("train", overrides=[*RECIPE, f"trainer.precision={args.precision}",
-                                      f"trainer.tensorboard={str(args.tensorboard).lower()}"])  # fmt: skip
+    settings = [f"trainer.precision={args.precision}", f"trainer.tensorboard={str(args.tensorboard).lower()}"]
+    cfg = compose("train", overrides=[*RECIPE, *settings, *args.overrides])
     dist = distributed.setup(cfg.trainer)
     run = build_run(cfg, RunDir(folder), dist, config_yaml=OmegaConf.to_yaml(cfg), resumed=False)
     run.ctx.on_step = step_hook(run)
@@ -145,6 +145,7 @@ def main() -> None:
                         help="cnnlab's default writes the lr to TensorBoard after every step")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=0, help="also list the N most frequent operators")
+    parser.add_argument("overrides", nargs="*", help="more config overrides (e.g. dataset.root=...)")
     args = parser.parse_args()
     configure_cpu(args.threads)
     register_configs()

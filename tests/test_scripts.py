@@ -80,3 +80,28 @@ def test_gpu_check_smoke_mode_runs_every_step_on_the_cpu(tmp_path):
         row = next(line for line in table.splitlines() if line.startswith(f"| {name}"))
         assert 0 <= float(row.split(" | ")[2]) <= 1  # a test accuracy
     assert table.count("step loop") == 3  # cnnlab against the bare loop, one per network
+
+
+def test_step_overhead_counts_operators_per_phase_on_the_tiny_data(tiny_idx):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "step_overhead.py"), "--steps", "3", "--rounds", "1",
+         "--count-steps", "4", "--no-tensorboard", f"dataset.root={tiny_idx}", "trainer.batch_size=32"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.strip()}
+    for phase in ("data", "forward", "backward", "optimizer", "bookkeeping"):
+        assert len(rows[phase]) == 3 and all(float(c) >= 0 for c in rows[phase])
+    assert float(rows["optimizer"][0]) < float(rows["optimizer"][1])  # fused Adam against torch's loop
+    assert proc.stdout.count("cnnlab / bare = ") >= 3  # by the clock, by CPU time, operators
+
+
+def test_run_overhead_times_the_parts_of_a_run(tiny_idx):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "run_overhead.py"), "--repeats", "1", f"dataset.root={tiny_idx}",
+         "trainer.batch_size=32", "trainer.eval_batch_size=50"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for part in ("read the data", "build the optimizer", "test pass", "checkpoints", "outside the epochs"):
+        assert part in proc.stdout, part
