@@ -109,6 +109,8 @@ class BatchPipeline:
         else:
             if train and self.augment is not None:
                 x = self.augment(x, self.generator)
+                if self.channels_last:  # crops come out NCHW: reorder the bytes, not the floats
+                    x = x.contiguous(memory_format=torch.channels_last)
             x = torch.addcmul(self.shift, x, self.scale)
         if self.channels_last:  # a no-op when the data is stored channels_last (see TensorLoader)
             x = x.contiguous(memory_format=torch.channels_last)
