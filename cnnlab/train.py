@@ -434,10 +434,9 @@ def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
     weights alone, with the record as metadata)."""
     ckpt = run.checkpoint(epoch, weights)
     if is_best:
-        save_checkpoint(ckpt, run.folder.best)
         metadata = run.record(epoch, weights).to_metadata()
         save_safetensors(weights_of(ckpt), metadata, run.folder.best_safetensors)
-    save_checkpoint(ckpt, run.folder.last)
+    save_checkpoint(ckpt, *((run.folder.best,) if is_best else ()), run.folder.last)  # one serialisation
 
 
 def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
