@@ -1,8 +1,9 @@
 """One training epoch and one scoring pass, readable top to bottom.
 
 :func:`micro_step` is the training step itself (forward, loss, backward and, at the end of an
-accumulation group, clipping, the optimizer step through the scaler, the schedule and the EMA);
-:func:`train_one_epoch` keeps the timing, the running totals and the signal polling around it.
+accumulation group, clipping, the optimizer step through the scaler, the schedule, the EMA and the
+lookahead); :func:`train_one_epoch` keeps the timing, the epoch's totals and the signal polling around
+it. A step never waits for the device: what the epoch reports is reduced once, at its end.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ def clear_grads(optimizer: torch.optim.Optimizer) -> None:
 
 def micro_step(model, x, targets, optimizer, schedule, ctx: StepContext, *, weight: float, boundary: bool):
     """Forward, loss and backward of one micro-batch, the loss weighted by its share of the group; on
-    the group's last micro-batch (``boundary``) also clip, step the optimizer and the schedule, update
-    the EMA. ``targets`` are the labels, or ``(y_a, y_b, lam)`` for a mixed batch. Returns the detached
-    loss and logits and the gradient norm before clipping (a tensor: no host sync; None unclipped)."""
+    the group's last micro-batch (``boundary``) also drop the frozen parameters' gradients, clip, step
+    the optimizer and the schedule, update the EMA and the lookahead. ``targets`` are the labels, or
+    ``(y_a, y_b, lam)`` for a mixed batch. Returns the detached loss and logits and the gradient norm
+    before clipping (a tensor: no host sync; None unclipped)."""
     # DDP: all-reduce gradients only on the micro-batch that ends an accumulation group.
     sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
     scaler = ctx.scaler if ctx.scaler.is_enabled() else None  # disabled: skip its Python per step
