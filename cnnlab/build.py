@@ -21,17 +21,25 @@ from torch import nn
 from cnnlab.config import SCHEMAS, validate
 from cnnlab.data.augment import BatchAugment, build_augment, check_augment
 from cnnlab.data.options import check_dataset
+from cnnlab.engine.device import check_compile
 from cnnlab.engine.distributed import check_backend
 from cnnlab.engine.ema import check_decay
 from cnnlab.engine.finetune import check_finetune, lr_groups
+from cnnlab.engine.lookahead import check_lookahead
 from cnnlab.engine.losses import build_loss, check_loss, loss_node
-from cnnlab.engine.optim import param_groups
+from cnnlab.engine.optim import implementation_kwargs, param_groups
 from cnnlab.engine.schedulers import Schedule, build_scheduler, check_schedule
 from cnnlab.engine.tta import parse_tta
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.models.sizes import check_image_size
 
-OPTIMIZER_OWN_KEYS = ("name", "decay_bias_norm", "backbone_lr_mult")  # cnnlab's, not the constructor's
+OPTIMIZER_OWN_KEYS = (
+    "name",
+    "decay_bias_norm",
+    "bias_lr_mult",
+    "implementation",
+    "backbone_lr_mult",
+)  # not torch's
 FREE_FORM = ("scheduler.options",)  # dict nodes whose keys the schema does not list (checked by their owner)
 
 
@@ -44,7 +52,7 @@ def seed_everything(seed: int) -> None:
 def check(cfg: DictConfig) -> None:
     """Every check a train config can fail, with no data read: keys the schema does not know (a ``+key``
     typo), values (:func:`cnnlab.config.validate`), the augmentation, the schedule and its options, the
-    EMA decay, the test-time augmentation and the distributed backend."""
+    EMA decay and lookahead, the compile mode, the test-time augmentation and the distributed backend."""
     check_known_keys(cfg)
     validate(cfg)
     check_dataset(cfg.dataset)
@@ -58,6 +66,8 @@ def check(cfg: DictConfig) -> None:
     if sched["warmup_epochs"] and sched["warmup_steps"]:
         raise ConfigError("Set one of scheduler.warmup_epochs or scheduler.warmup_steps, not both.")
     check_decay(cfg.trainer.ema)
+    check_lookahead(**cfg.trainer.lookahead)
+    check_compile(cfg.trainer.compile)
     parse_tta(cfg.trainer.tta)
     check_backend(str(cfg.trainer.backend))
 
@@ -106,33 +116,47 @@ def has_conv(model: nn.Module) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """Any ``torch.optim`` class (``_target_``), weight decay off for biases and norms unless asked; with
+    """Any ``torch.optim`` class (``_target_``), weight decay off for biases and norms unless asked, with
+    the kernels ``implementation`` names (see :func:`cnnlab.engine.optim.implementation_kwargs`); with
     ``backbone_lr_mult`` (see :mod:`cnnlab.engine.finetune`) the parameters not new to the model learn at
-    ``lr * backbone_lr_mult``."""
+    that multiple of their group's learning rate."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
-    decay_bias_norm = bool(kwargs.get("decay_bias_norm", False))
-    backbone_lr_mult = float(kwargs.get("backbone_lr_mult", 1.0))
-    for key in OPTIMIZER_OWN_KEYS:
-        kwargs.pop(key, None)
+    own = {key: kwargs.pop(key) for key in OPTIMIZER_OWN_KEYS if key in kwargs}
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
-    groups = param_groups(model, kwargs.get("weight_decay", 0.0), decay_bias_norm)
-    groups = lr_groups(model, groups, kwargs["lr"], backbone_lr_mult)
+    groups = param_groups(model, kwargs.get("weight_decay", 0.0), bool(own.get("decay_bias_norm", False)),
+                          lr=kwargs["lr"], bias_lr_mult=own.get("bias_lr_mult", 1.0))  # fmt: skip
+    groups = lr_groups(model, groups, kwargs["lr"], float(own.get("backbone_lr_mult", 1.0)))
     try:
-        return hydra.utils.instantiate(kwargs, groups)
+        optimizer_class = hydra.utils.get_class(kwargs.pop("_target_"))
+        choices = implementation_kwargs(optimizer_class, own.get("implementation", "auto"))
+        for i, kernels in enumerate(choices):
+            try:
+                return optimizer_class(groups, **kwargs, **kernels)
+            except RuntimeError:  # torch has no such kernel for these parameters' device
+                if i + 1 == len(choices):
+                    raise
+    except CnnlabError:
+        raise
     except Exception as exc:
         target = cfg.get("_target_")
         raise ConfigError(f"Could not build optimizer {target}: {exc.__cause__ or exc}.") from None
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, cfg: DictConfig, *, steps_per_epoch: int, max_epochs: int, mode: str
+    optimizer: torch.optim.Optimizer,
+    cfg: DictConfig,
+    *,
+    steps_per_epoch: int,
+    max_epochs: int,
+    mode: str,
+    max_steps: int | None = None,
 ) -> Schedule:
     sched = OmegaConf.to_container(cfg, resolve=True)
     options = sched.pop("options")
     return build_scheduler(
         optimizer, name=sched.pop("name"), steps_per_epoch=steps_per_epoch, max_epochs=max_epochs, mode=mode,
-        **options, **sched,
+        max_steps=max_steps, **options, **sched,
     )  # fmt: skip
 
 

@@ -103,6 +103,9 @@ class SimpleCNNConfig(ModelConfig):
     activation: str = "relu"  # relu | leaky_relu | elu | silu | gelu | sigmoid | tanh
     init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
     init_std: float = 0.01  # the standard deviation of init=normal
+    whiten_bias_epochs: int | None = None  # train the whitening layer's bias this many epochs; null: all
+    bn_momentum: float = 0.1  # BatchNorm running statistics: new = (1 - m) * old + m * batch (torch's m)
+    logit_scale: float = 1.0  # multiply the logits by this (airbench: 1/9)
 
 
 @dataclass
@@ -158,6 +161,8 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     decay_bias_norm: bool = False  # also decay biases and normalisation weights (off, as is usual)
     backbone_lr_mult: float = 1.0  # learning rate of the pretrained part (model.weights) x this
+    bias_lr_mult: float = 1.0  # lr of biases and normalisation weights, as a multiple of lr
+    implementation: str = "auto"  # auto (fused where torch has it, else foreach) | fused | foreach | for_loop
 
 
 @dataclass
@@ -234,14 +239,28 @@ class AugmentationConfig:
 
 
 @dataclass
+class LookaheadConfig:
+    """Every ``every`` optimizer steps pull the weights to a slow copy: ``slow += a * (weights - slow)``,
+    weights = slow, with ``a = 1 - (1 - alpha) * progress ** power`` (see cnnlab.engine.lookahead)."""
+
+    every: int = 0  # optimizer steps between updates; 0: off
+    alpha: float = 0.5  # the slow copy's step towards the weights at the end of the run
+    power: float = 0.0  # 0: alpha throughout; 3: from 1 down to alpha, cubically (airbench)
+    start_epoch: int = 0  # epochs before the slow copy starts
+
+
+@dataclass
 class TrainerConfig:
     max_epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps (ends the last epoch early)
     batch_size: int = 128
     eval_batch_size: int = 1000
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | 32 | bf16 | 16
     channels_last: bool | None = None  # None: on for models with convolutions
-    compile: bool = False  # torch.compile the model in place (no gain measured on CPUs, 5-40 s compile)
+    # torch.compile the model in place: false | true (= default) | default | reduce-overhead (CUDA graphs)
+    # | max-autotune | max-autotune-no-cudagraphs (no gain measured on CPUs, 5-40 s compile)
+    compile: Any = False
     threads: int | None = None  # None: all cores (fastest when idle); 1 when other jobs share the cores
     backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
@@ -254,7 +273,10 @@ class TrainerConfig:
     freeze_epochs: int = 0  # with model.weights: train only the new head for this many epochs, then all
     accumulate: int = 1  # micro-batches per optimizer step: an effective batch of accumulate*batch_size
     ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
-    tta: str | None = None  # test-time augmentation in validation and test: null | flip | <n> crops (1-9)
+    lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)
+    tta: str | None = (
+        None  # test-time augmentation in validation and test: null | flip | flip_translate | <n>
+    )
     limit_train_batches: int | None = None
     limit_eval_batches: int | None = None
     overfit_batches: int | None = None  # train on this many fixed batches and validate on them
@@ -425,6 +447,7 @@ def register_configs() -> None:
 
 CHOICES = {
     ("trainer", "precision"): ("auto", "32", "bf16", "16"),
+    ("optimizer", "implementation"): ("auto", "fused", "foreach", "for_loop"),
     ("trainer", "monitor"): ("val_acc", "val_loss", "val_macro_f1", "val_balanced_acc"),
     ("trainer", "mode"): ("max", "min"),
     ("trainer", "progress"): ("auto", "rich", "plain"),
@@ -434,7 +457,7 @@ CHOICES = {
 SUBMISSION_CHOICES = {"id_source": ("stem", "index1", "index0"), "label_as": ("name", "index")}
 
 POSITIVE = {
-    "optimizer": ("lr",),
+    "optimizer": ("lr", "bias_lr_mult"),
     "trainer": ("max_epochs", "batch_size", "eval_batch_size", "accumulate"),
     "dataset": ("channels", "image_size"),
 }
@@ -456,7 +479,14 @@ def validate(cfg: DictConfig) -> None:
     split = cfg.dataset.val_split
     if not 0 < split < 1:
         raise ConfigError(f"dataset.val_split must be between 0 and 1 (exclusive), got {split}.")
-    for key in ("patience", "threads", "limit_train_batches", "limit_eval_batches", "overfit_batches"):
+    for key in (
+        "patience",
+        "threads",
+        "limit_train_batches",
+        "limit_eval_batches",
+        "overfit_batches",
+        "max_steps",
+    ):
         value = cfg.trainer[key]
         if value is not None and value < (0 if key == "patience" else 1):
             raise ConfigError(f"trainer.{key} must be a positive number or null, got {value}.")

@@ -28,6 +28,7 @@ from cnnlab.build import (
     seed_everything,
 )
 from cnnlab.data.loader import BatchPipeline
+from cnnlab.data.mmap import HostLoader
 from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.checkpoint import (
@@ -37,17 +38,18 @@ from cnnlab.engine.checkpoint import (
     save_safetensors,
     set_rng_state,
 )
-from cnnlab.engine.device import configure_cpu, resolve_precision
+from cnnlab.engine.device import compile_mode, configure_cpu, configure_cuda, resolve_precision
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.finetune import Freezer
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
+from cnnlab.engine.lookahead import Lookahead
 from cnnlab.engine.loop import EpochState, StepContext, optimizer_steps, score, train_one_epoch
 from cnnlab.engine.metrics import BALANCED_MONITORS
 from cnnlab.engine.schedulers import Schedule
 from cnnlab.engine.tracker import MetricTracker, is_better
 from cnnlab.engine.tta import tta_views
 from cnnlab.errors import CheckpointError
-from cnnlab.models.whiten import fit_to_data
+from cnnlab.models.whiten import fit_to_data, frozen_parameters
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import Predictor, load_state_strict, read_checkpoint_config, weights_of
 from cnnlab.run.log import EpochProgress, result_table, setup_logging, use_rich
@@ -131,6 +133,8 @@ class Run:
         }
         if self.ctx.ema is not None:
             state["ema"] = self.ctx.ema.state_dict()
+        if self.ctx.lookahead is not None:  # at an epoch's end the weights are the slow copy
+            state["lookahead"] = self.ctx.lookahead.state_dict()
         if partial is not None:
             state["partial"] = partial.state_dict()
         return state
@@ -138,7 +142,8 @@ class Run:
     def restore(self, resumed: dict) -> tuple[int, EpochState | None, dict]:
         """Load a ``last.pt``; return the epoch to start at, the partial epoch (or None) and the best row."""
         path = self.folder.last
-        missing = [k for k in (*RESUME_KEYS, *(("ema",) if self.ctx.ema else ())) if k not in resumed]
+        optional = (("ema",) if self.ctx.ema else ()) + (("lookahead",) if self.ctx.lookahead else ())
+        missing = [k for k in (*RESUME_KEYS, *optional) if k not in resumed]
         if missing:
             raise CheckpointError(
                 f"{path} lacks {', '.join(missing)}, so the run cannot continue exactly; it is damaged or "
@@ -153,6 +158,8 @@ class Run:
             if self.ctx.ema is not None:
                 load_state_strict(self.ctx.ema.module, resumed["ema"]["module"], path)
                 self.ctx.ema.updates = resumed["ema"]["updates"]
+            if self.ctx.lookahead is not None:
+                self.ctx.lookahead.load_state_dict(resumed["lookahead"])
             set_rng_state(resumed["rng"])
             self.ctx.pipeline.generator.set_state(resumed["pipeline_rng"])
             partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
@@ -201,11 +208,14 @@ def build_run(
     freezer = Freezer(model, tc.get("freeze_epochs", 0))  # after SyncBatchNorm replaced BatchNorm modules
     channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if channels_last:  # batches sliced from channels_last images come out channels_last: no copy per step
+        store_channels_last(data)
+    configure_cuda(device, deterministic=bool(tc.deterministic))
     if not resumed:  # a resumed run loads the fitted layers with its weights
         plain = BatchPipeline(data.mean, data.std, device)
         fit_to_data(model, data.train.head(FIT_IMAGES), lambda x: plain(x, train=False))
-    if tc.compile:
-        model.compile()  # in place, so state_dict keys, EMA copies and checkpoints stay those of the model
+    if compile_mode(tc.compile):  # in place, so state_dict keys, EMA copies and checkpoints stay the model's
+        model.compile(mode=compile_mode(tc.compile))
     train_model = distributed.wrap(model, dist)
     if tc.summary:
         from cnnlab.models.layer_table import format_layer_table, layer_table
@@ -231,9 +241,10 @@ def build_run(
         data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed + dist.rank
     )
     optimizer = build_optimizer(model, cfg.optimizer)
+    steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
     schedule = build_schedule(
-        optimizer, cfg.scheduler, steps_per_epoch=optimizer_steps(data.train, tc.accumulate),
-        max_epochs=tc.max_epochs, mode=tc.mode,
+        optimizer, cfg.scheduler, steps_per_epoch=steps_per_epoch, max_epochs=tc.max_epochs, mode=tc.mode,
+        max_steps=tc.max_steps,
     )  # fmt: skip
     ctx = StepContext(
         device=device,
@@ -243,11 +254,13 @@ def build_run(
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
         grad_clip=tc.grad_clip,
         ema=ModelEMA(model, tc.ema) if tc.ema else None,
+        lookahead=build_lookahead(model, tc, steps_per_epoch, schedule.total_steps),
         accumulate=tc.accumulate,
         dist=dist,
         eval_views=tta_views(tc.tta, data.image_size),
         balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0,
     )
+    log.info("optimizer %s (%s)", type(optimizer).__name__, optimizer_kernels(optimizer))
     metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
                             balanced=bool(ctx.balanced_classes), enabled=dist.is_main)  # fmt: skip
     return Run(
@@ -256,6 +269,29 @@ def build_run(
         tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
         config_yaml=config_yaml, freezer=freezer,
     )  # fmt: skip
+
+
+def store_channels_last(data: DataBundle) -> None:
+    """Keep every split's images channels_last (a copy, once) when the model runs channels_last.
+
+    Images kept on the host (:class:`HostLoader`: memory-mapped, larger than memory) stay as they are."""
+    for loader in {id(x): x for x in (data.train, data.val, data.test) if x is not None}.values():
+        if isinstance(loader, HostLoader):
+            continue
+        loader.x = loader.x.contiguous(memory_format=torch.channels_last)
+
+
+def build_lookahead(model: nn.Module, tc: DictConfig, steps_per_epoch: int, total_steps: int):
+    la = tc.lookahead
+    if not la.every:
+        return None
+    return Lookahead(model, every=la.every, alpha=la.alpha, power=la.power,
+                     start_step=la.start_epoch * steps_per_epoch, total_steps=total_steps)  # fmt: skip
+
+
+def optimizer_kernels(optimizer: torch.optim.Optimizer) -> str:
+    group = optimizer.param_groups[0]
+    return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
 
 
 def train(
@@ -316,14 +352,19 @@ def train(
 
 
 def step_hook(run: Run):
-    """What runs after every optimizer step: count it, log the learning rate, the callbacks."""
+    """What runs after every optimizer step: count it, log the learning rate, the callbacks; and, with
+    trainer.compile, say how long the first step took (compiling)."""
     stepped = [cb for cb in run.callbacks if type(cb).on_step is not Callback.on_step]
     optimizer, metrics = run.optimizer, run.metrics
+    started, first = time.perf_counter(), [bool(compile_mode(run.cfg.trainer.compile))]
 
     def on_step() -> None:
         metrics.step(optimizer.param_groups[0]["lr"])
         for cb in stepped:
             cb.on_step(run)
+        if first[0]:
+            first[0] = False
+            log.info("torch.compile: the first step took %.1f s (compiling)", time.perf_counter() - started)
 
     return on_step
 
@@ -337,6 +378,7 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
     tc, dist, data, ctx = run.cfg.trainer, run.dist, run.data, run.ctx
     progress = EpochProgress(rich)
     stop_reason, epoch, weights = "max_epochs", start_epoch - 1, "raw"
+    steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
     try:
         with SignalGuard() as guard:
             # Every rank stops at the same step (a signal may reach only some of them).
@@ -346,6 +388,8 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                 if run.freezer.at_epoch(epoch) and dist.enabled:  # DDP registers trainable parameters
                     run.train_model = distributed.wrap(run.model, dist)
                 data.train.set_epoch(epoch)
+                last_steps = cut_to_max_steps(run, epoch, steps_per_epoch)
+                ctx.frozen = frozen_parameters(run.model, epoch)
                 lr = run.schedule.lr if partial is None else partial.lr
                 state = partial or EpochState(lr=lr)
                 partial = None
@@ -358,6 +402,8 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                     progress.stop()
                 if state.interrupted:
                     save_interrupted(run, epoch, weights, state, guard.signum)
+                if ctx.lookahead is not None:
+                    ctx.lookahead.sync()  # validate and keep the slow weights
                 row, value, weights = score_epoch(run, epoch, lr, stats)
                 row["seconds"] = time.perf_counter() - t0
                 run.schedule.step_epoch(value)
@@ -370,6 +416,9 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                 log_epoch(row, tc.max_epochs, ema=ctx.ema is not None, is_best=is_best)
                 for cb in run.callbacks:
                     cb.on_epoch_end(run, row, value)
+                if last_steps:
+                    stop_reason = "max_steps"
+                    break
                 tracker = run.tracker
                 if tracker.should_stop:
                     stop_reason = "early_stop"
@@ -385,15 +434,26 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
     return stop_reason, epoch, best_row
 
 
+def cut_to_max_steps(run: Run, epoch: int, steps_per_epoch: int) -> bool:
+    """With ``trainer.max_steps``: shorten ``epoch`` to the optimizer steps left (the schedule was built
+    for that many); True when the run ends with this epoch. The same for a run resumed in it."""
+    max_steps, accumulate = run.cfg.trainer.max_steps, run.ctx.accumulate
+    if not max_steps:
+        return False
+    left = max_steps - (epoch - 1) * steps_per_epoch
+    if left * accumulate < len(run.data.train):
+        run.data.train.limit = left * accumulate
+    return left <= steps_per_epoch
+
+
 def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
     """``last.pt`` every epoch; on a new best also ``best.pt`` and ``best.safetensors`` (the better
     weights alone, with the record as metadata)."""
     ckpt = run.checkpoint(epoch, weights)
     if is_best:
-        save_checkpoint(ckpt, run.folder.best)
         metadata = run.record(epoch, weights).to_metadata()
         save_safetensors(weights_of(ckpt), metadata, run.folder.best_safetensors)
-    save_checkpoint(ckpt, run.folder.last)
+    save_checkpoint(ckpt, *((run.folder.best,) if is_best else ()), run.folder.last)  # one serialisation
 
 
 def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
@@ -450,7 +510,8 @@ def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: f
     if not dist.is_main:
         return {"status": "finished", "best_value": tracker.best}
     best_weights = "raw"
-    if run.folder.best.exists():
+    in_memory = best_row.get("weights") == "raw" and tracker.best_epoch == epoch  # the last epoch's weights
+    if run.folder.best.exists() and not in_memory:
         best = load_checkpoint(run.folder.best, map_location=dist.device)
         best_weights = best.get("weights", "raw")
         run.model.load_state_dict(weights_of(best))

@@ -7,7 +7,9 @@ one-cycle schedule on in-memory uint8 tensors sliced by a random permutation, th
 test split. This is the kind of script issue 7's reference points were measured with; it has no
 config system, no validation split, no checkpoints and no logging, so it is the floor that
 cnnlab's whole command is compared against (``scripts/time_to_accuracy.py`` runs both). Prints one
-line: ``test_acc=<float> seconds=<since the interpreter started>``.
+line: ``test_acc=<float> seconds=<since the interpreter started> setup_s=<after the imports, before the
+first step> train_s=<the epochs> test_s=<scoring the test split>``. ``--device cuda`` runs it on a GPU
+(the clock waits for the GPU at the three marks), with ``--precision bf16`` as cnnlab's auto picks there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ STARTED = time.time()  # before the heavy imports, which count
 
 import argparse  # noqa: E402
 import gzip  # noqa: E402
+import itertools  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -63,41 +66,59 @@ def main() -> None:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default (all cores)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("32", "bf16"), default="32")
     args = parser.parse_args()
 
+    device = torch.device(args.device)
+    marks = [time.time()]
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     root = Path(os.environ.get("CNNLAB_DATA", "../shared/datasets")) / FOLDERS[args.dataset]
-    (x_train, y_train), (x_test, y_test) = load(root, "train"), load(root, "test")
+    (x_train, y_train), (x_test, y_test) = (
+        tuple(t.to(device) for t in load(root, s)) for s in ("train", "test")
+    )
     mean, std = STATS[args.dataset]
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
 
     def prepare(xb: torch.Tensor) -> torch.Tensor:
         x = (xb.float() / 255 - mean) / std
         return x.contiguous(memory_format=torch.channels_last)
 
-    model = net([int(c) for c in args.channels.split(",")]).to(memory_format=torch.channels_last)
+    def mark() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        marks.append(time.time())
+
+    model = net([int(c) for c in args.channels.split(",")]).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps = args.epochs * (len(x_train) // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    mark()
     for _ in range(args.epochs):
         model.train()
-        order = torch.randperm(len(x_train))
+        order = torch.randperm(len(x_train), device=device)
         for i in range(len(x_train) // args.batch_size):
             idx = order[i * args.batch_size : (i + 1) * args.batch_size]
-            loss = criterion(model(prepare(x_train[idx])), y_train[idx])
+            with torch.autocast(device.type, dtype=dtype, enabled=args.precision == "bf16"):
+                loss = criterion(model(prepare(x_train[idx])), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
+    mark()
     model.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=args.precision == "bf16"):
         for i in range(0, len(x_test), 500):
             correct += int((model(prepare(x_test[i : i + 500])).argmax(1) == y_test[i : i + 500]).sum())
-    print(f"test_acc={correct / len(x_test):.4f} seconds={time.time() - STARTED:.2f}")
+    mark()
+    setup_s, train_s, test_s = (b - a for a, b in itertools.pairwise(marks))
+    print(f"test_acc={correct / len(x_test):.4f} seconds={time.time() - STARTED:.2f} setup_s={setup_s:.2f} "
+          f"train_s={train_s:.2f} test_s={test_s:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,13 +13,20 @@ For each case the same model, batch size and number of steps run three ways, rou
   ``DataLoader``, ``zero_grad / forward / loss / backward / step`` with ``loss.item()`` per batch, fp32,
   default memory format.
 * ``bare``    -- the framework-free floor: preloaded, normalised float tensors sliced by a permutation,
-  at the same precision and memory format as ``cnnlab`` (no augmentation: it is the floor).
+  at the same precision and memory format as ``cnnlab`` (no augmentation: it is the floor), with torch's
+  Adam at the case's lr (``--bare-optimizer recipe``: the case's own optimizer, built as cnnlab builds it).
+
+``--device cuda --paths cnnlab,bare`` runs the same on a GPU (the clock waits for the GPU around each
+round); ``scripts/gpu_check.py`` uses that, with the GPU-sized cases ``fast_cifar10_gpu``,
+``resnet18_b128`` and ``resnet18_b512``.
 
 Each round times ``steps`` optimizer steps per path after one untimed warm-up, so start-up (imports,
 first-call allocation, data reading) is excluded; the table shows the median img/s over the rounds and
-the ratios. ``food11`` is different: it lays out CIFAR-10 JPEGs as a Food-11 tree at 128 px and times
-whole epochs, including decoding, for cnnlab (epoch 1 decodes and writes the cache, epoch 2 runs from
-memory, a second run reads the cache) against the classic per-sample ``ImageFolder`` loop.
+the ratios, by the clock and by this thread's CPU time (other jobs on the cores disturb the latter much
+less; DataLoader workers' time is not in it). ``food11`` is different: it lays out CIFAR-10 JPEGs as a
+Food-11 tree at 128 px and times whole epochs, including decoding, for cnnlab (epoch 1 decodes and
+writes the cache, epoch 2 runs from memory, a second run reads the cache) against the classic
+per-sample ``ImageFolder`` loop.
 """
 
 from __future__ import annotations
@@ -48,9 +55,11 @@ from cnnlab.data.cifar import find_cifar10, unpack_zip
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.lookup import cache_dir, find_root
 from cnnlab.data.registry import build_data
-from cnnlab.engine.device import autocast, configure_cpu
+from cnnlab.engine.device import autocast, configure_cpu, configure_cuda
 from cnnlab.engine.loop import EpochState, StepContext, train_one_epoch
 from cnnlab.engine.schedulers import build_scheduler
+
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -76,6 +85,14 @@ CASES = {
         ],
         1,
         "resnet18 (CIFAR stem) / CIFAR-10",
+    ),
+    # GPU-sized cases (scripts/gpu_check.py): the presets' own recipes.
+    "fast_cifar10_gpu": Case(
+        ["+experiment=fast_cifar10_gpu"], 40, "fast_cifar10_gpu preset (simplecnn 64-256-256)"
+    ),
+    "resnet18_b128": Case(["+experiment=cifar10_resnet18"], 40, "cifar10_resnet18 preset (CIFAR stem)"),
+    "resnet18_b512": Case(
+        ["+experiment=cifar10_resnet18", "trainer.batch_size=512"], 20, "cifar10_resnet18 preset (CIFAR stem)"
     ),
 }
 TORCHVISION = ("alexnet", "vgg11_bn", "googlenet", "resnet18", "mobilenet_v3_small")  # model=torchvision
@@ -141,11 +158,11 @@ def bare_steps(model, x, y, optimizer, *, batch: int, steps: int, precision: str
     """Preloaded float tensors, a permutation, forward/backward/step: nothing else."""
     criterion = nn.CrossEntropyLoss()
     model.train()
-    order = torch.randperm(len(x))
+    order = torch.randperm(len(x), device=x.device)
     for i in range(steps):
         idx = order[i * batch : (i + 1) * batch]
         xb = x[idx].contiguous(memory_format=memory_format)
-        with autocast(torch.device("cpu"), precision):
+        with autocast(x.device, precision):
             loss = criterion(model(xb), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,19 +170,17 @@ def bare_steps(model, x, y, optimizer, *, batch: int, steps: int, precision: str
     return steps * batch
 
 
-def compose_cfg(overrides: list[str]):
-    return compose("train", overrides=["trainer.device=cpu", *overrides])
+def compose_cfg(overrides: list[str], device: str = "cpu"):
+    return compose("train", overrides=[f"trainer.device={device}", *overrides])
 
 
-def setup_cnnlab(cfg, data, model, precision: str, channels_last: bool):
+def setup_cnnlab(cfg, data, model, precision: str, channels_last: bool, device=CPU):
     augment = build_augment_from(cfg.augmentation, channels=data.channels, image_size=data.image_size)
-    pipeline = BatchPipeline(
-        data.mean, data.std, torch.device("cpu"), augment=augment, channels_last=channels_last
-    )
+    pipeline = BatchPipeline(data.mean, data.std, device, augment=augment, channels_last=channels_last)
     optimizer = build_optimizer(model, cfg.optimizer)
     schedule = build_scheduler(optimizer, name="none", steps_per_epoch=len(data.train), max_epochs=1)
     ctx = StepContext(
-        device=torch.device("cpu"), precision=precision, pipeline=pipeline, criterion=nn.CrossEntropyLoss(),
+        device=device, precision=precision, pipeline=pipeline, criterion=nn.CrossEntropyLoss(),
     )  # fmt: skip
     return optimizer, schedule, ctx
 
@@ -177,56 +192,87 @@ def cnnlab_steps(model, data, optimizer, schedule, ctx, steps: int) -> int:
     return stats["images"]
 
 
-def timed(fn) -> float:
-    t = time.perf_counter()
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so a clock reading covers the work (GPUs run ahead)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(
+    fn, device: torch.device = CPU, windows: list | None = None, cpu_rates: list | None = None
+) -> float:
+    """img/s by the clock; also records the timed window and the img/s by this thread's CPU time
+    (steadier than the clock when other jobs share the cores; meaningless on a GPU)."""
+    synchronize(device)
+    t, c = time.perf_counter(), time.thread_time()
     images = fn()
-    return images / (time.perf_counter() - t)
+    synchronize(device)
+    end = time.perf_counter()
+    if cpu_rates is not None:
+        cpu_rates.append(images / max(time.thread_time() - c, 1e-9))
+    if windows is not None:
+        windows.append((t, end))
+    return images / (end - t)
 
 
 def run_case(name: str, args) -> list[tuple]:
+    """The case's paths in alternation; rows of (label, path, setting, median img/s, cnnlab/classic,
+    cnnlab/bare, timed windows). ``args.paths`` picks paths (cnnlab and bare at least), ``args.device``
+    the device, ``args.bare_optimizer`` the bare loop's optimizer (adam: torch's Adam at the recipe's lr;
+    recipe: the recipe's own, built as cnnlab builds it, same kernels); ``args.overrides`` (optional) is
+    added to the case's overrides."""
     case = CASES[name]
-    cfg = compose_cfg(case.overrides)
+    device = torch.device(getattr(args, "device", "cpu"))
+    paths_wanted = getattr(args, "paths", "cnnlab,classic,bare").split(",")
+    cfg = compose_cfg([*case.overrides, *getattr(args, "overrides", [])], device.type)
+    configure_cuda(device, deterministic=False)
     steps = args.steps or case.steps
     batch = cfg.trainer.batch_size
-    data = build_data(
-        cfg.dataset, device=torch.device("cpu"), batch_size=batch, eval_batch_size=batch, seed=0
-    )
+    data = build_data(cfg.dataset, device=device, batch_size=batch, eval_batch_size=batch, seed=0)
     torch.manual_seed(0)
     base = build_model(
         cfg.model, in_channels=data.channels, num_classes=len(data.classes), image_size=data.image_size
-    )
+    ).to(device)
     channels_last = has_conv(base)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        data.train.x = data.train.x.contiguous(memory_format=fmt)  # as cnnlab.train stores it
 
     fast = copy.deepcopy(base).to(memory_format=fmt)
-    optimizer, schedule, ctx = setup_cnnlab(cfg, data, fast, args.precision, channels_last)
+    optimizer, schedule, ctx = setup_cnnlab(cfg, data, fast, args.precision, channels_last, device)
+    paths = {"cnnlab": lambda n: cnnlab_steps(fast, data, optimizer, schedule, ctx, n)}
 
-    classic = copy.deepcopy(base)
-    classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optimizer.lr)
-    dataset = ArrayVisionDataset(data.train.x, data.train.y, classic_transform(cfg, train=True))
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=args.workers, drop_last=True,
-                        persistent_workers=args.workers > 0)  # fmt: skip
-    classic_iter = forever(loader)
+    if "classic" in paths_wanted:  # PIL per sample: a CPU loop
+        classic = copy.deepcopy(base).cpu()
+        classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optimizer.lr)
+        dataset = ArrayVisionDataset(
+            data.train.x.cpu(), data.train.y.cpu(), classic_transform(cfg, train=True)
+        )
+        loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=args.workers, drop_last=True,
+                            persistent_workers=args.workers > 0)  # fmt: skip
+        classic_iter = forever(loader)
+        paths["classic"] = lambda n: classic_steps(classic, classic_iter, classic_opt, n)
 
     bare = copy.deepcopy(base).to(memory_format=fmt)
-    bare_opt = torch.optim.Adam(bare.parameters(), lr=cfg.optimizer.lr)
-    bare_x = BatchPipeline(data.mean, data.std, torch.device("cpu"))(data.train.x, train=False)
+    if getattr(args, "bare_optimizer", "adam") == "recipe":
+        bare_opt = build_optimizer(bare, cfg.optimizer)
+    else:
+        bare_opt = torch.optim.Adam(bare.parameters(), lr=cfg.optimizer.lr)
+    bare_x = BatchPipeline(data.mean, data.std, device)(data.train.x, train=False)
     bare_y = data.train.y
-
-    paths = {
-        "cnnlab": lambda n: cnnlab_steps(fast, data, optimizer, schedule, ctx, n),
-        "classic": lambda n: classic_steps(classic, classic_iter, classic_opt, n),
-        "bare": lambda n: bare_steps(
-            bare, bare_x, bare_y, bare_opt, batch=batch, steps=n, precision=args.precision, memory_format=fmt
-        ),
-    }
-    for fn in paths.values():  # warm-up: first-call allocations, DataLoader workers, oneDNN primitives
-        fn(1)
+    paths["bare"] = lambda n: bare_steps(
+        bare, bare_x, bare_y, bare_opt, batch=batch, steps=n, precision=args.precision, memory_format=fmt
+    )
+    for fn in paths.values():  # warm-up: first-call allocations, DataLoader workers, kernel selection
+        fn(2)
     rates: dict[str, list[float]] = {k: [] for k in paths}
+    windows: dict[str, list] = {k: [] for k in paths}
+    cpu: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(args.rounds):
         for key, fn in paths.items():
-            rates[key].append(timed(lambda fn=fn: fn(steps)))
+            rates[key].append(timed(lambda fn=fn: fn(steps), device, windows[key], cpu[key]))
     med = {k: statistics.median(v) for k, v in rates.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     prec = {"32": "fp32", "bf16": "bf16 autocast"}[args.precision]
     mem = "channels_last" if channels_last else "contiguous"
     detail = {
@@ -235,8 +281,9 @@ def run_case(name: str, args) -> list[tuple]:
         "bare": f"{prec}, {mem}, no augmentation",
     }
     label = f"{case.label}, batch {batch}, {steps} steps x {args.rounds} rounds"
+    classic_ratio = med["cnnlab"] / med["classic"] if "classic" in med else float("nan")
     return [
-        (label, k, detail[k], med[k], med["cnnlab"] / med["classic"], med["cnnlab"] / med["bare"])
+        (label, k, detail[k], med[k], classic_ratio, med["cnnlab"] / med["bare"], windows[k], cpu_med[k])
         for k in paths
     ]
 
@@ -339,6 +386,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the classic loop")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--food11-per-class", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the classic path runs on the CPU)")
+    parser.add_argument("--paths", default="cnnlab,classic,bare", help="cnnlab,bare or cnnlab,classic,bare")
+    parser.add_argument(
+        "--bare-optimizer",
+        choices=("adam", "recipe"),
+        default="adam",
+        help="adam: torch's Adam at the recipe's lr; recipe: the case's optimizer as cnnlab builds it",
+    )
     args = parser.parse_args()
     configure_cpu(args.threads)
     register_configs()
@@ -360,9 +415,12 @@ def main() -> None:
         rows = run_case(name, args)
         print(f"\n{rows[0][0]}")
         print(f"  {'path':8s} {'img/s':>9s}   setting")
-        for _, path, detail, rate, _, _ in rows:
-            print(f"  {path:8s} {rate:9.0f}   {detail}")
+        for _, path, detail, rate, *_, cpu_rate in rows:
+            print(f"  {path:8s} {rate:9.0f}   {detail}   ({cpu_rate:.0f} img/s by CPU time)")
         print(f"  cnnlab / classic = {rows[0][4]:.2f}x    cnnlab / bare = {rows[0][5]:.2f}x")
+        by_cpu = {path: cpu_rate for _, path, *_, cpu_rate in rows}
+        print("  by CPU time: " + "    ".join(f"cnnlab / {p} = {by_cpu['cnnlab'] / by_cpu[p]:.2f}x"
+                                            for p in by_cpu if p != "cnnlab"))  # fmt: skip
 
 
 if __name__ == "__main__":

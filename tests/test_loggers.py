@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,10 @@ def test_wandb_offline_run_files_match_metrics_csv(make_cfg, tmp_path, monkeypat
         make_cfg("logger=[csv,wandb]", "trainer.max_epochs=2", "optimizer.lr=0.004", *QUICK), run_dir
     )
     records = wandb_records(run_dir)
+    deadline = time.monotonic() + 60  # wandb's service may still be writing the file when finish() returns
+    while {"run", "exit"} - {r.WhichOneof("record_type") for r in records} and time.monotonic() < deadline:
+        time.sleep(0.5)
+        records = wandb_records(run_dir)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.display_name == "w" and run.project == "cnnlab"
     config = {item.key: json.loads(item.value_json) for item in run.config.update}

@@ -13,12 +13,14 @@ from cnnlab.errors import CheckpointError
 from cnnlab.io import atomic_write
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
+def save_checkpoint(state: dict, *paths: Path) -> None:
     """Serialise in memory first: torch's zip writer reports a failed write (a full disk, a file-size
-    limit) as a RuntimeError about stream positions, while a plain write raises the OSError it is."""
+    limit) as a RuntimeError about stream positions, while a plain write raises the OSError it is.
+    Several paths (best.pt and last.pt of the same epoch) get the one serialisation."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    for path in paths:
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

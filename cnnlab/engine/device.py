@@ -73,6 +73,38 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value) -> str | None:
+    """``trainer.compile``: false or null (no compiling), true (torch's default mode) or a mode name.
+
+    ``reduce-overhead`` captures the compiled forward and backward in CUDA graphs (one launch for the
+    whole graph instead of one per kernel: what a small model on a GPU needs); on a CPU it is the
+    default mode. Compiling costs seconds to minutes at the first step, reported in the log.
+    """
+    text = str(value).lower()
+    if value is None or text in ("false", "none", "null"):
+        return None
+    if text == "true":
+        return "default"
+    if text in COMPILE_MODES:
+        return text
+    raise ConfigError(
+        f"Unknown trainer.compile '{value}'; choose one of: false, true, {', '.join(COMPILE_MODES)}."
+    )
+
+
+check_compile = compile_mode
+
+
+def configure_cuda(device: torch.device, *, deterministic: bool) -> None:
+    """cuDNN picks the fastest convolution algorithm for each input shape it meets (a run has few:
+    the batch, the last batch, the evaluation batches), unless results must be deterministic."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+
+
 def configure_cpu(threads: int | None) -> None:
     """Thread count and denormal flushing (a sigmoid LeNet once ran 6x slower on denormals)."""
     if threads:

@@ -5,7 +5,7 @@ buffers (BatchNorm statistics) at their initial copy (``use_buffers=False``) or 
 integer ``num_batches_tracked`` included (``use_buffers=True``); it overwrites the average with the
 model on the first update; it reads a device tensor on every update (a sync on GPUs); and its decay
 is fixed, with no warmup. Here parameters are averaged with the same fused ``_foreach_lerp_`` that
-``get_ema_multi_avg_fn`` uses, and buffers are copied from the model.
+``get_ema_multi_avg_fn`` uses, and buffers are copied from the model with one ``_foreach_copy_``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class ModelEMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.warmup = decay, warmup
         self.updates = 0
+        self._ema_params, self._ema_buffers = list(self.module.parameters()), list(self.module.buffers())
+        self._pairs: tuple | None = None
 
     @property
     def current_decay(self) -> float:
@@ -52,11 +54,12 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         weight = 1 - self.current_decay
         self.updates += 1
-        ema_params = list(self.module.parameters())
-        model_params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, model_params, weight)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        if self._pairs is None or self._pairs[0] is not model:  # the lists, once per model
+            self._pairs = (model, [p.detach() for p in model.parameters()], list(model.buffers()))
+        _, params, buffers = self._pairs
+        torch._foreach_lerp_(self._ema_params, params, weight)
+        if buffers:
+            torch._foreach_copy_(self._ema_buffers, buffers)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}

@@ -58,7 +58,8 @@ def check_finetune(cfg) -> None:
 def lr_groups(model: nn.Module, groups: list[dict], lr: float, backbone_lr_mult: float) -> list[dict]:
     """Split optimizer parameter groups into new (first) and backbone ones at ``lr * backbone_lr_mult``.
 
-    Backbone groups carry ``lr_mult`` so schedules that set their own peak (onecycle) keep the ratio.
+    A backbone group learns at its group's learning rate (``lr``, or the one ``bias_lr_mult`` gave it)
+    times ``backbone_lr_mult``; onecycle sets each group's peak in proportion to its learning rate.
     """
     if backbone_lr_mult == 1.0:
         return groups
@@ -68,7 +69,7 @@ def lr_groups(model: nn.Module, groups: list[dict], lr: float, backbone_lr_mult:
         params = group["params"]
         heads.append({**group, "params": [p for p in params if id(p) in new]})
         backbones.append({**group, "params": [p for p in params if id(p) not in new],
-                          "lr": lr * backbone_lr_mult, "lr_mult": backbone_lr_mult})  # fmt: skip
+                          "lr": group.get("lr", lr) * backbone_lr_mult})  # fmt: skip
     return [g for g in heads + backbones if g["params"]]
 
 

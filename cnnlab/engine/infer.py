@@ -14,7 +14,8 @@ def view_log_probs(model, xb: torch.Tensor, *, pipeline, device, precision: str,
     """Log of the mean of the ``views``' softmax probabilities for one uint8 batch (float32, on ``device``).
 
     With one view (or none) this is the log-softmax of the logits, so a loss computed from it equals
-    the usual cross-entropy; with several it is the log of the averaged probabilities.
+    the usual cross-entropy; with several it is the log of the averaged probabilities (weighted by the
+    views' ``weight`` where they have one, see :mod:`cnnlab.engine.tta`).
     """
     views = list(views) or [lambda x: x]
     outs = []
@@ -24,4 +25,8 @@ def view_log_probs(model, xb: torch.Tensor, *, pipeline, device, precision: str,
         outs.append(logits.float().log_softmax(1))
     if len(outs) == 1:
         return outs[0]
-    return torch.logsumexp(torch.stack(outs), 0) - math.log(len(outs))
+    weights = [getattr(view, "weight", 1.0) for view in views]
+    if len(set(weights)) == 1:
+        return torch.logsumexp(torch.stack(outs), 0) - math.log(len(outs))
+    log_w = torch.tensor(weights, dtype=torch.float32, device=outs[0].device).div_(sum(weights)).log_()
+    return torch.logsumexp(torch.stack(outs) + log_w.view(-1, 1, 1), 0)

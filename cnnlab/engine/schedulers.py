@@ -103,6 +103,7 @@ def build_scheduler(
     warmup_steps: int = 0,
     warmup_start_factor: float = 0.1,
     mode: str = "max",
+    max_steps: int | None = None,
     **options: Any,
 ) -> Schedule:
     """Build the schedule ``name`` for a run of ``max_epochs`` x ``steps_per_epoch`` optimizer steps.
@@ -110,9 +111,10 @@ def build_scheduler(
     Warmup rises linearly from ``warmup_start_factor * lr`` to ``lr`` over ``warmup_steps`` steps or
     ``warmup_epochs`` epochs (give one, not both). ``mode`` ('max' or 'min') is the direction of the
     monitored metric, used by ``plateau``. ``options`` are the schedule's own, listed in ``OPTIONS``.
+    ``max_steps`` ends the run earlier (trainer.max_steps): the schedule then spans that many steps.
     """
     opts = check_schedule(name, options)
-    total = steps_per_epoch * max_epochs
+    total = min(steps_per_epoch * max_epochs, max_steps or steps_per_epoch * max_epochs)
     warmup = _warmup_steps(name, warmup_epochs, warmup_steps, steps_per_epoch, total)
     try:
         if name == "plateau":
@@ -181,8 +183,11 @@ def _main_schedule(
         return sched.ExponentialLR(optimizer, gamma=opts["gamma"] ** (1 / steps_per_epoch))
     if name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=steps, eta_min=opts["min_lr"])
-    peak = opts.pop("max_lr") or optimizer.param_groups[0]["lr"]
-    max_lr = [peak * group.get("lr_mult", 1.0) for group in optimizer.param_groups]  # backbone_lr_mult
+    # One peak per parameter group, in proportion to the groups' learning rates (optimizer.bias_lr_mult,
+    # optimizer.backbone_lr_mult): the optimizer's own lr is the one max_lr stands for.
+    base = optimizer.defaults["lr"]
+    scale = (opts.pop("max_lr") or base) / base
+    max_lr = [group["lr"] * scale for group in optimizer.param_groups]
     return sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps, **opts)
 
 

@@ -19,9 +19,10 @@ from torch import nn
 class PatchWhitening(nn.Module):
     """``k x k`` valid convolution, ``2 * C * k * k`` output channels, frozen filters from :meth:`fit`."""
 
-    def __init__(self, in_channels: int, kernel_size: int, eps: float = 5e-4):
+    def __init__(self, in_channels: int, kernel_size: int, eps: float = 5e-4, bias_epochs: int | None = None):
         super().__init__()
         self.kernel_size, self.eps = kernel_size, eps
+        self.bias_epochs = bias_epochs  # epochs the bias trains (None: all); see frozen_parameters
         n = in_channels * kernel_size * kernel_size
         self.out_channels = 2 * n
         self.register_buffer("weight", torch.zeros(2 * n, in_channels, kernel_size, kernel_size))
@@ -55,3 +56,12 @@ def fit_to_data(model: nn.Module, images: torch.Tensor, normalize: Callable[[tor
         x = normalize(images)
         for layer in layers:
             layer.fit(x)
+
+
+def frozen_parameters(model: nn.Module, epoch: int) -> list[nn.Parameter]:
+    """Parameters that no longer train in ``epoch`` (1-based): whitening biases past their epochs."""
+    return [
+        m.bias
+        for m in model.modules()
+        if isinstance(m, PatchWhitening) and m.bias_epochs is not None and epoch > m.bias_epochs
+    ]
