@@ -74,6 +74,7 @@ class MLPConfig(ModelConfig):
     activation: str = "relu"  # relu | leaky_relu | elu | silu | gelu | sigmoid | tanh
     init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
     init_std: float = 0.01  # the standard deviation of init=normal
+    weights: str | None = None  # a local file to start from (e.g. an earlier run's best.pt)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class LeNetConfig(ModelConfig):
     fc: list[int] = field(default_factory=lambda: [120, 84])
     init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
     init_std: float = 0.01  # the standard deviation of init=normal
+    weights: str | None = None  # a local file to start from (e.g. an earlier run's best.pt)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class SimpleCNNConfig(ModelConfig):
     activation: str = "relu"  # relu | leaky_relu | elu | silu | gelu | sigmoid | tanh
     init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
     init_std: float = 0.01  # the standard deviation of init=normal
+    weights: str | None = None  # a local file to start from (e.g. an earlier run's best.pt)
 
 
 @dataclass
@@ -244,7 +247,7 @@ class TrainerConfig:
     threads: int | None = None  # None: all cores (fastest when idle); 1 when other jobs share the cores
     backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
-    monitor: str = "val_acc"  # val_acc | val_loss
+    monitor: str = "val_acc"  # val_acc | val_loss | val_macro_f1 | val_balanced_acc
     mode: str = "max"  # max | min
     patience: int | None = 3  # epochs without improvement before stopping; null disables
     min_delta: float = 0.0

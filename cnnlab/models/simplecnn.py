@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models.layers import activation_factory, check_choices, init_weights
+from cnnlab.models.weights import load_own_weights
 from cnnlab.models.whiten import PatchWhitening
 
 
@@ -94,6 +95,7 @@ class SimpleCNN(nn.Module):
         activation: str = "relu",
         init: str = "default",
         init_std: float = 0.01,
+        weights: str | None = None,
     ):
         super().__init__()
         act = activation_factory(activation, inplace=True)
@@ -123,6 +125,7 @@ class SimpleCNN(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), *self._hidden(flat, fc, dropout, act))
         self.classifier = nn.Linear(fc[-1] if len(fc) else flat, num_classes)
         init_weights(self, init, activation=activation, init_std=init_std)
+        self.fresh_parameters = load_own_weights(self, weights, name="simplecnn")
 
     @staticmethod
     def min_image_size(whiten: int = 0, **options) -> int:
