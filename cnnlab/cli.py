@@ -25,6 +25,8 @@ commands:
                     add hydra/launcher=joblib to run the jobs in parallel
             data parallel: torchrun --nproc_per_node=N -m cnnlab train ...  (trainer.batch_size is global)
             on SLURM: cnnlab train -m hydra/launcher=slurm hydra.launcher.partition=<name> ...
+  lr_find   the learning-rate range test of a train setup: cnnlab lr_find model=lenet [train overrides]
+            [lr_find.steps=200] [lr_find.out=lr_find.png] (plots loss against lr, prints a suggested lr)
   predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
             [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
             (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
@@ -90,6 +92,7 @@ def positional_overrides(rest: list[str], names: list[str]) -> list[str]:
 TOOLS: dict[str, tuple[str, str, list[str]]] = {
     "train": ("train", "cnnlab.commands.train:train_job", []),  # returns the metric a sweeper optimises
     "predict": ("predict", "cnnlab.commands.predict:main", []),
+    "lr_find": ("lr_find", "cnnlab.commands.lr_find:main", []),
     "runs": ("runs", "cnnlab.commands.runs:main", ["dir"]),
     "export": ("export", "cnnlab.commands.export:main", []),
     "data": ("data", "cnnlab.commands.data:main", ["action"]),
@@ -143,9 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         claim = contextlib.nullcontext()
-        if command == "train":  # every check before Hydra writes anything; the run folder pinned, claimed
-            from cnnlab.commands.train import prepare
-
+        if command in ("train", "lr_find"):  # checks before Hydra runs; train pins and claims its folder
+            prepare = importlib.import_module(f"cnnlab.commands.{command}").prepare
             rest, claim = prepare(rest)
         sys.argv = [f"cnnlab {command}", *rest]
         with claim:

@@ -284,6 +284,19 @@ class TrainConfig:
 
 
 @dataclass
+class LrFindConfig:
+    """``cnnlab lr_find``'s own options (the learning-rate range test); the rest of its config is train's."""
+
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    steps: int = 200  # optimizer steps from start_lr to end_lr (exponentially spaced)
+    diverge: float = 4.0  # stop once the smoothed loss exceeds this times its minimum
+    smoothing: float = 0.98  # of the loss's exponential moving average (debiased); 0: the raw loss
+    rule: str = "steepest"  # how the suggestion is read off the smoothed curve: steepest | valley | minimum
+    out: str = "lr_find.png"
+
+
+@dataclass
 class DataCommandConfig:
     """``cnnlab data <action> dataset=...``."""
 
@@ -361,6 +374,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="data_schema", node=DataCommandConfig)
+    cs.store(name="lr_find_schema", node=LrFindConfig)
     cs.store(name="viz_schema", node=VizConfig)
     cs.store(name="runs_schema", node=RunsConfig)
     for group, options in SCHEMAS.items():
