@@ -168,4 +168,4 @@ def build_augment_from(cfg: DictConfig, *, channels: int, image_size: int) -> Ba
 
 def build_criterion(cfg: DictConfig, *, train_labels: torch.Tensor, num_classes: int) -> nn.Module:
     """The loss of a train config: its ``loss`` group, the deprecated trainer.label_smoothing moved in."""
-    return build_loss(loss_node(cfg), train_labels=train_labels, num_classes=num_classes)
+    return build_loss(loss_node(cfg, warn=True), train_labels=train_labels, num_classes=num_classes)

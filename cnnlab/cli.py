@@ -29,6 +29,8 @@ commands:
             cnnlab tune 'optimizer.lr=tag(log, interval(1e-4, 0.1))' 'trainer.batch_size=choice(64,128)'
             (tune.n_trials, tune.pruner=median|hyperband|none, tune.n_jobs, tune.report=true;
              cnnlab tune tune.dir=<study folder> continues a study)
+  lr_find   the learning-rate range test of a train setup: cnnlab lr_find model=lenet [train overrides]
+            [lr_find.steps=200] [lr_find.out=lr_find.png] (plots loss against lr, prints a suggested lr)
   predict   write a Kaggle submission CSV from a run: cnnlab predict run=outputs/<date>/<time>
             [ckpt=<file>] [input=<folder or test.csv>] [out=<path>] [probs=true] [tta=flip|<n>]
             (run=[dirA,dirB] averages an ensemble; --cfg job lists every option)
@@ -95,6 +97,7 @@ TOOLS: dict[str, tuple[str, str, list[str]]] = {
     "train": ("train", "cnnlab.commands.train:train_job", []),  # returns the metric a sweeper optimises
     "tune": ("tune", "cnnlab.commands.tune:main", []),
     "predict": ("predict", "cnnlab.commands.predict:main", []),
+    "lr_find": ("lr_find", "cnnlab.commands.lr_find:main", []),
     "runs": ("runs", "cnnlab.commands.runs:main", ["dir"]),
     "export": ("export", "cnnlab.commands.export:main", []),
     "data": ("data", "cnnlab.commands.data:main", ["action"]),
@@ -155,7 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         claim = contextlib.nullcontext()
-        if command in ("train", "tune"):  # every check before Hydra starts; the run/study folder claimed
+        if command in (
+            "train",
+            "tune",
+            "lr_find",
+        ):  # every check before Hydra starts; train and tune claim a folder
             prepare = importlib.import_module(f"cnnlab.commands.{command}").prepare
             rest, claim = prepare(rest)
         sys.argv = [f"cnnlab {command}", *rest]

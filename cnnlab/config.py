@@ -75,6 +75,7 @@ class MLPConfig(ModelConfig):
     activation: str = "relu"  # relu | leaky_relu | elu | silu | gelu | sigmoid | tanh
     init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
     init_std: float = 0.01  # the standard deviation of init=normal
+    weights: str | None = None  # a local file to start from (e.g. an earlier run's best.pt)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class LeNetConfig(ModelConfig):
     fc: list[int] = field(default_factory=lambda: [120, 84])
     init: str = "default"  # default (PyTorch's) | kaiming | xavier | orthogonal | normal
     init_std: float = 0.01  # the standard deviation of init=normal
+    weights: str | None = None  # a local file to start from (e.g. an earlier run's best.pt)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class SimpleCNNConfig(ModelConfig):
     whiten_bias_epochs: int | None = None  # train the whitening layer's bias this many epochs; null: all
     bn_momentum: float = 0.1  # BatchNorm running statistics: new = (1 - m) * old + m * batch (torch's m)
     logit_scale: float = 1.0  # multiply the logits by this (airbench: 1/9)
+    weights: str | None = None  # a local file to start from (e.g. an earlier run's best.pt)
 
 
 @dataclass
@@ -264,7 +267,7 @@ class TrainerConfig:
     threads: int | None = None  # None: all cores (fastest when idle); 1 when other jobs share the cores
     backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
-    monitor: str = "val_acc"  # val_acc | val_loss
+    monitor: str = "val_acc"  # val_acc | val_loss | val_macro_f1 | val_balanced_acc
     mode: str = "max"  # max | min
     patience: int | None = 3  # epochs without improvement before stopping; null disables
     min_delta: float = 0.0
@@ -361,6 +364,19 @@ class TrainConfig:
 
 
 @dataclass
+class LrFindConfig:
+    """``cnnlab lr_find``'s own options (the learning-rate range test); the rest of its config is train's."""
+
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    steps: int = 200  # optimizer steps from start_lr to end_lr (exponentially spaced)
+    diverge: float = 4.0  # stop once the smoothed loss exceeds this times its minimum
+    smoothing: float = 0.98  # of the loss's exponential moving average (debiased); 0: the raw loss
+    rule: str = "steepest"  # how the suggestion is read off the smoothed curve: steepest | valley | minimum
+    out: str = "lr_find.png"
+
+
+@dataclass
 class DataCommandConfig:
     """``cnnlab data <action> dataset=...``."""
 
@@ -438,6 +454,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="data_schema", node=DataCommandConfig)
+    cs.store(name="lr_find_schema", node=LrFindConfig)
     cs.store(name="viz_schema", node=VizConfig)
     cs.store(name="runs_schema", node=RunsConfig)
     for group, options in SCHEMAS.items():

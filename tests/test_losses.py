@@ -120,7 +120,7 @@ def test_mixup_combines_two_weighted_criterion_calls():
 def test_trainer_label_smoothing_moves_into_the_loss_with_a_warning(make_cfg, caplog):
     cfg = make_cfg("trainer.label_smoothing=0.1")
     with caplog.at_level(logging.WARNING):
-        assert loss_node(cfg).label_smoothing == 0.1
+        assert loss_node(cfg, warn=True).label_smoothing == 0.1
     assert "trainer.label_smoothing is deprecated; use loss.label_smoothing=0.1" in caplog.text
     assert loss_node(make_cfg("loss.label_smoothing=0.2")).label_smoothing == 0.2
     assert (

@@ -51,7 +51,7 @@ def check_finetune(cfg) -> None:
         option = f"trainer.freeze_epochs={freeze}" if freeze else f"optimizer.backbone_lr_mult={mult}"
         raise ConfigError(
             f"{option} fine-tunes pretrained weights: set model.weights=<file> "
-            "(model=torchvision, timm or resnet18)."
+            "(e.g. an earlier run's checkpoints/best.pt)."
         )
 
 

@@ -84,8 +84,9 @@ def class_weights(spec, train_labels: torch.Tensor, num_classes: int) -> torch.T
     return torch.tensor([float(w) for w in spec], device=train_labels.device)
 
 
-def loss_node(cfg: DictConfig) -> DictConfig:
-    """The ``loss`` node of a train config, with the deprecated ``trainer.label_smoothing`` moved in.
+def loss_node(cfg: DictConfig, *, warn: bool = False) -> DictConfig:
+    """The ``loss`` node of a train config, with the deprecated ``trainer.label_smoothing`` moved in
+    (with a deprecation warning when ``warn``: the builder warns, once per run, not every check).
 
     A config without a ``loss`` node (saved before the group existed) means cross-entropy.
     """
@@ -99,7 +100,8 @@ def loss_node(cfg: DictConfig) -> DictConfig:
             f"trainer.label_smoothing={old} and loss.label_smoothing={loss.label_smoothing} disagree; "
             "set only loss.label_smoothing (trainer.label_smoothing is deprecated)."
         )
-    log.warning("trainer.label_smoothing is deprecated; use loss.label_smoothing=%g instead.", old)
+    if warn:
+        log.warning("trainer.label_smoothing is deprecated; use loss.label_smoothing=%g instead.", old)
     loss = loss.copy()
     loss.label_smoothing = old
     return loss

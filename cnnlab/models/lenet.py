@@ -6,6 +6,7 @@ from torch import nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models.layers import activation_factory, check_choices, choose, init_weights
+from cnnlab.models.weights import load_own_weights
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 MIN_IMAGE_SIZE = 12  # two 2x2 pools and a valid 5x5 convolution leave at least one pixel
@@ -37,6 +38,7 @@ class LeNet(nn.Module):
         fc: list[int] = (120, 84),
         init: str = "default",
         init_std: float = 0.01,
+        weights: str | None = None,
     ):
         super().__init__()
         act = activation_factory(activation)
@@ -60,6 +62,7 @@ class LeNet(nn.Module):
         self.head = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
         init_weights(self, init, activation=activation, init_std=init_std)
+        self.fresh_parameters = load_own_weights(self, weights, name="lenet")
 
     def forward(self, x):
         return self.classifier(self.head(self.features(x)))

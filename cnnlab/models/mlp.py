@@ -6,6 +6,7 @@ from torch import nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models.layers import activation_factory, check_choices, init_weights
+from cnnlab.models.weights import load_own_weights
 
 
 class MLP(nn.Module):
@@ -28,6 +29,7 @@ class MLP(nn.Module):
         activation: str = "relu",
         init: str = "default",
         init_std: float = 0.01,
+        weights: str | None = None,
     ):
         super().__init__()
         act = activation_factory(activation, inplace=True)
@@ -43,6 +45,7 @@ class MLP(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
         init_weights(self, init, activation=activation, init_std=init_std)
+        self.fresh_parameters = load_own_weights(self, weights, name="mlp")
 
     def forward(self, x):
         return self.classifier(self.features(x))

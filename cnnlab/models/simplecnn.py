@@ -14,6 +14,7 @@ from torch import nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models.layers import activation_factory, check_choices, init_weights
+from cnnlab.models.weights import load_own_weights
 from cnnlab.models.whiten import PatchWhitening
 
 
@@ -121,6 +122,7 @@ class SimpleCNN(nn.Module):
         whiten_bias_epochs: int | None = None,
         bn_momentum: float = 0.1,
         logit_scale: float = 1.0,
+        weights: str | None = None,
     ):
         super().__init__()
         act = activation_factory(activation, inplace=True)
@@ -153,6 +155,7 @@ class SimpleCNN(nn.Module):
         self.classifier = nn.Linear(fc[-1] if len(fc) else flat, num_classes)
         self.logit_scale = logit_scale
         init_weights(self, init, activation=activation, init_std=init_std)
+        self.fresh_parameters = load_own_weights(self, weights, name="simplecnn")
 
     @staticmethod
     def min_image_size(whiten: int = 0, **options) -> int:

@@ -29,7 +29,7 @@ from torch import nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models.layers import resize_input
-from cnnlab.models.weights import FitRules, adapt_input_channels, fit_state, read_state_dict
+from cnnlab.models.weights import FitRules, adapt_input_channels, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +163,8 @@ class TorchvisionNet(nn.Module):
         rules = FitRules(head=head, first_conv=f"{self.first_conv}.weight")
         if self.arch.startswith("vit"):
             rules.resize["encoder.pos_embedding"] = self._interpolate_positions
-        state, fresh = fit_state(self.net.state_dict(), read_state_dict(path), rules, source=str(path),
-                                 model=self.arch)  # fmt: skip
-        self.net.load_state_dict(state, strict=False)
+        fresh = load_weights(self.net, path, rules, model=self.arch)
         self.fresh_parameters = tuple(f"net.{key}" for key in fresh)
-        if fresh:
-            log.info("Not loading %s from %s: shapes differ from the model.", ", ".join(fresh), path)
 
     def _interpolate_positions(self, positions: torch.Tensor) -> torch.Tensor:
         from torchvision.models.vision_transformer import interpolate_embeddings

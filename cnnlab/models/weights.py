@@ -11,13 +11,17 @@ differs is an error naming the keys, so the weights of another model never half-
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cnnlab.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 PREFIXES = ("module.", "model.", "net.")  # DataParallel, wrapper modules, cnnlab's own wrappers
 AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")  # googlenet / inception_v3 training heads, not built
@@ -98,6 +102,27 @@ def fit_state(
     bad += [f"{k} (unexpected)" for k in state if k not in own] + missing
     _refuse(bad, source, model)
     return {k: v for k, v in state.items() if k not in fresh}, fresh
+
+
+def load_weights(module: nn.Module, path: str | Path, rules: FitRules, *, model: str) -> tuple[str, ...]:
+    """Load the weights of the file ``path`` into ``module``, fitted by ``rules`` (see :func:`fit_state`);
+    return the keys left to their fresh initialisation (fine-tuning trains them)."""
+    state, fresh = fit_state(module.state_dict(), read_state_dict(path), rules, source=str(path), model=model)
+    module.load_state_dict(state, strict=False)
+    if fresh:
+        log.info("Not loading %s from %s: shapes differ from the model.", ", ".join(fresh), path)
+    return tuple(fresh)
+
+
+def load_own_weights(model: nn.Module, path: str | None, *, name: str) -> tuple[str, ...]:
+    """``model.weights`` of cnnlab's own models (mlp, lenet, simplecnn; e.g. an earlier run's best.pt):
+    the ``classifier`` may differ (another number of classes) and the first convolution (another number
+    of channels); returns the keys left fresh, none without ``path``."""
+    if not path:
+        return ()
+    first = next((key for key, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    rules = FitRules(head=("classifier.weight", "classifier.bias"), first_conv=first and f"{first}.weight")
+    return load_weights(model, path, rules, model=name)
 
 
 def check_names(own, state, *, head: str, source: str, model: str) -> None:

@@ -50,8 +50,10 @@ class PatchWhitening(nn.Module):
 
 
 def fit_to_data(model: nn.Module, images: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor]):
-    """Fit every data-initialised layer of ``model`` to uint8 ``images``, normalised as in training."""
-    layers = [m for m in model.modules() if isinstance(m, PatchWhitening)]
+    """Fit every data-initialised layer of ``model`` to uint8 ``images``, normalised as in training.
+
+    Layers already fitted (filters not all zero: loaded with ``model.weights``) keep their filters."""
+    layers = [m for m in model.modules() if isinstance(m, PatchWhitening) and not m.weight.any()]
     if layers:
         x = normalize(images)
         for layer in layers:
