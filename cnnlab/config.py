@@ -50,6 +50,8 @@ class DatasetConfig:
     val_split: float = 0.1
     stratified: bool = True
     split_seed: int = 0  # fixed, so the validation set does not move when `seed` changes
+    folds: int | None = None  # k-fold cross-validation: validate on fold `fold` of `folds` (stratified)
+    fold: int = 0
     cache_dir: str | None = None  # default $CNNLAB_CACHE or ~/.cache/cnnlab
     cache: bool = False
     num_workers: int | None = None
@@ -167,6 +169,17 @@ class SchedulerConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Adversarial training: a share of every batch replaced by FGSM or PGD examples of the model."""
+
+    method: str = "none"  # none | fgsm | pgd
+    eps: float = 0.03  # L-infinity budget in pixel units of [0, 1] images (8/255 = 0.031)
+    steps: int = 7  # pgd: signed-gradient steps after a random start in the ball
+    step_size: float | None = None  # pgd, pixel units; null: 2.5 * eps / steps
+    fraction: float = 0.5  # share of each batch replaced by its adversarial examples
+
+
+@dataclass
 class AugmentationConfig:
     name: str = "none"  # none | basic | standard | strong
     flip: bool | None = None  # None: flip RGB images only (digits and letters must not be mirrored)
@@ -184,6 +197,17 @@ class AugmentationConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Pseudo-labelling: unlabeled images the model labels confidently join the training split."""
+
+    data: str | None = None  # null: off | test (the dataset's test split, labels unused) | <image folder>
+    threshold: float = 0.9  # least softmax confidence for an image to join
+    start_epoch: int = 3  # the first round runs after this epoch
+    rounds: int = 1  # rounds after epochs start_epoch, start_epoch + 1, ...: each labels the pool anew
 
 
 @dataclass
@@ -217,6 +241,9 @@ class TrainerConfig:
     evaluate: bool = True  # evaluate the best weights on the test split at the end
     report: bool = True  # with evaluate: also write report/ (curves, confusion matrix; seconds of plotting)
     summary: bool = False  # print a layer table with output shapes and parameter counts
+    swa_start: int | None = None  # average the weights of the epochs from this one on (SWA); null: off
+    epoch_checkpoints: bool = False  # also keep each epoch's weights: checkpoints/epoch_<n>.safetensors
+    pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from cnnlab.build import (
+    build_adversary,
     build_augment_from,
     build_criterion,
     build_model,
@@ -28,6 +29,7 @@ from cnnlab.build import (
     seed_everything,
 )
 from cnnlab.data.loader import BatchPipeline
+from cnnlab.data.pseudo import PseudoLabels, read_pool
 from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.checkpoint import (
@@ -39,9 +41,11 @@ from cnnlab.engine.checkpoint import (
 )
 from cnnlab.engine.device import configure_cpu, resolve_precision
 from cnnlab.engine.ema import ModelEMA
+from cnnlab.engine.infer import view_log_probs
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
 from cnnlab.engine.loop import EpochState, StepContext, optimizer_steps, score, train_one_epoch
 from cnnlab.engine.schedulers import Schedule
+from cnnlab.engine.swa import WeightAverage
 from cnnlab.engine.tracker import MetricTracker, is_better
 from cnnlab.engine.tta import tta_views
 from cnnlab.errors import CheckpointError
@@ -66,6 +70,8 @@ class Callback:
     """Hooks into a run (all optional): ``on_step(run)`` after every optimizer step, ``on_epoch_end(run,
     row, value)`` after each epoch's checkpoints are written, with the monitored ``value``. An Optuna
     pruner raises from ``on_epoch_end``; a test can stop a run there as a kill would."""
+
+    def on_start(self, run: Run) -> None: ...
 
     def on_step(self, run: Run) -> None: ...
 
@@ -104,6 +110,9 @@ class Run:
     metrics: MetricsWriter
     config_yaml: str
     callbacks: tuple[Callback, ...] = ()
+    swa: WeightAverage | None = None  # trainer.swa_start
+    pseudo: PseudoLabels | None = None  # trainer.pseudo_label
+    notes: dict = field(default_factory=dict)  # added to summary.json (SWA, pseudo-labels)
 
     def record(self, epoch: int, weights: str = "raw") -> RunRecord:
         data = self.data
@@ -127,6 +136,10 @@ class Run:
         }
         if self.ctx.ema is not None:
             state["ema"] = self.ctx.ema.state_dict()
+        if self.swa is not None:
+            state["swa"] = self.swa.state_dict()
+        if self.pseudo is not None:
+            state["pseudo"] = self.pseudo.state_dict()
         if partial is not None:
             state["partial"] = partial.state_dict()
         return state
@@ -134,7 +147,8 @@ class Run:
     def restore(self, resumed: dict) -> tuple[int, EpochState | None, dict]:
         """Load a ``last.pt``; return the epoch to start at, the partial epoch (or None) and the best row."""
         path = self.folder.last
-        missing = [k for k in (*RESUME_KEYS, *(("ema",) if self.ctx.ema else ())) if k not in resumed]
+        optional = {"ema": self.ctx.ema, "swa": self.swa, "pseudo": self.pseudo}
+        missing = [k for k in (*RESUME_KEYS, *(k for k, v in optional.items() if v)) if k not in resumed]
         if missing:
             raise CheckpointError(
                 f"{path} lacks {', '.join(missing)}, so the run cannot continue exactly; it is damaged or "
@@ -149,6 +163,10 @@ class Run:
             if self.ctx.ema is not None:
                 load_state_strict(self.ctx.ema.module, resumed["ema"]["module"], path)
                 self.ctx.ema.updates = resumed["ema"]["updates"]
+            if self.swa is not None:
+                self.swa.load_state_dict(resumed["swa"])
+            if self.pseudo is not None:
+                self.pseudo.load_state_dict(resumed["pseudo"])
             set_rng_state(resumed["rng"])
             self.ctx.pipeline.generator.set_state(resumed["pipeline_rng"])
             partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
@@ -241,6 +259,7 @@ def build_run(
         accumulate=tc.accumulate,
         dist=dist,
         eval_views=tta_views(tc.tta, data.image_size),
+        adversary=build_adversary(cfg.augmentation, mean=pipeline.mean, std=pipeline.std),
     )
     metrics = MetricsWriter(folder, tensorboard=tc.tensorboard, ema=ctx.ema is not None,
                             clip=bool(tc.grad_clip), enabled=dist.is_main)  # fmt: skip
@@ -248,8 +267,22 @@ def build_run(
         cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
         optimizer=optimizer, schedule=schedule, ctx=ctx,
         tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
-        config_yaml=config_yaml,
+        config_yaml=config_yaml, swa=WeightAverage(model, tc.swa_start) if tc.swa_start else None,
+        pseudo=build_pseudo(cfg, data),
     )  # fmt: skip
+
+
+def build_pseudo(cfg: DictConfig, data: DataBundle) -> PseudoLabels | None:
+    """The unlabeled pool of ``trainer.pseudo_label`` (None when off)."""
+    pl = cfg.trainer.pseudo_label
+    if pl.data is None:
+        return None
+    pool = read_pool(str(pl.data), test=data.test, channels=data.channels, size=data.image_size,
+                     num_workers=cfg.dataset.num_workers or 1)  # fmt: skip
+    if pl.data == "test" and data.test_labeled:
+        log.warning("pseudo-labelling the labeled test split (its labels unused): the test accuracy is no "
+                    "longer that of unseen images")  # fmt: skip
+    return PseudoLabels(pl, pool, data.train)
 
 
 def train(
@@ -294,6 +327,8 @@ def train(
 
         run = build_run(cfg, folder, dist, config_yaml=config_yaml, resumed=resumed is not None)
         run.callbacks = tuple(callbacks)
+        for cb in run.callbacks:
+            cb.on_start(run)
         run.ctx.on_step = step_hook(run)
         if not resumed and dist.is_main:
             folder.write_provenance(
@@ -347,6 +382,9 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                 if state.interrupted:
                     save_interrupted(run, epoch, weights, state, guard.signum)
                 row, value, weights = score_epoch(run, epoch, lr, stats)
+                if run.swa is not None:
+                    run.swa.update(run.model, epoch)
+                pseudo_round(run, epoch, weights)
                 row["seconds"] = time.perf_counter() - t0
                 run.schedule.step_epoch(value)
                 is_best = run.tracker.update(value, epoch)
@@ -381,7 +419,33 @@ def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
         save_checkpoint(ckpt, run.folder.best)
         metadata = run.record(epoch, weights).to_metadata()
         save_safetensors(weights_of(ckpt), metadata, run.folder.best_safetensors)
+    if run.cfg.trainer.epoch_checkpoints:  # for checkpoint averaging: cnnlab export average=[...]
+        metadata = run.record(epoch, weights).to_metadata()
+        save_safetensors(weights_of(ckpt), metadata, run.folder.epoch_weights(epoch))
     save_checkpoint(ckpt, run.folder.last)
+
+
+def pseudo_round(run: Run, epoch: int, weights: str) -> None:
+    """After a round's epoch: label the pool with the weights that scored the epoch, extend the training
+    split with the confident ones, log the count per class and write pseudo_labels.csv."""
+    pseudo, ctx = run.pseudo, run.ctx
+    if pseudo is None or not pseudo.due(epoch):
+        return
+    model = ctx.ema.module if weights == "ema" else run.model
+    model.eval()
+    with torch.no_grad():
+        probs = torch.cat([
+            view_log_probs(model, pseudo.pool[i : i + 1000], pipeline=ctx.pipeline, device=ctx.device,
+                           precision=ctx.precision, views=ctx.eval_views).exp()
+            for i in range(0, len(pseudo.pool), 1000)
+        ])  # fmt: skip
+    row = pseudo.take(probs, epoch, run.data.classes)
+    per_class = ", ".join(f"{c} {row[c]}" for c in run.data.classes)
+    log.info("pseudo-labels round %d after epoch %d: %d of %d images at confidence >= %g (%s)",
+             row["round"], epoch, row["added"], row["pool"], pseudo.threshold, per_class)  # fmt: skip
+    run.notes["pseudo_labels"] = [r["added"] for r in pseudo.history]
+    if run.dist.is_main:
+        run.folder.write_pseudo_labels(pseudo.history)
 
 
 def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
@@ -430,6 +494,31 @@ def log_epoch(row: dict, max_epochs: int, *, ema: bool, is_best: bool) -> None:
     )  # fmt: skip
 
 
+def average_weights(run: Run, epoch: int) -> None:
+    """SWA: recompute the BatchNorm statistics of the averaged weights on the training images and
+    validate them; when they beat the best epoch they become ``best.pt`` (weights ``swa``)."""
+    swa, tracker, tc = run.swa, run.tracker, run.cfg.trainer
+    if swa is None:
+        return
+    if swa.count == 0:
+        log.warning("swa: no epoch reached trainer.swa_start=%d; nothing averaged", swa.start)
+        return
+    model = swa.recompute_bn(run.ctx.pipeline(xb, train=False) for xb, _ in run.data.train)
+    val = score(model, run.data.val, run.ctx)
+    value = float(val["loss"] if tc.monitor == "val_loss" else val["acc"])
+    run.notes.update(swa_epochs=swa.count, swa_val_acc=float(val["acc"]), swa_val_loss=float(val["loss"]))
+    better = is_better(value, tracker.best, tc.mode)
+    log.info("swa: the mean of epochs %d-%d scores %s %.4f (best single epoch %.4f)%s", swa.start, epoch,
+             tc.monitor, value, tracker.best, ", kept as best.pt" if better else "")  # fmt: skip
+    if better and run.dist.is_main:
+        ckpt = {**run.checkpoint(epoch, "swa"), "model": model.state_dict()}
+        save_checkpoint(ckpt, run.folder.best)
+        save_safetensors(ckpt["model"], run.record(epoch, "swa").to_metadata(), run.folder.best_safetensors)
+    if better:
+        tracker.best, tracker.best_epoch = value, epoch
+    run.dist.barrier()
+
+
 def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: float, overrides, rich: bool):
     """Score the best weights on the test split once (rank 0), write summary.json, and hand the same
     images and probabilities to the report; print the summary; return it."""
@@ -437,6 +526,7 @@ def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: f
     dist.barrier()  # rank 0 has written best.pt (run directories are on a shared file system)
     if not dist.is_main:
         return {"status": "finished", "best_value": tracker.best}
+    average_weights(run, epoch)
     best_weights = "raw"
     if run.folder.best.exists():
         best = load_checkpoint(run.folder.best, map_location=dist.device)
@@ -465,6 +555,9 @@ def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: f
     }
     if best_weights == "ema":
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
+    if best_weights == "swa":
+        summary["best_val_acc"] = run.notes["swa_val_acc"]
+    summary.update(run.notes)
     run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)
     if test is not None:
