@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.io import atomic_write
+from cnnlab.report.folds import describe, fold_groups
 from cnnlab.report.html import SweepTable, write_run_page, write_sweep_page
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir, find_runs
 from cnnlab.run.lock import is_locked
@@ -192,6 +193,8 @@ def report(root: Path, *, csv_file: bool = True, console: Console | None = None)
         if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
             console = Console(width=200)
         console.print(runs_table(rows, title=title))
+        for entry in fold_groups(rows):  # cross-validation: the folds of one experiment together
+            console.print(escape(describe(entry)))
     return rows
 
 
