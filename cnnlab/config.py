@@ -107,6 +107,16 @@ class ResNet18Config(ModelConfig):
 
 
 @dataclass
+class QuantizedConfig(ModelConfig):
+    """An int8 model written by ``cnnlab compress method=quantize`` (not trained directly)."""
+
+    _target_: str = "cnnlab.models.quantized.QuantizedModel"
+    name: str = "quantized"
+    base: str = "simplecnn"  # the float architecture, a model name
+    base_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     name: str = MISSING
@@ -308,6 +318,36 @@ class RunsConfig:
     html: bool = False  # DIR/runs.html: the table, overlaid curves, links to each run's page
 
 
+@dataclass
+class StudentConfig:
+    model: str | None = None  # a model name (lenet, mlp, simplecnn, resnet18); null: the teacher's
+    options: dict[str, Any] = field(default_factory=dict)  # its options, e.g. {channels: [8, 16, 32]}
+
+
+@dataclass
+class CompressConfig:
+    """``cnnlab compress run=<dir> method=prune|quantize|distill``."""
+
+    run: str | None = None
+    method: str | None = None  # prune | quantize | distill
+    out: str | None = None  # the new run folder; null: <run>-<method> beside the run (-2, -3, ... if taken)
+    amount: float = 0.5  # prune: the share of weights (structured: of each convolution's filters) removed
+    structured: bool = False  # prune: false: global magnitude over all weights; true: L1 channel pruning
+    finetune_epochs: int = 1  # prune: epochs of training afterwards (0: none), at constant lr
+    lr: float | None = None  # prune: null: a tenth of the run's optimizer.lr; distill: null: the run's
+    calibration: int = 512  # quantize: training images that set the activation ranges
+    student: StudentConfig = field(default_factory=StudentConfig)  # distill
+    temperature: float = 4.0  # distill: softmax temperature of the soft targets
+    alpha: float = 0.9  # distill: weight of the soft-target loss (1 - alpha: cross-entropy with the labels)
+    epochs: int | None = None  # distill: null: the teacher's trainer.max_epochs
+    repeats: int = 50  # latency: timed single-image forward passes per model (the median is reported)
+    threads: int = 1  # latency: CPU threads
+    compile: bool = False  # latency: torch.compile both models first (int8 kernels need it)
+    data_root: str | None = None
+    device: str = "auto"  # where the teacher is loaded; training uses the run's trainer.device
+    trust_config: bool = False
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"base": DatasetConfig},
     "model": {
@@ -315,6 +355,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "lenet": LeNetConfig,
         "simplecnn": SimpleCNNConfig,
         "resnet18": ResNet18Config,
+        "quantized": QuantizedConfig,
     },
     "optimizer": {
         "sgd": SGDConfig,
@@ -336,6 +377,7 @@ def register_configs() -> None:
     cs.store(name="data_schema", node=DataCommandConfig)
     cs.store(name="viz_schema", node=VizConfig)
     cs.store(name="runs_schema", node=RunsConfig)
+    cs.store(name="compress_schema", node=CompressConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
