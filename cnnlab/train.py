@@ -50,7 +50,7 @@ from cnnlab.engine.tracker import MetricTracker, is_better
 from cnnlab.engine.tta import tta_views
 from cnnlab.errors import CheckpointError
 from cnnlab.models.whiten import fit_to_data
-from cnnlab.run.layout import RunDir
+from cnnlab.run.layout import SWA_WEIGHTS, RunDir
 from cnnlab.run.load import Predictor, load_state_strict, read_checkpoint_config, weights_of
 from cnnlab.run.log import EpochProgress, result_table, setup_logging, use_rich
 from cnnlab.run.metrics import MetricsWriter
@@ -510,10 +510,12 @@ def average_weights(run: Run, epoch: int) -> None:
     better = is_better(value, tracker.best, tc.mode)
     log.info("swa: the mean of epochs %d-%d scores %s %.4f (best single epoch %.4f)%s", swa.start, epoch,
              tc.monitor, value, tracker.best, ", kept as best.pt" if better else "")  # fmt: skip
+    if run.dist.is_main:  # kept either way, for evaluate/predict ckpt=<run>/checkpoints/swa.safetensors
+        metadata = run.record(epoch, "swa").to_metadata()
+        save_safetensors(model.state_dict(), metadata, run.folder.checkpoint(SWA_WEIGHTS))
     if better and run.dist.is_main:
-        ckpt = {**run.checkpoint(epoch, "swa"), "model": model.state_dict()}
-        save_checkpoint(ckpt, run.folder.best)
-        save_safetensors(ckpt["model"], run.record(epoch, "swa").to_metadata(), run.folder.best_safetensors)
+        save_checkpoint({**run.checkpoint(epoch, "swa"), "model": model.state_dict()}, run.folder.best)
+        save_safetensors(model.state_dict(), metadata, run.folder.best_safetensors)
     if better:
         tracker.best, tracker.best_epoch = value, epoch
     run.dist.barrier()

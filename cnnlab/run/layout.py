@@ -27,6 +27,7 @@ PSEUDO_LABELS = "pseudo_labels.csv"  # trainer.pseudo_label: one row per round, 
 ROBUSTNESS = "robustness.json"  # in report/: cnnlab evaluate attack=...
 COMPRESSION = "compression.csv"  # cnnlab compress: the table against the original run
 LAST, BEST, BEST_SAFETENSORS = "last.pt", "best.pt", "best.safetensors"
+SWA_WEIGHTS = "swa.safetensors"  # in checkpoints/: the weight average of trainer.swa_start
 SUBMISSION, LOCK = "submission.csv", ".cnnlab.lock"
 SWEEP_SUMMARY = "summary.csv"  # in a sweep folder, or any folder `cnnlab runs` compares
 SWEEP_PAGE, SWEEP_CURVES = "runs.html", "runs_curves.png"  # likewise, with `cnnlab runs <dir> html=true`
