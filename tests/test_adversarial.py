@@ -102,7 +102,7 @@ def test_evaluate_attack_writes_robustness_json(make_cfg, tmp_path):
     from cnnlab.commands.robust import robustness
 
     bad = {"attack": "cw", "eps": 0.1, "steps": 10, "step_size": None, "run": str(tmp_path / "run")}
-    with pytest.raises(ConfigError, match="Unknown attack 'cw'; choose one of: fgsm, pgd."):
+    with pytest.raises(ConfigError, match=r"Unknown attack 'cw'; choose one of: fgsm, pgd\."):
         robustness(OmegaConf.create(bad))
     with pytest.raises(ConfigError, match="a list of them"):
         robustness(OmegaConf.create({**bad, "attack": "pgd", "eps": "big"}))

@@ -77,9 +77,14 @@ def test_runs_reports_mean_and_std_over_folds():
 
 def test_fold_sweep_through_the_cli(tiny_idx, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli("train", "-m", f"dataset.root={tiny_idx}", "trainer.device=cpu", "trainer.tensorboard=false",
-                   "trainer.progress=plain", "trainer.report=false", *FAST[:3], "dataset.folds=2",
-                   "dataset.fold=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    base = (
+        f"dataset.root={tiny_idx}",
+        "trainer.device=cpu",
+        "trainer.tensorboard=false",
+        "trainer.report=false",
+    )
+    proc = run_cli("train", "-m", *base, *FAST[:3], "dataset.folds=2", "dataset.fold=0,1",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("runs", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0 and "2 folds (dataset.folds=2" in proc.stdout

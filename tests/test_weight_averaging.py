@@ -13,7 +13,8 @@ from cnnlab.train import train
 from tests.conftest import run_cli
 
 FAST = ("model=lenet", "trainer.precision=32", "trainer.threads=1", "trainer.report=false",
-        "trainer.limit_train_batches=4", "trainer.max_epochs=3", "trainer.epoch_checkpoints=true")  # fmt: skip
+        "trainer.limit_train_batches=4", "trainer.max_epochs=3",
+        "trainer.epoch_checkpoints=true")  # fmt: skip
 
 
 def epoch_weights(run, epoch):
@@ -68,9 +69,12 @@ def test_export_average_of_epoch_checkpoints(make_cfg, tmp_path):
     proc = run_cli("predict", f"run={run}", f"ckpt={run / 'export' / 'average.safetensors'}",
                    f"out={tmp_path / 'sub.csv'}", "device=cpu", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0 and "accuracy" in proc.stdout, proc.stderr
-    for args, message in ((["average=[epoch_002.safetensors]"], "two or more checkpoints"),
-                          (["average=[a.pt,b.pt]"], "No checkpoint a.pt"),
-                          (["average=[epoch_002.safetensors,last.pt]", "format=onnx"], "writes safetensors")):  # fmt: skip
+    cases = (
+        (["average=[epoch_002.safetensors]"], "two or more checkpoints"),
+        (["average=[a.pt,b.pt]"], "No checkpoint a.pt"),
+        (["average=[epoch_002.safetensors,b.pt]", "format=onnx"], "writes safetensors"),
+    )
+    for args, message in cases:
         proc = run_cli("export", f"run={run}", *args, cwd=tmp_path)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
