@@ -443,7 +443,6 @@ def pseudo_round(run: Run, epoch: int, weights: str) -> None:
     per_class = ", ".join(f"{c} {row[c]}" for c in run.data.classes)
     log.info("pseudo-labels round %d after epoch %d: %d of %d images at confidence >= %g (%s)",
              row["round"], epoch, row["added"], row["pool"], pseudo.threshold, per_class)  # fmt: skip
-    run.notes["pseudo_labels"] = [r["added"] for r in pseudo.history]
     if run.dist.is_main:
         run.folder.write_pseudo_labels(pseudo.history)
 
@@ -559,6 +558,8 @@ def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: f
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
     if best_weights == "swa":
         summary["best_val_acc"] = run.notes["swa_val_acc"]
+    if run.pseudo is not None:  # images added per round (pseudo_labels.csv has the classes)
+        run.notes["pseudo_labels"] = [r["added"] for r in run.pseudo.history]
     summary.update(run.notes)
     run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)
