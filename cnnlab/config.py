@@ -321,7 +321,7 @@ class RunsConfig:
 @dataclass
 class StudentConfig:
     model: str | None = None  # a model name (lenet, mlp, simplecnn, resnet18); null: the teacher's
-    options: dict[str, Any] = field(default_factory=dict)  # its options, e.g. {channels: [8, 16, 32]}
+    options: dict[str, Any] = field(default_factory=dict)  # its options: +student.options.channels=[8,16]
 
 
 @dataclass

@@ -196,12 +196,13 @@ def finish(cfg: DictConfig, folder: RunDir, rows: list[dict], *, seconds: float)
     table = Table(
         title=f"cnnlab compress method={cfg.method}: {rows[1]['split']} accuracy, size, CPU latency"
     )
-    columns = ("run", "accuracy", "elements", "nonzero", "file KB", "gzip KB", "ms/image")
+    columns = ("run", "accuracy", "elements", "nonzero", "file KB", "gzip KB", "ms/image", "speed-up")
     for name in columns:
         table.add_column(name, justify="left" if name == "run" else "right", overflow="fold")
     for r in rows:
         table.add_row(r["run"], f"{r['accuracy']:.4f}", f"{r['elements']:,}", f"{r['nonzero']:,}",
-                      f"{r['file_kb']:.1f}", f"{r['gzip_kb']:.1f}", f"{r['latency_ms']:.3f}")  # fmt: skip
+                      f"{r['file_kb']:.1f}", f"{r['gzip_kb']:.1f}", f"{r['latency_ms']:.3f}",
+                      f"{rows[0]['latency_ms'] / r['latency_ms']:.2f}x")  # fmt: skip
     Console().print(table)
     print(f"original: {cfg.run}\n{cfg.method}: {folder.path}\nwrote {folder.compression}")
 
