@@ -5,10 +5,9 @@ steps; a later call replaces the entries it measures again and keeps the others)
 from __future__ import annotations
 
 from omegaconf import ListConfig
-from rich.console import Console
 from rich.table import Table
 
-from cnnlab.commands.common import open_run, writing_into
+from cnnlab.commands.common import open_run, wide_console, writing_into
 from cnnlab.engine.adversarial import Adversary, check_adversarial, robust_accuracy
 from cnnlab.errors import ConfigError
 from cnnlab.run.load import Predictor, labeled_test, run_data
@@ -62,6 +61,6 @@ def robustness(cfg) -> list[dict]:
         table.add_row(
             r["attack"], f"{r['eps']:.4g}", str(r["steps"]), f"{r['clean_acc']:.4f}", f"{r['robust_acc']:.4f}"
         )
-    Console().print(table)
+    wide_console().print(table)
     print(f"wrote {folder.report_file('robustness.json')}")
     return rows

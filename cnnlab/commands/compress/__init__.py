@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
 from cnnlab.build import build_model, check
-from cnnlab.commands.common import open_run
+from cnnlab.commands.common import open_run, wide_console
 from cnnlab.commands.compress import config as configs
 from cnnlab.commands.compress.distill import Distill
 from cnnlab.commands.compress.measure import describe, latencies
@@ -203,7 +202,7 @@ def finish(cfg: DictConfig, folder: RunDir, rows: list[dict], *, seconds: float)
         table.add_row(r["run"], f"{r['accuracy']:.4f}", f"{r['elements']:,}", f"{r['nonzero']:,}",
                       f"{r['file_kb']:.1f}", f"{r['gzip_kb']:.1f}", f"{r['latency_ms']:.3f}",
                       f"{rows[0]['latency_ms'] / r['latency_ms']:.2f}x")  # fmt: skip
-    Console().print(table)
+    wide_console().print(table)
     print(f"original: {cfg.run}\n{cfg.method}: {folder.path}\nwrote {folder.compression}")
 
 
