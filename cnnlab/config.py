@@ -344,7 +344,6 @@ class CompressConfig:
     threads: int = 1  # latency: CPU threads
     compile: bool = False  # latency: torch.compile both models first (int8 kernels need it)
     data_root: str | None = None
-    device: str = "auto"  # where the teacher is loaded; training uses the run's trainer.device
     trust_config: bool = False
 
 

@@ -27,7 +27,7 @@ def teacher(make_cfg, tmp_path):
 
 def options(run, **kwargs):
     cfg = OmegaConf.structured(CompressConfig)
-    cfg.run, cfg.repeats, cfg.device = str(run), 3, "cpu"
+    cfg.run, cfg.repeats = str(run), 3
     for key, value in kwargs.items():
         OmegaConf.update(cfg, key, value)
     return cfg

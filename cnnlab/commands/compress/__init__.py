@@ -31,7 +31,7 @@ from cnnlab.engine.checkpoint import save_checkpoint, save_safetensors
 from cnnlab.engine.prune import apply_masks, copy_channels, kept_channels, magnitude_masks, sparsity
 from cnnlab.errors import ConfigError
 from cnnlab.run.layout import RunDir
-from cnnlab.run.load import LoadedRun, load_run, run_data
+from cnnlab.run.load import LoadedRun, load_run, read_checkpoint_config, run_data
 from cnnlab.run.workspace import claim
 from cnnlab.train import Callback, train
 
@@ -152,7 +152,7 @@ def compress(cfg: DictConfig) -> list[dict]:
     """Make the compressed run and its table; return the table's rows (original first)."""
     check_options(cfg)
     started = time.perf_counter()
-    teacher, _ = open_run(cfg)
+    teacher, _ = open_run(cfg)  # on the CPU: the table is a CPU measurement; training uses trainer.device
     teacher.model.cpu()
     folder = out_folder(cfg, teacher.run_dir)
     data = run_data(teacher.cfg, torch.device("cpu"), data_root=cfg.data_root)
@@ -183,7 +183,7 @@ def finish(cfg: DictConfig, folder: RunDir, rows: list[dict], *, seconds: float)
     with claim(folder, resume=True):
         folder.write_compression([{**r, "sparsity": r.get("sparsity")} for r in rows])
         if not folder.config_file.exists():
-            folder.write_hydra(made_config(folder), [f"compress={cfg.run}", *options], "")
+            folder.write_hydra(read_checkpoint_config(folder.best), [f"compress={cfg.run}", *options], "")
         if not folder.summary_file.exists():
             acc = rows[1]["accuracy"]
             folder.write_summary({
@@ -204,12 +204,6 @@ def finish(cfg: DictConfig, folder: RunDir, rows: list[dict], *, seconds: float)
                       f"{rows[0]['latency_ms'] / r['latency_ms']:.2f}x")  # fmt: skip
     wide_console().print(table)
     print(f"original: {cfg.run}\n{cfg.method}: {folder.path}\nwrote {folder.compression}")
-
-
-def made_config(folder: RunDir) -> str:
-    from cnnlab.run.load import read_checkpoint_config
-
-    return read_checkpoint_config(folder.best)
 
 
 def main(cfg: DictConfig) -> list[dict]:

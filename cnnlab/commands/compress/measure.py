@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.build import has_conv
 from cnnlab.run.load import LoadedRun, Predictor
 
 WARMUP = 5
@@ -29,12 +30,14 @@ def elements(model: nn.Module) -> tuple[int, int]:
 def latencies(models: list[nn.Module], image: torch.Tensor, *, repeats: int, compile: bool) -> list[float]:
     """Median milliseconds of one forward pass of one image per model, the models timed in turn."""
     runners = [torch.compile(m) if compile else m for m in models]
+    # the memory format the Predictor feeds each model (channels_last for convolutions)
+    inputs = [image.contiguous(memory_format=torch.channels_last) if has_conv(m) else image for m in models]
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for i in range(WARMUP + repeats):
-            for runner, out in zip(runners, times, strict=True):
+            for runner, x, out in zip(runners, inputs, times, strict=True):
                 start = time.perf_counter()
-                runner(image)
+                runner(x)
                 if i >= WARMUP:
                     out.append((time.perf_counter() - start) * 1e3)
     return [statistics.median(t) for t in times]
