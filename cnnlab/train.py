@@ -517,17 +517,16 @@ def average_weights(run: Run, epoch: int) -> None:
         save_safetensors(model.state_dict(), metadata, run.folder.best_safetensors)
     if better:
         tracker.best, tracker.best_epoch = value, epoch
-    run.dist.barrier()
 
 
 def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: float, overrides, rich: bool):
     """Score the best weights on the test split once (rank 0), write summary.json, and hand the same
     images and probabilities to the report; print the summary; return it."""
     cfg, tc, dist, tracker, data = run.cfg, run.cfg.trainer, run.dist, run.tracker, run.data
+    average_weights(run, epoch)  # every rank: validation sums over all of them
     dist.barrier()  # rank 0 has written best.pt (run directories are on a shared file system)
     if not dist.is_main:
         return {"status": "finished", "best_value": tracker.best}
-    average_weights(run, epoch)
     best_weights = "raw"
     if run.folder.best.exists():
         best = load_checkpoint(run.folder.best, map_location=dist.device)
