@@ -31,6 +31,11 @@ def robustness(cfg) -> list[dict]:
     for eps in eps_list:
         check_adversarial(attack, eps, cfg.steps, cfg.step_size, 1.0)
     run, device = open_run(cfg)
+    if run.record.model_name == "quantized":
+        raise ConfigError(
+            f"{run.run_dir} holds an int8 model, which has no gradients to attack with; attack the float "
+            "run it was made from (the one named in its .hydra/overrides.yaml)."
+        )
     predictor = Predictor.of(run, device, tta=None, precision=str(cfg.precision))
     x, y = labeled_test(run_data(run.cfg, device, data_root=cfg.data_root), run.run_dir, "cnnlab evaluate")
     rows = []
