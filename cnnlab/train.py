@@ -384,7 +384,7 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                 row, value, weights = score_epoch(run, epoch, lr, stats)
                 if run.swa is not None:
                     run.swa.update(run.model, epoch)
-                pseudo_round(run, epoch, weights)
+                labelled = pseudo_round(run, epoch, weights)  # before the checkpoint, which saves it
                 row["seconds"] = time.perf_counter() - t0
                 run.schedule.step_epoch(value)
                 is_best = run.tracker.update(value, epoch)
@@ -394,6 +394,8 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                 if dist.is_main:  # rank 0 alone writes checkpoints
                     save_epoch(run, epoch, weights, is_best=is_best)
                 log_epoch(row, tc.max_epochs, ema=ctx.ema is not None, is_best=is_best)
+                if labelled:
+                    log.info("%s", labelled)
                 for cb in run.callbacks:
                     cb.on_epoch_end(run, row, value)
                 tracker = run.tracker
@@ -425,12 +427,12 @@ def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
     save_checkpoint(ckpt, run.folder.last)
 
 
-def pseudo_round(run: Run, epoch: int, weights: str) -> None:
+def pseudo_round(run: Run, epoch: int, weights: str) -> str | None:
     """After a round's epoch: label the pool with the weights that scored the epoch, extend the training
-    split with the confident ones, log the count per class and write pseudo_labels.csv."""
+    split with the confident ones and write pseudo_labels.csv; return the line to log (counts per class)."""
     pseudo, ctx = run.pseudo, run.ctx
     if pseudo is None or not pseudo.due(epoch):
-        return
+        return None
     model = ctx.ema.module if weights == "ema" else run.model
     model.eval()
     with torch.no_grad():
@@ -440,11 +442,13 @@ def pseudo_round(run: Run, epoch: int, weights: str) -> None:
             for i in range(0, len(pseudo.pool), 1000)
         ])  # fmt: skip
     row = pseudo.take(probs, epoch, run.data.classes)
-    per_class = ", ".join(f"{c} {row[c]}" for c in run.data.classes)
-    log.info("pseudo-labels round %d after epoch %d: %d of %d images at confidence >= %g (%s)",
-             row["round"], epoch, row["added"], row["pool"], pseudo.threshold, per_class)  # fmt: skip
     if run.dist.is_main:
         run.folder.write_pseudo_labels(pseudo.history)
+    per_class = ", ".join(f"{c} {row[c]}" for c in run.data.classes)
+    return (
+        f"pseudo-labels round {row['round']} after epoch {epoch}: {row['added']} of {row['pool']} images "
+        f"at confidence >= {pseudo.threshold:g} ({per_class})"
+    )
 
 
 def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
