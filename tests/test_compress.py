@@ -142,3 +142,19 @@ def test_quantized_model_class_is_on_the_allow_list():
 
     assert "cnnlab.models.quantized.QuantizedModel" in allowed_targets()["model"]
     assert nn.Module in type.mro(__import__("cnnlab.models.quantized", fromlist=["x"]).QuantizedModel)
+
+
+def test_a_failing_compile_is_a_one_line_error(monkeypatch):
+    from cnnlab.commands.compress import measure
+
+    def broken(model):
+        def run(x):
+            raise RuntimeError("ImportError: main.so: file too short\nmore lines")
+
+        return run
+
+    monkeypatch.setattr(measure.torch, "compile", broken)
+    model = LeNet(in_channels=1, num_classes=10, image_size=28).eval()
+    with pytest.raises(ConfigError, match=r"torch.compile failed \(ImportError: main.so: file too short\)"):
+        measure.latencies([model], torch.zeros(1, 1, 28, 28), repeats=1, compile=True)
+    assert len(measure.latencies([model], torch.zeros(1, 1, 28, 28), repeats=1, compile=False)) == 1

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cnnlab.build import has_conv
+from cnnlab.errors import ConfigError
 from cnnlab.run.load import LoadedRun, Predictor
 
 WARMUP = 5
@@ -34,6 +35,8 @@ def latencies(models: list[nn.Module], image: torch.Tensor, *, repeats: int, com
     inputs = [image.contiguous(memory_format=torch.channels_last) if has_conv(m) else image for m in models]
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
+        if compile:
+            compile_now(runners, inputs)
         for i in range(WARMUP + repeats):
             for runner, x, out in zip(runners, inputs, times, strict=True):
                 start = time.perf_counter()
@@ -41,6 +44,20 @@ def latencies(models: list[nn.Module], image: torch.Tensor, *, repeats: int, com
                 if i >= WARMUP:
                     out.append((time.perf_counter() - start) * 1e3)
     return [statistics.median(t) for t in times]
+
+
+def compile_now(runners: list, inputs: list[torch.Tensor]) -> None:
+    """Run each compiled model once, so that a failing compile (no C++ compiler, a truncated file in
+    Inductor's cache) is one line instead of a traceback."""
+    try:
+        for runner, x in zip(runners, inputs, strict=True):
+            runner(x)
+    except RuntimeError as e:  # Dynamo's and Inductor's errors are RuntimeErrors
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(
+            f"torch.compile failed ({first}); time without compile=true, or clear Inductor's cache "
+            "($TORCHINDUCTOR_CACHE_DIR, by default /tmp/torchinductor_<user>) and try again."
+        ) from e
 
 
 def describe(run: LoadedRun, data, label: str) -> dict:
