@@ -20,7 +20,10 @@ from torch import nn
 
 from cnnlab.config import SCHEMAS, validate
 from cnnlab.data.augment import BatchAugment, build_augment, check_augment
+from cnnlab.data.folds import check_folds
 from cnnlab.data.options import check_dataset
+from cnnlab.data.pseudo import check_pseudo_label
+from cnnlab.engine.adversarial import Adversary, check_adversarial
 from cnnlab.engine.device import check_compile
 from cnnlab.engine.distributed import check_backend
 from cnnlab.engine.ema import check_decay
@@ -70,6 +73,21 @@ def check(cfg: DictConfig) -> None:
     check_compile(cfg.trainer.compile)
     parse_tta(cfg.trainer.tta)
     check_backend(str(cfg.trainer.backend))
+    check_tips(cfg)
+
+
+def check_tips(cfg: DictConfig) -> None:
+    """k-fold, adversarial training, weight averaging and pseudo-labelling options (issue 20)."""
+    check_folds(cfg.dataset)
+    adv = cfg.augmentation.adversarial
+    check_adversarial(adv.method, adv.eps, adv.steps, adv.step_size, adv.fraction)
+    tc = cfg.trainer
+    if tc.swa_start is not None and not 1 <= tc.swa_start <= tc.max_epochs:
+        raise ConfigError(
+            f"trainer.swa_start is the first epoch averaged, 1 to trainer.max_epochs ({tc.max_epochs}), "
+            f"or null; got {tc.swa_start}."
+        )
+    check_pseudo_label(tc.pseudo_label, max_epochs=tc.max_epochs)
 
 
 def check_known_keys(cfg: DictConfig, path: str = "") -> None:
@@ -161,9 +179,18 @@ def build_schedule(
 
 
 def build_augment_from(cfg: DictConfig, *, channels: int, image_size: int) -> BatchAugment | None:
-    return build_augment(
-        **OmegaConf.to_container(cfg, resolve=True), channels=channels, image_size=image_size
-    )
+    options = OmegaConf.to_container(cfg, resolve=True)
+    options.pop("adversarial", None)  # made in the training step (build_adversary), not a batch op
+    return build_augment(**options, channels=channels, image_size=image_size)
+
+
+def build_adversary(cfg: DictConfig, *, mean: torch.Tensor, std: torch.Tensor) -> Adversary | None:
+    """``augmentation.adversarial`` (None when off, or in a run stored before it existed)."""
+    adv = cfg.get("adversarial")
+    if adv is None or adv.method == "none":
+        return None
+    return Adversary(str(adv.method), float(adv.eps), mean, std, steps=int(adv.steps),
+                     step_size=adv.step_size, fraction=float(adv.fraction))  # fmt: skip
 
 
 def build_criterion(cfg: DictConfig, *, train_labels: torch.Tensor, num_classes: int) -> nn.Module:

@@ -41,6 +41,10 @@ commands:
             (a table sorted by the metric; writes <dir>/summary.csv; html=true also <dir>/runs.html)
   evaluate  score a run on its labeled test split: per-class table, confusion matrix, calibration
             cnnlab evaluate run=outputs/2026-11-22/12-00-00        (writes <run>/report/)
+  compress  a smaller or faster copy of a run, as a new run folder with a size/speed/accuracy table:
+            cnnlab compress run=<dir> method=prune amount=0.5 [structured=true] [finetune_epochs=1]
+            cnnlab compress run=<dir> method=quantize        (int8, PT2E; pip install 'cnnlab[quantize]')
+            cnnlab compress run=<dir> method=distill student.model=lenet
   viz       pictures of a run: cnnlab viz <what> run=<dir>, <what> one of curves, filters,
             feature_maps, kernels, predictions, embeddings, augment, gradcam, saliency, page
             (cnnlab viz augment dataset=cifar10 augmentation=strong works without a run)
@@ -103,6 +107,7 @@ TOOLS: dict[str, tuple[str, str, list[str]]] = {
     "data": ("data", "cnnlab.commands.data:main", ["action"]),
     "evaluate": ("evaluate", "cnnlab.commands.evaluate:main", []),
     "viz": ("viz", "cnnlab.commands.viz:main", ["what"]),
+    "compress": ("compress", "cnnlab.commands.compress:main", []),
 }
 
 

@@ -51,6 +51,8 @@ class DatasetConfig:
     val_split: float = 0.1
     stratified: bool = True
     split_seed: int = 0  # fixed, so the validation set does not move when `seed` changes
+    folds: int | None = None  # k-fold cross-validation: validate on fold `fold` of `folds` (stratified)
+    fold: int = 0
     cache_dir: str | None = None  # default $CNNLAB_CACHE or ~/.cache/cnnlab
     cache: bool = False
     num_workers: int | None = None
@@ -157,6 +159,16 @@ class FocalConfig(LossConfig):
 
 
 @dataclass
+class QuantizedConfig(ModelConfig):
+    """An int8 model written by ``cnnlab compress method=quantize`` (not trained directly)."""
+
+    _target_: str = "cnnlab.models.quantized.QuantizedModel"
+    name: str = "quantized"
+    base: str = "simplecnn"  # the float architecture, a model name
+    base_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     name: str = MISSING
@@ -222,6 +234,17 @@ class SchedulerConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Adversarial training: a share of every batch replaced by FGSM or PGD examples of the model."""
+
+    method: str = "none"  # none | fgsm | pgd
+    eps: float = 0.03  # L-infinity budget in pixel units of [0, 1] images (8/255 = 0.031)
+    steps: int = 7  # pgd: signed-gradient steps after a random start in the ball
+    step_size: float | None = None  # pgd, pixel units; null: 2.5 * eps / steps
+    fraction: float = 0.5  # share of each batch replaced by its adversarial examples
+
+
+@dataclass
 class AugmentationConfig:
     name: str = "none"  # none | basic | standard | strong
     flip: bool | None = None  # None: flip RGB images only (digits and letters must not be mirrored)
@@ -239,6 +262,17 @@ class AugmentationConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Pseudo-labelling: unlabeled images the model labels confidently join the training split."""
+
+    data: str | None = None  # null: off | test (the dataset's test split, labels unused) | <image folder>
+    threshold: float = 0.9  # least softmax confidence for an image to join
+    start_epoch: int = 3  # the first round runs after this epoch
+    rounds: int = 1  # rounds after epochs start_epoch, start_epoch + 1, ...: each labels the pool anew
 
 
 @dataclass
@@ -290,6 +324,9 @@ class TrainerConfig:
     evaluate: bool = True  # evaluate the best weights on the test split at the end
     report: bool = True  # with evaluate: also write report/ (curves, confusion matrix; seconds of plotting)
     summary: bool = False  # print a layer table with output shapes and parameter counts
+    swa_start: int | None = None  # average the weights of the epochs from this one on (SWA); null: off
+    epoch_checkpoints: bool = False  # also keep each epoch's weights: checkpoints/epoch_<n>.safetensors
+    pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
 
 @dataclass
@@ -425,6 +462,35 @@ class RunsConfig:
     html: bool = False  # DIR/runs.html: the table, overlaid curves, links to each run's page
 
 
+@dataclass
+class StudentConfig:
+    model: str | None = None  # a model name (lenet, mlp, simplecnn, resnet18); null: the teacher's
+    options: dict[str, Any] = field(default_factory=dict)  # its options: +student.options.channels=[8,16]
+
+
+@dataclass
+class CompressConfig:
+    """``cnnlab compress run=<dir> method=prune|quantize|distill``."""
+
+    run: str | None = None
+    method: str | None = None  # prune | quantize | distill
+    out: str | None = None  # the new run folder; null: <run>-<method> beside the run (-2, -3, ... if taken)
+    amount: float = 0.5  # prune: the share of weights (structured: of each convolution's filters) removed
+    structured: bool = False  # prune: false: global magnitude over all weights; true: L1 channel pruning
+    finetune_epochs: int = 1  # prune: epochs of training afterwards (0: none), at constant lr
+    lr: float | None = None  # prune: null: a tenth of the run's optimizer.lr; distill: null: the run's
+    calibration: int = 512  # quantize: training images that set the activation ranges
+    student: StudentConfig = field(default_factory=StudentConfig)  # distill
+    temperature: float = 4.0  # distill: softmax temperature of the soft targets
+    alpha: float = 0.9  # distill: weight of the soft-target loss (1 - alpha: cross-entropy with the labels)
+    epochs: int | None = None  # distill: null: the teacher's trainer.max_epochs
+    repeats: int = 50  # latency: timed single-image forward passes per model (the median is reported)
+    threads: int = 1  # latency: CPU threads
+    compile: bool = False  # latency: torch.compile both models first (int8 kernels need it)
+    data_root: str | None = None
+    trust_config: bool = False
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"base": DatasetConfig},
     "model": {
@@ -434,6 +500,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "resnet18": ResNet18Config,
         "torchvision": TorchvisionConfig,
         "timm": TimmConfig,
+        "quantized": QuantizedConfig,
     },
     "optimizer": {
         "sgd": SGDConfig,
@@ -457,6 +524,7 @@ def register_configs() -> None:
     cs.store(name="lr_find_schema", node=LrFindConfig)
     cs.store(name="viz_schema", node=VizConfig)
     cs.store(name="runs_schema", node=RunsConfig)
+    cs.store(name="compress_schema", node=CompressConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from cnnlab.build import (
+    build_adversary,
     build_augment_from,
     build_criterion,
     build_model,
@@ -29,6 +30,7 @@ from cnnlab.build import (
 )
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.mmap import HostLoader
+from cnnlab.data.pseudo import PseudoLabels, read_pool
 from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.checkpoint import (
@@ -41,16 +43,18 @@ from cnnlab.engine.checkpoint import (
 from cnnlab.engine.device import compile_mode, configure_cpu, configure_cuda, resolve_precision
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.finetune import Freezer
+from cnnlab.engine.infer import view_log_probs
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
 from cnnlab.engine.lookahead import Lookahead
 from cnnlab.engine.loop import EpochState, StepContext, optimizer_steps, score, train_one_epoch
 from cnnlab.engine.metrics import BALANCED_MONITORS
 from cnnlab.engine.schedulers import Schedule
+from cnnlab.engine.swa import WeightAverage
 from cnnlab.engine.tracker import MetricTracker, is_better
 from cnnlab.engine.tta import tta_views
 from cnnlab.errors import CheckpointError
 from cnnlab.models.whiten import fit_to_data, frozen_parameters
-from cnnlab.run.layout import RunDir
+from cnnlab.run.layout import SWA_WEIGHTS, RunDir
 from cnnlab.run.load import Predictor, load_state_strict, read_checkpoint_config, weights_of
 from cnnlab.run.log import EpochProgress, result_table, setup_logging, use_rich
 from cnnlab.run.loggers import uses_tensorboard
@@ -71,6 +75,8 @@ class Callback:
     """Hooks into a run (all optional): ``on_step(run)`` after every optimizer step, ``on_epoch_end(run,
     row, value)`` after each epoch's checkpoints are written, with the monitored ``value``. An Optuna
     pruner raises from ``on_epoch_end``; a test can stop a run there as a kill would."""
+
+    def on_start(self, run: Run) -> None: ...
 
     def on_step(self, run: Run) -> None: ...
 
@@ -110,6 +116,9 @@ class Run:
     config_yaml: str
     freezer: Freezer  # trainer.freeze_epochs: the backbone frozen for the first epochs
     callbacks: tuple[Callback, ...] = ()
+    swa: WeightAverage | None = None  # trainer.swa_start
+    pseudo: PseudoLabels | None = None  # trainer.pseudo_label
+    notes: dict = field(default_factory=dict)  # added to summary.json (SWA, pseudo-labels)
 
     def record(self, epoch: int, weights: str = "raw") -> RunRecord:
         data = self.data
@@ -135,6 +144,10 @@ class Run:
             state["ema"] = self.ctx.ema.state_dict()
         if self.ctx.lookahead is not None:  # at an epoch's end the weights are the slow copy
             state["lookahead"] = self.ctx.lookahead.state_dict()
+        if self.swa is not None:
+            state["swa"] = self.swa.state_dict()
+        if self.pseudo is not None:
+            state["pseudo"] = self.pseudo.state_dict()
         if partial is not None:
             state["partial"] = partial.state_dict()
         return state
@@ -142,8 +155,13 @@ class Run:
     def restore(self, resumed: dict) -> tuple[int, EpochState | None, dict]:
         """Load a ``last.pt``; return the epoch to start at, the partial epoch (or None) and the best row."""
         path = self.folder.last
-        optional = (("ema",) if self.ctx.ema else ()) + (("lookahead",) if self.ctx.lookahead else ())
-        missing = [k for k in (*RESUME_KEYS, *optional) if k not in resumed]
+        optional = {
+            "ema": self.ctx.ema,
+            "lookahead": self.ctx.lookahead,
+            "swa": self.swa,
+            "pseudo": self.pseudo,
+        }
+        missing = [k for k in (*RESUME_KEYS, *(k for k, v in optional.items() if v)) if k not in resumed]
         if missing:
             raise CheckpointError(
                 f"{path} lacks {', '.join(missing)}, so the run cannot continue exactly; it is damaged or "
@@ -160,6 +178,10 @@ class Run:
                 self.ctx.ema.updates = resumed["ema"]["updates"]
             if self.ctx.lookahead is not None:
                 self.ctx.lookahead.load_state_dict(resumed["lookahead"])
+            if self.swa is not None:
+                self.swa.load_state_dict(resumed["swa"])
+            if self.pseudo is not None:
+                self.pseudo.load_state_dict(resumed["pseudo"])
             set_rng_state(resumed["rng"])
             self.ctx.pipeline.generator.set_state(resumed["pipeline_rng"])
             partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
@@ -259,6 +281,7 @@ def build_run(
         dist=dist,
         eval_views=tta_views(tc.tta, data.image_size),
         balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0,
+        adversary=build_adversary(cfg.augmentation, mean=pipeline.mean, std=pipeline.std),
     )
     log.info("optimizer %s (%s)", type(optimizer).__name__, optimizer_kernels(optimizer))
     metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
@@ -267,7 +290,8 @@ def build_run(
         cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
         optimizer=optimizer, schedule=schedule, ctx=ctx,
         tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
-        config_yaml=config_yaml, freezer=freezer,
+        config_yaml=config_yaml, freezer=freezer, pseudo=build_pseudo(cfg, data),
+        swa=WeightAverage(model, tc.swa_start) if tc.swa_start else None,
     )  # fmt: skip
 
 
@@ -292,6 +316,19 @@ def build_lookahead(model: nn.Module, tc: DictConfig, steps_per_epoch: int, tota
 def optimizer_kernels(optimizer: torch.optim.Optimizer) -> str:
     group = optimizer.param_groups[0]
     return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
+
+
+def build_pseudo(cfg: DictConfig, data: DataBundle) -> PseudoLabels | None:
+    """The unlabeled pool of ``trainer.pseudo_label`` (None when off)."""
+    pl = cfg.trainer.pseudo_label
+    if pl.data is None:
+        return None
+    pool = read_pool(str(pl.data), test=data.test, channels=data.channels, size=data.image_size,
+                     num_workers=cfg.dataset.num_workers or 1)  # fmt: skip
+    if pl.data == "test" and data.test_labeled:
+        log.warning("pseudo-labelling the labeled test split (its labels unused): the test accuracy is no "
+                    "longer that of unseen images")  # fmt: skip
+    return PseudoLabels(pl, pool, data.train)
 
 
 def train(
@@ -336,6 +373,8 @@ def train(
 
         run = build_run(cfg, folder, dist, config_yaml=config_yaml, resumed=resumed is not None)
         run.callbacks = tuple(callbacks)
+        for cb in run.callbacks:
+            cb.on_start(run)
         run.ctx.on_step = step_hook(run)
         if not resumed and dist.is_main:
             record = provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files,
@@ -405,6 +444,9 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                 if ctx.lookahead is not None:
                     ctx.lookahead.sync()  # validate and keep the slow weights
                 row, value, weights = score_epoch(run, epoch, lr, stats)
+                if run.swa is not None:
+                    run.swa.update(run.model, epoch)
+                labelled = pseudo_round(run, epoch, weights)  # before the checkpoint, which saves it
                 row["seconds"] = time.perf_counter() - t0
                 run.schedule.step_epoch(value)
                 is_best = run.tracker.update(value, epoch)
@@ -414,6 +456,8 @@ def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, 
                 if dist.is_main:  # rank 0 alone writes checkpoints
                     save_epoch(run, epoch, weights, is_best=is_best)
                 log_epoch(row, tc.max_epochs, ema=ctx.ema is not None, is_best=is_best)
+                if labelled:
+                    log.info("%s", labelled)
                 for cb in run.callbacks:
                     cb.on_epoch_end(run, row, value)
                 if last_steps:
@@ -453,7 +497,34 @@ def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
     if is_best:
         metadata = run.record(epoch, weights).to_metadata()
         save_safetensors(weights_of(ckpt), metadata, run.folder.best_safetensors)
+    if run.cfg.trainer.epoch_checkpoints:  # for checkpoint averaging: cnnlab export average=[...]
+        metadata = run.record(epoch, weights).to_metadata()
+        save_safetensors(weights_of(ckpt), metadata, run.folder.epoch_weights(epoch))
     save_checkpoint(ckpt, *((run.folder.best,) if is_best else ()), run.folder.last)  # one serialisation
+
+
+def pseudo_round(run: Run, epoch: int, weights: str) -> str | None:
+    """After a round's epoch: label the pool with the weights that scored the epoch, extend the training
+    split with the confident ones and write pseudo_labels.csv; return the line to log (counts per class)."""
+    pseudo, ctx = run.pseudo, run.ctx
+    if pseudo is None or not pseudo.due(epoch):
+        return None
+    model = ctx.ema.module if weights == "ema" else run.model
+    model.eval()
+    with torch.no_grad():
+        probs = torch.cat([
+            view_log_probs(model, pseudo.pool[i : i + 1000], pipeline=ctx.pipeline, device=ctx.device,
+                           precision=ctx.precision, views=ctx.eval_views).exp()
+            for i in range(0, len(pseudo.pool), 1000)
+        ])  # fmt: skip
+    row = pseudo.take(probs, epoch, run.data.classes)
+    if run.dist.is_main:
+        run.folder.write_pseudo_labels(pseudo.history)
+    per_class = ", ".join(f"{c} {row[c]}" for c in run.data.classes)
+    return (
+        f"pseudo-labels round {row['round']} after epoch {epoch}: {row['added']} of {row['pool']} images "
+        f"at confidence >= {pseudo.threshold:g} ({per_class})"
+    )
 
 
 def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
@@ -502,15 +573,45 @@ def log_epoch(row: dict, max_epochs: int, *, ema: bool, is_best: bool) -> None:
     )  # fmt: skip
 
 
+def average_weights(run: Run, epoch: int) -> bool:
+    """SWA: recompute the BatchNorm statistics of the averaged weights on the training images and
+    validate them; when they beat the best epoch they become ``best.pt`` (weights ``swa``): return
+    whether they did."""
+    swa, tracker, tc = run.swa, run.tracker, run.cfg.trainer
+    if swa is None:
+        return False
+    if swa.count == 0:
+        log.warning("swa: no epoch reached trainer.swa_start=%d; nothing averaged", swa.start)
+        return False
+    model = swa.recompute_bn(run.ctx.pipeline(xb, train=False) for xb, _ in run.data.train)
+    val = score(model, run.data.val, run.ctx)
+    value = float(val["loss"] if tc.monitor == "val_loss" else val["acc"])
+    run.notes.update(swa_epochs=swa.count, swa_val_acc=float(val["acc"]), swa_val_loss=float(val["loss"]))
+    better = is_better(value, tracker.best, tc.mode)
+    log.info("swa: the mean of epochs %d-%d scores %s %.4f (best single epoch %.4f)%s", swa.start, epoch,
+             tc.monitor, value, tracker.best, ", kept as best.pt" if better else "")  # fmt: skip
+    if run.dist.is_main:  # kept either way, for evaluate/predict ckpt=<run>/checkpoints/swa.safetensors
+        metadata = run.record(epoch, "swa").to_metadata()
+        save_safetensors(model.state_dict(), metadata, run.folder.checkpoint(SWA_WEIGHTS))
+    if better and run.dist.is_main:
+        save_checkpoint({**run.checkpoint(epoch, "swa"), "model": model.state_dict()}, run.folder.best)
+        save_safetensors(model.state_dict(), metadata, run.folder.best_safetensors)
+    if better:
+        tracker.best, tracker.best_epoch = value, epoch
+    return better
+
+
 def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: float, overrides, rich: bool):
     """Score the best weights on the test split once (rank 0), write summary.json, and hand the same
     images and probabilities to the report; print the summary; return it."""
     cfg, tc, dist, tracker, data = run.cfg, run.cfg.trainer, run.dist, run.tracker, run.data
+    swa_best = average_weights(run, epoch)  # every rank: validation sums over all of them
     dist.barrier()  # rank 0 has written best.pt (run directories are on a shared file system)
     if not dist.is_main:
         return {"status": "finished", "best_value": tracker.best}
     best_weights = "raw"
-    in_memory = best_row.get("weights") == "raw" and tracker.best_epoch == epoch  # the last epoch's weights
+    # The last epoch's raw weights are the best ones and still in the model: no need to read best.pt.
+    in_memory = not swa_best and best_row.get("weights") == "raw" and tracker.best_epoch == epoch
     if run.folder.best.exists() and not in_memory:
         best = load_checkpoint(run.folder.best, map_location=dist.device)
         best_weights = best.get("weights", "raw")
@@ -538,6 +639,11 @@ def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: f
     }
     if best_weights == "ema":
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
+    if best_weights == "swa":
+        summary["best_val_acc"] = run.notes["swa_val_acc"]
+    if run.pseudo is not None:  # images added per round (pseudo_labels.csv has the classes)
+        run.notes["pseudo_labels"] = [r["added"] for r in run.pseudo.history]
+    summary.update(run.notes)
     run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)
     if test is not None:

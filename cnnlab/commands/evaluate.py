@@ -22,6 +22,10 @@ from cnnlab.run.load import Predictor, check_tta, labeled_test, run_data
 
 
 def main(cfg) -> dict:
+    if cfg.attack is not None:
+        from cnnlab.commands.robust import robustness
+
+        return {"robustness": robustness(cfg)}
     for key, low in (("bins", 1), ("worst", 0), ("pairs", 0)):
         if not isinstance(cfg[key], int) or cfg[key] < low:
             raise ConfigError(f"{key} must be an integer of at least {low}, got {cfg[key]!r}.")

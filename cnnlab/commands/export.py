@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from cnnlab.commands.common import writing_into
 from cnnlab.engine.checkpoint import save_safetensors
@@ -80,5 +80,17 @@ def main(cfg: DictConfig) -> None:
     if not cfg.run:
         raise ConfigError("Name the run to export: cnnlab export run=<run dir> format=safetensors.")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if cfg.average is not None:
+        from cnnlab.commands.average import average
+
+        if cfg.format != "safetensors":
+            raise ConfigError(
+                f"average writes safetensors (predict reads it as ckpt=), not format={cfg.format}."
+            )
+        names = list(cfg.average) if isinstance(cfg.average, ListConfig) else [str(cfg.average)]
+        out = average(Path(cfg.run), [str(n) for n in names], out=cfg.out, bn=bool(cfg.update_bn),
+                      data_root=cfg.data_root, trust_config=cfg.trust_config)  # fmt: skip
+        print(out)
+        return
     out = export(Path(cfg.run), str(cfg.format), cfg.out, trust_config=cfg.trust_config)
     print(out)

@@ -13,9 +13,10 @@ import torch
 from omegaconf import DictConfig
 
 from cnnlab.data import cache
+from cnnlab.data.folds import fold_split
 from cnnlab.data.loader import TensorLoader
 from cnnlab.data.mmap import HostLoader, memory_budget
-from cnnlab.data.options import in_memory_choice
+from cnnlab.data.options import in_memory_choice, setting
 from cnnlab.data.split import split_indices
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import DataError
@@ -45,7 +46,10 @@ def image_bytes(splits: ArraySplits) -> int:
 def carve(cfg: DictConfig, splits: ArraySplits, *, spill: Path | None = None) -> tuple[Split, Split]:
     """Train and validation: the dataset's own validation split, else one carved out of train with
     ``dataset.split_seed``. With ``spill`` (a cache folder), carved splits of memory-mapped images are
-    written there once and mapped, so carving never needs the split in memory."""
+    written there once and mapped, so carving never needs the split in memory. With ``dataset.folds``
+    the validation split is one fold (:mod:`cnnlab.data.folds`)."""
+    if setting(cfg, "folds"):
+        return fold_split(cfg, splits)
     if splits.val_x is not None:
         return (splits.train_x, splits.train_y), (splits.val_x, splits.val_y)
     train_idx, val_idx = split_indices(

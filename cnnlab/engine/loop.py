@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cnnlab.engine.adversarial import Adversary
 from cnnlab.engine.device import autocast
 from cnnlab.engine.distributed import Dist
 from cnnlab.engine.ema import ModelEMA
@@ -52,6 +53,7 @@ class StepContext:
     should_stop: Callable[[], bool] | None = None  # polled after every optimizer step (signals)
     frozen: list[torch.Tensor] = field(default_factory=list)  # parameters whose gradients are dropped
     lookahead: Lookahead | None = None  # pulls the weights towards a slow copy every k steps
+    adversary: Adversary | None = None  # augmentation.adversarial: replaces part of each batch
 
 
 @dataclass
@@ -192,6 +194,8 @@ def train_one_epoch(
     t = time.perf_counter()
     for step, (xb, yb) in enumerate(loader.batches(start=state.step), start=state.step):
         x = ctx.pipeline(xb, train=True)
+        if ctx.adversary is not None:
+            x = ctx.adversary.perturb(model, x, yb, ctx)
         targets = yb
         if mixing:
             x, y_a, y_b, lam = augment.mix(x, yb, ctx.pipeline.generator)

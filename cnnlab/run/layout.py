@@ -16,14 +16,18 @@ from pathlib import Path
 import yaml
 
 from cnnlab.errors import DataError
-from cnnlab.io import TEMP_SUFFIX, atomic_write, format_value, write_json, write_text
+from cnnlab.io import TEMP_SUFFIX, atomic_write, format_value, write_csv, write_json, write_text
 
 # Files and folders a run writes; a symbolic link at any of them is refused (see check_no_links).
 HYDRA, CHECKPOINTS, REPORT, TB, EXPORT = ".hydra", "checkpoints", "report", "tb", "export"
 CONFIG, OVERRIDES, HYDRA_SETTINGS = "config.yaml", "overrides.yaml", "hydra.yaml"
 LOG, METRICS, SUMMARY, STATUS = "train.log", "metrics.csv", "summary.json", "status.json"
 PROVENANCE = "provenance.json"
+PSEUDO_LABELS = "pseudo_labels.csv"  # trainer.pseudo_label: one row per round, images added per class
+ROBUSTNESS = "robustness.json"  # in report/: cnnlab evaluate attack=...
+COMPRESSION = "compression.csv"  # cnnlab compress: the table against the original run
 LAST, BEST, BEST_SAFETENSORS = "last.pt", "best.pt", "best.safetensors"
+SWA_WEIGHTS = "swa.safetensors"  # in checkpoints/: the weight average of trainer.swa_start
 SUBMISSION, LOCK = "submission.csv", ".cnnlab.lock"
 SWEEP_SUMMARY = "summary.csv"  # in a sweep folder, or any folder `cnnlab runs` compares
 SWEEP_PAGE, SWEEP_CURVES = "runs.html", "runs_curves.png"  # likewise, with `cnnlab runs <dir> html=true`
@@ -34,7 +38,7 @@ STUDY_FIGURES = ("optimization_history.png", "param_importances.png", "intermedi
 # In the folder that holds runs (a sweep's or a study's, or outputs/<date>): MLflow's default local store.
 MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"
 WRITTEN_DIRS = (HYDRA, CHECKPOINTS, REPORT, TB, EXPORT)
-WRITTEN_FILES = (LOG, METRICS, SUMMARY, STATUS, PROVENANCE, SUBMISSION, LOCK)
+WRITTEN_FILES = (LOG, METRICS, SUMMARY, STATUS, PROVENANCE, SUBMISSION, LOCK, PSEUDO_LABELS, COMPRESSION)
 # A folder holding any of these is a run (a sweep job's folder too, once Hydra has written .hydra/).
 RUN_MARKERS = (SUMMARY, STATUS, HYDRA, CHECKPOINTS, METRICS)
 
@@ -103,6 +107,18 @@ class RunDir:
     def checkpoint(self, name: str) -> Path:
         """``checkpoints/<name>`` (``best.pt``, ``last.pt``, ...)."""
         return self.path / CHECKPOINTS / name
+
+    def epoch_weights(self, epoch: int) -> Path:
+        """``checkpoints/epoch_<n>.safetensors``: one epoch's weights (``trainer.epoch_checkpoints``)."""
+        return self.path / CHECKPOINTS / f"epoch_{epoch:03d}.safetensors"
+
+    @property
+    def pseudo_labels(self) -> Path:
+        return self.path / PSEUDO_LABELS
+
+    @property
+    def compression(self) -> Path:
+        return self.path / COMPRESSION
 
     @property
     def tb(self) -> Path:
@@ -252,6 +268,21 @@ class RunDir:
 
     def write_provenance(self, record: dict) -> None:
         write_json(self.provenance_file, record)
+
+    def read_robustness(self) -> list[dict]:
+        """report/robustness.json's entries (cnnlab evaluate attack=...); [] when absent."""
+        data = self._json(self.path / REPORT / ROBUSTNESS)
+        entries = (data or {}).get("entries", [])
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+    def write_robustness(self, entries: list[dict]) -> None:
+        write_json(self.path / REPORT / ROBUSTNESS, {"entries": entries})
+
+    def write_pseudo_labels(self, rows: list[dict]) -> None:
+        write_csv(self.pseudo_labels, list(rows[0]), [list(r.values()) for r in rows])
+
+    def write_compression(self, rows: list[dict]) -> None:
+        write_csv(self.compression, list(rows[0]), [[format_value(v) for v in r.values()] for r in rows])
 
     def write_hydra(self, config_yaml: str, overrides: list[str], hydra_yaml: str | None = None) -> None:
         """``.hydra/``: the composed config, the command-line overrides and Hydra's own settings (a trial

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import CheckpointError
 
-WEIGHTS = ("raw", "ema")
+WEIGHTS = ("raw", "ema", "swa")  # swa: the weight average (trainer.swa_start), stored as the model
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class RunRecord:
     in_channels: int
     config: str  # the resolved config, as YAML: enough to rebuild the model and its data
     epoch: int = 0  # epochs completed when these weights were saved
-    weights: str = "raw"  # which weights scored the monitored value: the raw or the EMA weights
+    weights: str = "raw"  # which weights scored the monitored value: raw, EMA or SWA
     precision: str | None = None  # the precision training resolved ("32", "bf16", "16"); None: older runs
 
     # ------------------------------------------------------------------------------------- conversions
