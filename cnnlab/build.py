@@ -8,7 +8,6 @@ viz, export, resume) and the scripts build here, so a run is rebuilt exactly as 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import random
 
 import hydra
@@ -25,7 +24,7 @@ from cnnlab.engine.ema import check_decay
 from cnnlab.engine.optim import param_groups
 from cnnlab.engine.schedulers import Schedule, build_scheduler, check_schedule
 from cnnlab.engine.tta import parse_tta
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.errors import CnnlabError, ConfigError, did_you_mean
 
 OPTIMIZER_OWN_KEYS = ("name", "decay_bias_norm")  # cnnlab's keys, not constructor arguments
 FREE_FORM = ("scheduler.options",)  # dict nodes whose keys the schema does not list (checked by their owner)
@@ -64,16 +63,10 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
         own_model = path == "model" and cfg.get("_target_") in {s._target_ for s in SCHEMAS["model"].values()}
         for key in cfg:
             if key not in known and (path != "model" or own_model):
-                hint = difflib.get_close_matches(str(key), known, n=1)
+                hint = did_you_mean(str(key), known)
                 where = f"{path}.{key}" if path else str(key)
-                raise ConfigError(
-                    f"Unknown config key '{where}'"
-                    + (
-                        f". Did you mean '{hint[0]}'?"
-                        if hint
-                        else f"; {path or 'the config'} has: {', '.join(known)}."
-                    )
-                )
+                listed = f"; {path or 'the config'} has: {', '.join(known)}."
+                raise ConfigError(f"Unknown config key '{where}'" + (f".{hint}" if hint else listed))
     for key in cfg:
         child = cfg._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
