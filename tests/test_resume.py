@@ -169,7 +169,7 @@ def test_divergence_from_the_cli_exits_3_and_is_recorded(tiny_idx, tmp_path):
 def test_a_second_ctrl_c_aborts_at_once():
     from cnnlab.engine.interrupt import SignalGuard
 
-    with SignalGuard() as guard:
+    with SignalGuard() as guard, guard.polling("training"):
         os.kill(os.getpid(), signal.SIGTERM)
         assert guard.requested() and guard.signum == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):
