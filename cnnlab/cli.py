@@ -130,6 +130,8 @@ def hydra_error_message(exc: Exception) -> str | None:
         return f"{text.rstrip('.')}{': ' + detail if detail else ''}."
     if isinstance(exc, OverrideParseException | MissingConfigException):
         return str(exc).splitlines()[0]
+    if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun, --cfg"):
+        return f"{exc}: use one of them at a time (e.g. drop -m to print one job's config with --cfg job)."
     return None
 
 

@@ -97,6 +97,7 @@ def run_main(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
         (["train", "trainer.max_epochs=" + "9" * 5000],
          "trainer.max_epochs is a number of 5,000 digits; no option takes one that large."),
         (["predict", "batch_size=" + "1" * 4301], "batch_size is a number of 4,301 digits"),
+        (["train", "-m", "optimizer.lr=0.1,0.2", "--cfg", "job"], "Only one of --run, --multirun, --cfg"),
         (["train", "optimizer=sgd", "optimizer.momentum=2"], "optimizer.momentum must be in [0, 1], got 2.0"),
     ],
 )  # fmt: skip
