@@ -87,11 +87,19 @@ def trained_run(make_cfg, tmp_path) -> Path:
     return run_dir
 
 
+VALUE_FLAGS = ("--cfg", "-c", "--info", "-i", "--package", "-p")  # Hydra options that take a value
+
+
 def cli_args(args: tuple[str, ...]) -> list[str]:
-    """A ``train`` command gets the suite's default precision first (not a resume: that replays the run's)."""
-    if args and args[0] == "train" and not any(a.startswith("resume=") for a in args):
-        return [args[0], *default_precision(), *args[1:]]
-    return list(args)
+    """A ``train`` command gets the suite's default precision before its own overrides (so they win),
+    after any leading options such as ``-m`` (Hydra wants the overrides together). Not a resume: that
+    replays the run's own."""
+    if not args or args[0] != "train" or any(a.startswith("resume=") for a in args):
+        return list(args)
+    at = 1
+    while at < len(args) and args[at].startswith("-"):
+        at += 2 if args[at] in VALUE_FLAGS else 1
+    return [*args[:at], *default_precision(), *args[at:]]
 
 
 def cli_env(env: dict | None = None) -> dict:
