@@ -133,7 +133,8 @@ def shrink(words: list[str]) -> list[str]:
 
 def write_data(root: Path) -> None:
     """What the README's commands read: $CNNLAB_DATA with tiny MNIST, Fashion-MNIST and a CIFAR-10
-    zip; a Food-11 folder; the input images, test.csv and cat.jpg of the predict and viz examples."""
+    zip; a Food-11 folder; the input images, test.csv and cat.jpg of the predict and viz examples; an
+    image folder ``photos``."""
     write_tiny_idx(root / "datasets" / "fashion_mnist", 200, 50)
     write_tiny_idx(root / "datasets" / "mnist", 200, 50)
     for split, n in (("train", 10), ("test", 2)):  # CIFAR-10's ten classes, a few 32x32 images each
@@ -147,6 +148,9 @@ def write_data(root: Path) -> None:
         write(root / "path" / "to" / "images" / f"{i}.png", seed=i, shape=(28, 28))
     write_digit_csv(root / "path" / "to" / "test.csv")
     write(root / "cat.jpg", seed=9, shape=(28, 28))
+    for label in ("cat", "dog"):  # an image folder (photos/train/<class>/)
+        for i in range(4):
+            write(root / "photos" / "train" / label / f"{i}.png", seed=i, shape=(16, 16))
 
 
 def test_every_readme_command_runs(tmp_path):
