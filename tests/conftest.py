@@ -160,7 +160,8 @@ def run_cli_with_signal(
 
 
 def pytest_collection_modifyitems(config, items):
-    """Real-data tests run only when CNNLAB_DATA points at the datasets (CI sets it)."""
+    """Slow tests (real data; long ones on tiny data) run only when CNNLAB_DATA points at the datasets
+    (CI sets it)."""
     if os.environ.get("CNNLAB_DATA"):
         return
     skip = pytest.mark.skip(reason="set CNNLAB_DATA to the real datasets to run")

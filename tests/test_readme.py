@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import cli_env, write_tiny_idx
 from tests.test_data_cifar import zip_tree
 from tests.test_data_folders import write, write_food11
@@ -153,6 +155,7 @@ def write_data(root: Path) -> None:
             write(root / "photos" / "train" / label / f"{i}.png", seed=i, shape=(16, 16))
 
 
+@pytest.mark.slow  # about a minute on 2 idle cores: CI runs it
 def test_every_readme_command_runs(tmp_path):
     commands = readme_commands()
     assert len(commands) > 40, "the README's code blocks were not found"
