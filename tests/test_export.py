@@ -42,6 +42,7 @@ def test_onnx_export_matches_torch_in_the_reference_runtime(trained_run, tmp_pat
     torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_errors_are_one_line(trained_run, tmp_path):
     proc = run_cli("export", f"run={trained_run}", "format=pickle", cwd=tmp_path)
     assert proc.returncode == 2
@@ -56,6 +57,7 @@ def test_export_errors_are_one_line(trained_run, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_onnx_export_prints_only_where_it_wrote(trained_run, tmp_path):
     pytest.importorskip("onnxscript")
     proc = run_cli("export", f"run={trained_run}", "format=onnx", "out=m.onnx", cwd=tmp_path)

@@ -85,6 +85,7 @@ def test_sigint_mid_epoch_saves_a_state_that_resumes_exactly(make_cfg, tmp_path)
     assert_same_run(tmp_path / "whole", tmp_path / "int")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_exit_status_and_message_from_the_cli(tiny_idx, tmp_path, signum, code):
     script = textwrap.dedent(f"""

@@ -69,6 +69,7 @@ def test_a_signal_from_outside_while_workers_decode_images(tmp_path):
     assert not [p for p in cache.rglob("*") if p.is_file()]  # no decoded cache, no temp file of one
 
 
+@pytest.mark.slow
 def test_a_signal_while_testing_then_resume_only_tests(tiny_idx, tmp_path):
     """patience=0 stops after epoch 1 of 3: the resume must neither train on nor lose that."""
     args = ("train", f"dataset.root={tiny_idx}", "trainer.max_epochs=3", "trainer.patience=0", *FAST)
@@ -84,6 +85,7 @@ def test_a_signal_while_testing_then_resume_only_tests(tiny_idx, tmp_path):
     assert not (run / "status.json").exists()
 
 
+@pytest.mark.slow
 def test_a_signal_while_writing_the_report(tiny_idx, tmp_path):
     args = ("train", f"dataset.root={tiny_idx}", "trainer.max_epochs=1", *FAST)
     proc = run_cli_with_signal("cnnlab.report.evaluate.write_curves", signal.SIGTERM, *args, cwd=tmp_path)

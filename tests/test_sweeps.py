@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -29,6 +30,7 @@ def read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
+@pytest.mark.slow
 def test_grid_sweep_has_a_dir_per_job_and_a_sorted_summary(tiny_idx, tmp_path):
     res = run_cli("train", "-m", f"dataset.root={tiny_idx}", *FAST,
                   "optimizer=sgd,adam", "optimizer.lr=0.01,0.05", cwd=tmp_path)  # fmt: skip
@@ -57,6 +59,7 @@ def test_grid_sweep_has_a_dir_per_job_and_a_sorted_summary(tiny_idx, tmp_path):
     assert "4 runs" in res.stdout and "summary.csv" in res.stdout
 
 
+@pytest.mark.slow
 def test_failed_and_diverged_jobs_are_reported_and_the_others_finish(tiny_idx, tmp_path):
     # batch_size=0 fails its check; lr=1e12 makes the loss NaN; the other job trains.
     res = run_cli("train", "-m", f"dataset.root={tiny_idx}", *FAST, "optimizer=sgd",
@@ -83,6 +86,7 @@ def test_failed_and_diverged_jobs_are_reported_and_the_others_finish(tiny_idx, t
     assert "failed: trainer.batch_size must be greater than 0" in res.stdout
 
 
+@pytest.mark.slow
 def test_optuna_sweep_best_trial_matches_the_summary(tiny_idx, tmp_path):
     res = run_cli("train", "hparams_search=mnist", f"dataset.root={tiny_idx}", *FAST,
                   "hydra.sweeper.n_trials=3", cwd=tmp_path)  # fmt: skip
@@ -96,6 +100,7 @@ def test_optuna_sweep_best_trial_matches_the_summary(tiny_idx, tmp_path):
         assert str(value) == rows[0][key] or float(value) == float(rows[0][key])
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_with_a_share_of_the_cores(tiny_idx, tmp_path):
     res = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                   f"dataset.root={tiny_idx}", *FAST, "optimizer.lr=0.01,0.02", cwd=tmp_path)  # fmt: skip
@@ -117,6 +122,7 @@ def test_unknown_search_is_one_line(tmp_path):
     assert "Did you mean 'mnist'?" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_single_runs_started_together_get_their_own_dirs_and_compare(tiny_idx, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     args = [sys.executable, "-m", "cnnlab", "train", f"dataset.root={tiny_idx}", *FAST]
@@ -144,6 +150,7 @@ def test_single_runs_started_together_get_their_own_dirs_and_compare(tiny_idx, t
     assert "seed=1" in res.stdout and "seed=2" in res.stdout  # the override that tells them apart
 
 
+@pytest.mark.slow
 def test_a_failed_single_run_leaves_a_record(tiny_idx, tmp_path):
     # A bad option is refused before the run folder exists; a failure once the run has started (here:
     # no data where dataset.root points) is recorded in it.
