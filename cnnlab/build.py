@@ -8,7 +8,6 @@ viz, export, resume) and the scripts build here, so a run is rebuilt exactly as 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import random
 
 import hydra
@@ -33,7 +32,7 @@ from cnnlab.engine.losses import build_loss, check_loss, loss_node
 from cnnlab.engine.optim import implementation_kwargs, param_groups
 from cnnlab.engine.schedulers import Schedule, build_scheduler, check_schedule
 from cnnlab.engine.tta import parse_tta
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.errors import CnnlabError, ConfigError, did_you_mean
 from cnnlab.models.sizes import check_image_size
 
 OPTIMIZER_OWN_KEYS = (
@@ -100,16 +99,10 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
         own_model = path == "model" and cfg.get("_target_") in {s._target_ for s in SCHEMAS["model"].values()}
         for key in cfg:
             if key not in known and (path != "model" or own_model):
-                hint = difflib.get_close_matches(str(key), known, n=1)
+                hint = did_you_mean(str(key), known)
                 where = f"{path}.{key}" if path else str(key)
-                raise ConfigError(
-                    f"Unknown config key '{where}'"
-                    + (
-                        f". Did you mean '{hint[0]}'?"
-                        if hint
-                        else f"; {path or 'the config'} has: {', '.join(known)}."
-                    )
-                )
+                listed = f"; {path or 'the config'} has: {', '.join(known)}."
+                raise ConfigError(f"Unknown config key '{where}'" + (f".{hint}" if hint else listed))
     for key in cfg:
         child = cfg._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import importlib
 import importlib.resources
 import logging
 import os
+import re
 import sys
 
 from cnnlab import __version__
-from cnnlab.engine.interrupt import Interrupted
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError, did_you_mean
 
 USAGE = """usage: cnnlab <command> [key=value ...]
 
@@ -53,6 +52,18 @@ Run `cnnlab train --help` for the config groups and their options.
 """
 
 
+class JobFailed(BaseException):
+    """Carries a command's error out of Hydra. Hydra's job runner catches every ``Exception`` and prints
+    "Error executing job with overrides: [...]" before raising it again; a ``BaseException`` passes it
+    unseen (a signal's :class:`~cnnlab.engine.interrupt.Interrupted` also stops the rest of a sweep).
+    Sweep jobs that fail return None instead (``cnnlab.commands.train.train_job``), so a sweep goes on.
+    """
+
+    def __init__(self, error: Exception):
+        super().__init__(error)
+        self.error = error
+
+
 def _hydra_app(config_name: str, target: str):
     """The Hydra app of a command: ``conf/<config_name>.yaml`` composed, then ``target`` called with it.
 
@@ -65,22 +76,20 @@ def _hydra_app(config_name: str, target: str):
     from cnnlab.config import register_configs
 
     register_configs()
-    failed: list[CnnlabError] = []
 
     @hydra.main(version_base="1.3", config_path="pkg://cnnlab.conf", config_name=config_name)
     def app(cfg):
         module, func = target.split(":")
         try:
             return getattr(importlib.import_module(module), func)(cfg)
-        except CnnlabError as exc:  # raised again below: inside Hydra it would add its own stderr line
-            if isinstance(exc, Interrupted):
-                raise  # at once: a signal must also stop the remaining jobs of a sweep
-            failed.append(exc)
+        except Exception as exc:
+            raise JobFailed(exc) from None  # past Hydra's job runner, which would print its own line
 
     def run():
-        app()
-        if failed:
-            raise failed[0]
+        try:
+            app()
+        except JobFailed as failed:
+            raise failed.error from None
 
     return run
 
@@ -124,27 +133,48 @@ def hydra_error_message(exc: Exception) -> str | None:
     if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
         group, _, choice = exc.missing_cfg_file.rpartition("/")
         options = exc.options if exc.options is not None else group_options(group)  # a list: logger=[a,b]
-        hint = difflib.get_close_matches(choice, options, n=1)
-        did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
-        return f"Unknown {group} '{choice}'; choose one of: {', '.join(options)}.{did_you_mean}"
+        hint = did_you_mean(choice, options)
+        return f"Unknown {group} '{choice}'; choose one of: {', '.join(options)}.{hint}"
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
         key = getattr(cause, "key", None)
         parent = getattr(cause, "parent_node", None)
         if key is not None and parent is not None and "not in" in str(cause):
-            hint = difflib.get_close_matches(str(key), [str(k) for k in parent], n=1)
-            did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
-            return f"Unknown config key '{cause.full_key}'.{did_you_mean}"
+            return f"Unknown config key '{cause.full_key}'.{did_you_mean(str(key), parent)}"
+        text = str(exc).splitlines()[0]
+        unlisted = re.match(r"Could not override '([^']+)'\. No match in the defaults list", text)
+        if unlisted:  # e.g. experiment=..., a group the defaults list leaves out: it must be added
+            group = unlisted[1]
+            return (f"Could not override '{group}': no {group} is in the defaults list to replace; add one "
+                    f"with +{group}=<name> instead of {group}=<name>.")  # fmt: skip
         detail = str(cause).splitlines()[0] if cause is not None else ""
-        return f"{str(exc).splitlines()[0]}{': ' + detail if detail else ''}."
+        return f"{text.rstrip('.')}{': ' + detail if detail else ''}."
     if isinstance(exc, OverrideParseException | MissingConfigException):
         return str(exc).splitlines()[0]
+    if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun, --cfg"):
+        return f"{exc}: use one of them at a time (e.g. drop -m to print one job's config with --cfg job)."
     return None
+
+
+def check_numbers(args: list[str]) -> None:
+    """Refuse a whole number too long for Python to parse (over 4,300 digits), which Hydra's override
+    parser reports with a traceback; the value of no option is that large."""
+    limit = sys.get_int_max_str_digits()
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        digits = value.strip().lstrip("+-").replace("_", "")
+        if sep and limit and len(digits) > limit and digits.isdigit():
+            raise ConfigError(
+                f"{key.lstrip('+~')} is a number of {len(digits):,} digits; no option takes one that large."
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a command is required: the usage is the error message
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     if argv[0] == "--version":
@@ -162,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     # Let exceptions reach us so user errors print as one sentence, not as Hydra's traceback dump.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        check_numbers(rest)
         claim = contextlib.nullcontext()
         if command in (
             "train",

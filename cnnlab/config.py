@@ -10,11 +10,13 @@ every other option check before any data is read.
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from cnnlab.errors import ConfigError
 
@@ -550,11 +552,13 @@ POSITIVE = {
 
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with one clear sentence."""
+    check_numbers(resolved(cfg))
     for group, keys in POSITIVE.items():
         for key in keys:
             value = cfg[group][key]
-            if value is None or value <= 0:
+            if value is None or not 0 < value < math.inf:
                 raise ConfigError(f"{group}.{key} must be greater than 0, got {value}.")
+    check_optimizer(cfg.optimizer)
     for (group, key), allowed in CHOICES.items():
         value = str(cfg[group][key])
         if value not in allowed:
@@ -609,3 +613,60 @@ def check_submission(sub: DictConfig) -> None:
             raise ConfigError(
                 f"Unknown dataset.submission.{key} '{sub[key]}'; choose one of: {', '.join(allowed)}."
             )
+
+
+INT64 = 2**63  # torch and numpy take seeds, counts and sizes as 64-bit integers
+
+# Optimizer options and the values torch accepts or that make sense (a momentum above 1 diverges):
+# option -> (test, what the test asks for).
+OPTIMIZER_RANGES = {
+    "momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "dampening": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "alpha": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (lambda v: 0 < v < math.inf, "greater than 0"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "0 or more"),
+    "lr_decay": (lambda v: 0 <= v < math.inf, "0 or more"),
+}
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain data with every ``${...}`` resolved; one that cannot be (an unset
+    ``${oc.env:VAR}``, a key that does not exist) is a ConfigError naming the option."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as exc:
+        reason = str(exc).splitlines()[0].split("resolving interpolation: ")[-1].strip('"')
+        raise ConfigError(
+            f"{exc.full_key} could not be resolved ({reason}); set what it refers to, or give "
+            f"{exc.full_key} a value."
+        ) from None
+
+
+def check_numbers(node, path: str = "") -> None:
+    """Every whole number fits in 64 bits (``seed=99999999999999999999`` would fail deep in torch)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        where = f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key)
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+            raise ConfigError(
+                f"{where}={str(value)[:24]}{'...' if len(str(value)) > 24 else ''} is too large; whole "
+                f"numbers must lie between -2**63 and 2**63 - 1."
+            )
+        check_numbers(value, where)
+
+
+def check_optimizer(opt: DictConfig) -> None:
+    """Ranges of the optimizer options present (momentum, dampening, alpha, eps, decays, betas)."""
+    for key, (ok, wanted) in OPTIMIZER_RANGES.items():
+        value = opt.get(key)
+        if value is not None and not (_is_number(value) and ok(value)):
+            raise ConfigError(f"optimizer.{key} must be {wanted}, got {value}.")
+    betas = opt.get("betas")
+    if betas is not None:
+        betas = list(betas) if OmegaConf.is_list(betas) else [betas]
+        if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {betas}.")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

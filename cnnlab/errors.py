@@ -22,3 +22,23 @@ class DataError(CnnlabError):
 
 class CheckpointError(CnnlabError):
     """A checkpoint is missing, unsafe or does not match the model."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` Did you mean 'x'?`` for the choice nearest to a misspelt ``word``, or "" when none is near.
+
+    Besides spelling (difflib), an abbreviation counts: ``learning_rate`` for ``lr`` and ``wd`` for
+    ``weight_decay`` (the initials of the words joined by ``_``).
+    """
+    import difflib
+
+    choices = [str(c) for c in choices]
+    hint = difflib.get_close_matches(str(word), choices, n=1)
+    if not hint:
+        hint = [c for c in choices if _initials(c) == str(word) or _initials(str(word)) == c]
+    return f" Did you mean '{hint[0]}'?" if hint else ""
+
+
+def _initials(name: str) -> str:
+    words = [w for w in name.split("_") if w]
+    return "".join(w[0] for w in words) if len(words) > 1 else ""

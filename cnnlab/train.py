@@ -6,6 +6,7 @@ scores the best weights on the test split once and hands the same probabilities 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -44,7 +45,7 @@ from cnnlab.engine.device import compile_mode, configure_cpu, configure_cuda, re
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.finetune import Freezer
 from cnnlab.engine.infer import view_log_probs
-from cnnlab.engine.interrupt import Interrupted, SignalGuard
+from cnnlab.engine.interrupt import Interrupted, SignalGuard, StopRequested
 from cnnlab.engine.lookahead import Lookahead
 from cnnlab.engine.loop import EpochState, StepContext, optimizer_steps, score, train_one_epoch
 from cnnlab.engine.metrics import BALANCED_MONITORS
@@ -206,7 +207,13 @@ class Run:
 
 
 def build_run(
-    cfg: DictConfig, folder: RunDir, dist: distributed.Dist, *, config_yaml: str, resumed: bool
+    cfg: DictConfig,
+    folder: RunDir,
+    dist: distributed.Dist,
+    *,
+    config_yaml: str,
+    resumed: bool,
+    guard: SignalGuard | None = None,
 ) -> Run:
     """Data, model, augmentation, optimizer, schedule, EMA and metrics writer for ``cfg``."""
     tc = cfg.trainer
@@ -220,6 +227,8 @@ def build_run(
         seed=cfg.seed,
     )
     limit_batches(data, tc)
+    if guard is not None:
+        guard.enter("building")
     for loader in (data.train, data.val, data.test):
         if loader is not None and dist.enabled:
             loader.shard(dist.rank, dist.world_size)
@@ -353,7 +362,11 @@ def train(
     dist = distributed.setup(tc)
     folder = RunDir(dist.broadcast(Path(run_dir)))  # one run directory for all ranks: rank 0's
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    with claim(folder, resume=bool(cfg.resume), writer=dist.is_main):
+    with (
+        claim(folder, resume=bool(cfg.resume), writer=dist.is_main),
+        SignalGuard("loading data") as guard,
+        reported_as_interrupted(folder),
+    ):
         resumed = None
         if cfg.resume:
             check_resumable(read_checkpoint_config(folder.last), config_yaml, folder.path)
@@ -371,7 +384,7 @@ def train(
             # Set either way (the flag is global), but only on a change: the call imports torch._inductor.
             torch.use_deterministic_algorithms(bool(tc.deterministic))
 
-        run = build_run(cfg, folder, dist, config_yaml=config_yaml, resumed=resumed is not None)
+        run = build_run(cfg, folder, dist, config_yaml=config_yaml, resumed=resumed is not None, guard=guard)
         run.callbacks = tuple(callbacks)
         for cb in run.callbacks:
             cb.on_start(run)
@@ -382,9 +395,10 @@ def train(
             folder.write_provenance(record)
         try:
             start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})
-            stop_reason, epoch, best_row = fit(run, start_epoch, partial, best_row, rich=rich)
+            stop_reason, epoch, best_row = fit(run, start_epoch, partial, best_row, rich=rich, guard=guard)
+            guard.enter("testing")
             return finish(run, epoch=epoch, stop_reason=stop_reason, best_row=best_row, started=started,
-                          overrides=overrides, rich=rich)  # fmt: skip
+                          overrides=overrides, rich=rich, guard=guard)  # fmt: skip
         except BaseException as exc:
             run.metrics.abort(exc)  # trackers record the run as failed (or stopped), not as still running
             raise
@@ -408,18 +422,23 @@ def step_hook(run: Run):
     return on_step
 
 
-def fit(run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, *, rich: bool):
+def fit(
+    run: Run, start_epoch: int, partial: EpochState | None, best_row: dict, *, rich: bool, guard: SignalGuard
+):
     """The epochs from ``start_epoch`` on; return (stop reason, last epoch, the best epoch's row).
 
     A signal stops the run after the current optimizer step: ``last.pt`` then holds the partial epoch
-    and :class:`Interrupted` says how to resume.
+    and :class:`Interrupted` says how to resume. A resumed run that had already stopped early (it was
+    interrupted while testing) trains no further.
     """
     tc, dist, data, ctx = run.cfg.trainer, run.dist, run.data, run.ctx
     progress = EpochProgress(rich)
     stop_reason, epoch, weights = "max_epochs", start_epoch - 1, "raw"
+    if epoch and partial is None and run.tracker.should_stop:  # it had stopped early before this resume
+        return "early_stop", epoch, best_row
     steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
     try:
-        with SignalGuard() as guard:
+        with guard.polling("training"):
             # Every rank stops at the same step (a signal may reach only some of them).
             ctx.should_stop = (lambda: dist.any(guard.requested())) if dist.enabled else guard.requested
             for epoch in range(start_epoch, tc.max_epochs + 1):
@@ -539,7 +558,28 @@ def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, sign
         f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved in "
         f"{run.folder.last}: continue with `cnnlab train resume={run.folder}`.",
         signum,
+        "training",
     )
+
+
+@contextlib.contextmanager
+def reported_as_interrupted(folder: RunDir):
+    """Turn a signal that stopped the run outside the epochs (:class:`StopRequested`) into
+    :class:`Interrupted`, whose one line says what was interrupted and what to do next."""
+    try:
+        yield
+    except StopRequested as stop:
+        name, stage = signal.Signals(stop.signum).name, stop.stage
+        if stage == "report":
+            todo = f"the run finished (summary.json): write the report with `cnnlab evaluate run={folder}`"
+        elif stage == "testing":
+            todo = f"training had ended: score the test split with `cnnlab train resume={folder}`"
+        elif folder.last.is_file():
+            todo = f"{folder.last} is as it was: continue with `cnnlab train resume={folder}`"
+        else:
+            todo = "nothing was trained yet: run the command again"
+        doing = "writing the report" if stage == "report" else stage
+        raise Interrupted(f"Stopped by {name} while {doing}; {todo}.", stop.signum, stage) from None
 
 
 def score_epoch(run: Run, epoch: int, lr: float, stats: dict) -> tuple[dict, float, str]:
@@ -601,7 +641,10 @@ def average_weights(run: Run, epoch: int) -> bool:
     return better
 
 
-def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: float, overrides, rich: bool):
+def finish(
+    run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: float, overrides, rich: bool,
+    guard: SignalGuard,
+):  # fmt: skip
     """Score the best weights on the test split once (rank 0), write summary.json, and hand the same
     images and probabilities to the report; print the summary; return it."""
     cfg, tc, dist, tracker, data = run.cfg, run.cfg.trainer, run.dist, run.tracker, run.data
@@ -650,8 +693,11 @@ def finish(run: Run, *, epoch: int, stop_reason: str, best_row: dict, started: f
         log.info("test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
                  test.accuracy, test.loss, tracker.best_epoch)  # fmt: skip
     Console(stderr=not rich, force_terminal=False).print(result_table(summary, run.folder.path))
+    if data.test is not None and not data.test_labeled:
+        log.info("the test split has no labels: write a submission with `cnnlab predict run=%s`", run.folder)
     if tc.evaluate and tc.report:  # report/: curves, and the evaluation report when the test split has labels
         from cnnlab.report.evaluate import write_train_report
 
+        guard.enter("report")
         write_train_report(run.folder, test, tensorboard=uses_tensorboard(cfg))
     return summary

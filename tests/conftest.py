@@ -53,6 +53,14 @@ def tiny_idx(tmp_path) -> Path:
     return write_tiny_idx(tmp_path / "data")
 
 
+def default_precision() -> list[str]:
+    """``trainer.precision=<$CNNLAB_TEST_PRECISION>`` (32, bf16, ...) when set: the suite run as on another
+    machine kind (``auto`` is bf16 on CPUs with native bf16, fp32 elsewhere). Tests that compare numbers
+    pin their own precision after it, which wins."""
+    precision = os.environ.get("CNNLAB_TEST_PRECISION")
+    return [f"trainer.precision={precision}"] if precision else []
+
+
 @pytest.fixture
 def make_cfg(tiny_idx):
     """Compose the real config, shrunk: tiny data, CPU, no TensorBoard; clears Hydra's state after."""
@@ -63,7 +71,7 @@ def make_cfg(tiny_idx):
     def _make(*overrides: str):
         base = [f"dataset.root={tiny_idx}", "trainer.device=cpu", "trainer.tensorboard=false",
                 "trainer.batch_size=32", "trainer.max_epochs=2", "trainer.progress=plain"]  # fmt: skip
-        return compose("train", overrides=[*base, *overrides])
+        return compose("train", overrides=[*base, *default_precision(), *overrides])
 
     yield _make
     GlobalHydra.instance().clear()
@@ -79,13 +87,72 @@ def trained_run(make_cfg, tmp_path) -> Path:
     return run_dir
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+VALUE_FLAGS = ("--cfg", "-c", "--info", "-i", "--package", "-p")  # Hydra options that take a value
+
+
+def cli_args(args: tuple[str, ...]) -> list[str]:
+    """A ``train`` command gets the suite's default precision before its own overrides (so they win),
+    after any leading options such as ``-m`` (Hydra wants the overrides together). Not a resume: that
+    replays the run's own."""
+    if not args or args[0] != "train" or any(a.startswith("resume=") for a in args):
+        return list(args)
+    at = 1
+    while at < len(args) and args[at].startswith("-"):
+        at += 2 if args[at] in VALUE_FLAGS else 1
+    return [*args[:at], *default_precision(), *args[at:]]
+
+
+def cli_env(env: dict | None = None) -> dict:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
+    return full_env
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cnnlab", *args],
+        [sys.executable, "-m", "cnnlab", *cli_args(args)],
         cwd=cwd,
-        env=full_env,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# Run the CLI with ``module.function`` wrapped so that a real signal reaches the process when it is called:
+# "before" the call, "after" it returns, or "worker": sent to the main process from a forked worker (image
+# decoding), so it arrives from outside while the main process waits.
+SIGNAL_AT = """
+import importlib, os, sys, time
+target, signum, when = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+module_name, _, name = target.rpartition(".")
+module = importlib.import_module(module_name)
+real, main_pid = getattr(module, name), os.getpid()
+def wrapped(*args, **kwargs):
+    if when == "worker":
+        if os.getpid() != main_pid:
+            os.kill(main_pid, signum)
+            time.sleep(2)
+        return real(*args, **kwargs)
+    if when == "before":
+        os.kill(main_pid, signum)
+        return real(*args, **kwargs)
+    result = real(*args, **kwargs)
+    os.kill(main_pid, signum)
+    return result
+setattr(module, name, wrapped)
+from cnnlab.cli import main
+main(sys.argv[4:])
+"""
+
+
+def run_cli_with_signal(
+    target: str, signum: int, *args: str, cwd: Path, when: str = "before"
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", SIGNAL_AT, target, str(int(signum)), when, *cli_args(args)],
+        cwd=cwd,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -93,7 +160,8 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
 
 
 def pytest_collection_modifyitems(config, items):
-    """Real-data tests run only when CNNLAB_DATA points at the datasets (CI sets it)."""
+    """Slow tests (real data; long ones on tiny data) run only when CNNLAB_DATA points at the datasets
+    (CI sets it)."""
     if os.environ.get("CNNLAB_DATA"):
         return
     skip = pytest.mark.skip(reason="set CNNLAB_DATA to the real datasets to run")

@@ -83,6 +83,7 @@ def test_distributed_settings_that_cannot_work_are_refused(monkeypatch, options,
         distributed.setup(tc)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_idx, make_cfg, tmp_path):
     """torchrun: one run directory (rank 0's), files written once, the same loss curve as one process."""
     from cnnlab.train import train
@@ -143,6 +144,7 @@ def test_slurm_preset_composes_into_an_sbatch_script(tmp_path):
         assert line in script, line
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep_and_a_requeued_job_resumes(tiny_idx, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "hydra/launcher=submitit_local", f"dataset.root={tiny_idx}", *TINY,

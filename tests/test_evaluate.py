@@ -94,6 +94,7 @@ def test_evaluate_writes_the_report(trained_run, tmp_path):
     assert "accuracy" in result.stdout and "most confused pairs" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_writes_the_report_at_the_end(trained_run):
     report = trained_run / "report"
     assert (report / "curves.png").stat().st_size > 0
@@ -109,6 +110,7 @@ def test_train_without_evaluate_writes_no_report(make_cfg, tmp_path):
     assert not (tmp_path / "run" / "report").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -123,6 +125,7 @@ def test_evaluate_user_errors_are_one_line(trained_run, tmp_path, args, message)
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_an_unlabeled_test_split(make_cfg, tmp_path):
     from cnnlab.train import train
     from tests.test_data_folders import write_food11

@@ -168,6 +168,7 @@ def test_viz_embeddings_augment_embeds_both_views(tmp_path):
     assert not (run / "report" / "embeddings.png").exists()  # augment=true writes a figure of its own
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -187,6 +188,7 @@ def test_explain_user_errors_are_one_line(tiny_run, tmp_path, args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_embeddings_augment_of_a_run_without_augmentation_is_a_one_line_error(tiny_run, tmp_path):
     result = run_cli("viz", "embeddings", f"run={tiny_run}", "augment=true", "n=20", cwd=tmp_path)
     assert result.returncode == 2

@@ -42,6 +42,7 @@ def test_onnx_export_matches_torch_in_the_reference_runtime(trained_run, tmp_pat
     torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_errors_are_one_line(trained_run, tmp_path):
     proc = run_cli("export", f"run={trained_run}", "format=pickle", cwd=tmp_path)
     assert proc.returncode == 2
@@ -50,3 +51,15 @@ def test_export_errors_are_one_line(trained_run, tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("export", f"run={trained_run}", "format=torchscript", cwd=tmp_path)
     assert proc.returncode == 0 and (trained_run / "export" / "lenet.torchscript.pt").is_file()
+    assert proc.stderr.strip().splitlines() == [  # no FutureWarning about TorchScript, nothing else
+        f"exported {trained_run / 'checkpoints' / 'best.safetensors'} (torchscript) to "
+        f"{trained_run / 'export' / 'lenet.torchscript.pt'}"
+    ]
+
+
+@pytest.mark.slow
+def test_onnx_export_prints_only_where_it_wrote(trained_run, tmp_path):
+    pytest.importorskip("onnxscript")
+    proc = run_cli("export", f"run={trained_run}", "format=onnx", "out=m.onnx", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "m.onnx" and len(proc.stderr.strip().splitlines()) == 1  # no exporter notes

@@ -30,6 +30,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_hostile_checkpoint_in_a_run(trained_run, tmp_path):
     marker = tmp_path / "pwned"
     (trained_run / "checkpoints" / "best.safetensors").unlink()

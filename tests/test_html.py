@@ -138,6 +138,7 @@ def test_a_run_without_files_still_gets_a_page(tmp_path):
     assert "report/ holds no figures yet" in text
 
 
+@pytest.mark.slow
 def test_viz_page_of_a_run_without_a_report_is_a_one_line_error(sweep, tmp_path):
     run = shutil.copytree(sweep / "0", tmp_path / "run", ignore=shutil.ignore_patterns("report"))
     result = run_cli("viz", "page", f"run={run}", cwd=tmp_path)

@@ -219,3 +219,15 @@ def test_wandb_offline_run_files_match_metrics_csv(make_cfg, tmp_path, monkeypat
     assert artifact.type == "model" and [m.path for m in artifact.manifest.contents] == ["best.safetensors"]
     exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
     assert exits == [0]
+
+
+def test_an_unreachable_mlflow_server_is_a_one_line_error(make_cfg, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    cfg = make_cfg("logger=[csv,mlflow]", "logger.mlflow.tracking_uri=http://127.0.0.1:9", *QUICK)
+    with pytest.raises(
+        ConfigError, match=r"^logger\.mlflow cannot open the tracking store http://127\.0\.0\.1:9 "
+    ) as err:
+        train(cfg, tmp_path / "run")
+    assert "\n" not in str(err.value)

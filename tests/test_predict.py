@@ -165,6 +165,7 @@ def test_digit_csv_input(shared_run, tmp_path):
     assert labeled.accuracy is not None
 
 
+@pytest.mark.slow
 def test_cli_prints_destination_rows_and_accuracy(shared_run, tmp_path):
     trained_run = own_run(shared_run, tmp_path)
     res = run_cli("predict", f"run={trained_run}", "tta=flip", cwd=tmp_path)

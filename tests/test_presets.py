@@ -55,6 +55,7 @@ def test_preset_composes_to_its_recipe_and_steps(compose_cfg, preset):  # noqa: 
     optimizer.step()
 
 
+@pytest.mark.slow
 def test_preset_runs_from_the_cli_and_user_overrides_win(tiny_idx, tmp_path):
     proc = run_cli(
         "train", "+experiment=mnist_mlp", f"dataset.root={tiny_idx}", "trainer.max_epochs=1",

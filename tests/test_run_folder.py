@@ -148,6 +148,7 @@ def test_broken_stored_overrides_are_one_line(finished_run, tmp_path, text):
 
 
 # ----------------------------------------------------------------------- a refused command changes nothing
+@pytest.mark.slow
 def test_a_refused_resume_leaves_every_file_byte_identical(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     (run / "summary.json").unlink()
@@ -177,6 +178,7 @@ def test_a_new_run_into_a_used_folder_is_refused(finished_run, tmp_path):
     assert snapshot(run) == before
 
 
+@pytest.mark.slow
 def test_options_are_checked_before_any_data_is_read(make_cfg, tmp_path):
     from cnnlab.train import train
 
@@ -195,6 +197,7 @@ def test_options_are_checked_before_any_data_is_read(make_cfg, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- one writer
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
     data = write_tiny_idx(tmp_path / "data")
     args = ["train", f"dataset.root={data}", *FAST, "trainer.max_epochs=500", "trainer.patience=null",
@@ -306,6 +309,7 @@ def test_train_reads_its_data_once_and_scores_the_test_split_once(make_cfg, tmp_
     assert report["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_predict_evaluate_viz_and_training_agree_with_flip_tta(tmp_path):
     data = write_tiny_idx(tmp_path / "data")
     run = tmp_path / "run"
@@ -329,6 +333,7 @@ def test_predict_evaluate_viz_and_training_agree_with_flip_tta(tmp_path):
     assert no_tta.returncode == 0 and "tta" not in no_tta.stdout.split("(")[-1]
 
 
+@pytest.mark.slow
 def test_evaluate_keeps_the_training_report_when_its_numbers_differ(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     before = (run / "report" / "metrics.json").read_text()
@@ -348,6 +353,7 @@ def old_run(tmp_path) -> Path:
     return Path(shutil.copytree(FIXTURE, tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_a_run_from_before_still_predicts_and_evaluates(old_run, tmp_path):
     summary = json.loads((old_run / "summary.json").read_text())
     predicted = run_cli("predict", "run=run", "out=sub.csv", cwd=tmp_path)
@@ -360,6 +366,7 @@ def test_a_run_from_before_still_predicts_and_evaluates(old_run, tmp_path):
     assert exported.returncode == 0, exported.stderr
 
 
+@pytest.mark.slow
 def test_a_run_from_before_still_resumes(old_run, tmp_path):
     (old_run / "summary.json").unlink()
     proc = run_cli("train", "resume=run", "trainer.max_epochs=2", cwd=tmp_path)

@@ -63,6 +63,25 @@ def test_a_minimised_monitor_sorts_ascending(tmp_path):
     assert [r["run"] for r in collect(tmp_path)] == ["1", "0"]
 
 
+def test_runs_of_different_datasets_are_ranked_within_their_dataset(tmp_path, capsys):
+    for name, dataset, acc in (("a", "mnist", 0.98), ("b", "cifar10", 0.6), ("c", "mnist", 0.99),
+                               ("d", "cifar10", 0.7), ("e", None, 0.5)):  # fmt: skip
+        run = make_run(tmp_path, name, [f"seed={name}"], {"best_val_acc": acc})
+        if dataset:
+            (run / ".hydra" / "config.yaml").write_text(f"dataset:\n  name: {dataset}\ntrainer:\n  mode: max")
+    rows = report(tmp_path)
+    assert [(r["dataset"], r["run"]) for r in rows] == [
+        ("cifar10", "d"), ("cifar10", "b"), ("mnist", "c"), ("mnist", "a"), (None, "e"),
+    ]  # fmt: skip
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.count("│") > 5]
+    assert [cells[1:4:2] for cells in table] == [
+        ["1", "cifar10"], ["2", "cifar10"], ["1", "mnist"], ["2", "mnist"], ["1", "-"],
+    ]  # fmt: skip
+    assert [r["dataset"] for r in csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text()))] == [
+        "cifar10", "cifar10", "mnist", "mnist", "",
+    ]  # fmt: skip
+
+
 def test_report_writes_csv_with_a_column_per_override(tmp_path, capsys):
     make_run(tmp_path, "0", ["optimizer=sgd", "optimizer.lr=0.028977052667178302", "trainer.max_epochs=2"],
              {"best_val_acc": 0.8})  # fmt: skip

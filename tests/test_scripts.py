@@ -25,6 +25,7 @@ def load_script(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_bare_reference_learns_the_tiny_data_and_prints_one_line(tmp_path):
     write_tiny_idx(tmp_path / "mnist")
     proc = subprocess.run(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -29,6 +30,7 @@ def read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
+@pytest.mark.slow
 def test_grid_sweep_has_a_dir_per_job_and_a_sorted_summary(tiny_idx, tmp_path):
     res = run_cli("train", "-m", f"dataset.root={tiny_idx}", *FAST,
                   "optimizer=sgd,adam", "optimizer.lr=0.01,0.05", cwd=tmp_path)  # fmt: skip
@@ -57,6 +59,7 @@ def test_grid_sweep_has_a_dir_per_job_and_a_sorted_summary(tiny_idx, tmp_path):
     assert "4 runs" in res.stdout and "summary.csv" in res.stdout
 
 
+@pytest.mark.slow
 def test_failed_and_diverged_jobs_are_reported_and_the_others_finish(tiny_idx, tmp_path):
     # batch_size=0 fails its check; lr=1e12 makes the loss NaN; the other job trains.
     res = run_cli("train", "-m", f"dataset.root={tiny_idx}", *FAST, "optimizer=sgd",
@@ -122,6 +125,7 @@ def test_single_runs_started_together_get_their_own_dirs_and_compare(tiny_idx, t
     assert "seed=1" in res.stdout and "seed=2" in res.stdout  # the override that tells them apart
 
 
+@pytest.mark.slow
 def test_a_failed_single_run_leaves_a_record(tiny_idx, tmp_path):
     # A bad option is refused before the run folder exists; a failure once the run has started (here:
     # no data where dataset.root points) is recorded in it.

@@ -151,3 +151,21 @@ def test_cnnlab_data_env_is_searched(make_cfg, tmp_path, tiny_idx, monkeypatch):
     (tiny_idx.parent / "data").rename(tiny_idx.parent / "fashion-mnist")
     summary = train(make_cfg("dataset.root=null", "trainer.max_epochs=1"), tmp_path / "r")
     assert summary["epochs_run"] == 1
+
+
+def test_a_run_whose_test_split_has_no_labels_says_how_to_predict(make_cfg, tmp_path, caplog):
+    from tests.test_data_folders import write_food11
+
+    write_food11(tmp_path / "food")
+    (tmp_path / "food" / "train" / "2_99.jpg").unlink()  # its truncated file
+    food = ("dataset=food11", f"dataset.root={tmp_path / 'food'}", "dataset.image_size=8", "model=mlp",
+            "dataset.cache=false", "dataset.num_workers=0", "trainer.max_epochs=1",
+            "trainer.report=false")  # fmt: skip
+    with caplog.at_level("INFO", logger="cnnlab"):
+        summary = train(make_cfg(*food), tmp_path / "run")
+    assert summary["test_acc"] is None
+    assert f"write a submission with `cnnlab predict run={tmp_path / 'run'}`" in caplog.messages[-1]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cnnlab"):
+        train(make_cfg("trainer.max_epochs=1", "trainer.report=false"), tmp_path / "labeled")
+    assert not any("cnnlab predict" in m for m in caplog.messages)  # a labeled test split was scored

@@ -206,7 +206,8 @@ def test_a_study_prunes_marks_and_continues(tiny_idx, tmp_path):
     for name in ("optimization_history.png", "intermediate_values.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
 
-    res = run_cli("tune", f"tune.dir={folder}", "tune.n_trials=1", cwd=tmp_path)  # continue: nothing else
+    # Continue, repeating one of the study's own overrides (harmless): only tune.n_trials changes.
+    res = run_cli("tune", f"tune.dir={folder}", "tune.n_trials=1", f"dataset.root={tiny_idx}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"study {folder}: 6 trials so far; 1 more" in res.stdout
     assert len(load_study(folder).trials) == 7 and (folder / "6" / ".hydra" / "overrides.yaml").is_file()

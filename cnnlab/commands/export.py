@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,9 +38,11 @@ def _safetensors(run: LoadedRun, out: Path) -> None:
 
 
 def _torchscript(run: LoadedRun, out: Path) -> None:
-    traced = torch.jit.trace(run.model, _example(run))
-    atomic_write(out, lambda f: torch.jit.save(traced, f))
-    loaded = torch.jit.load(str(out))
+    with warnings.catch_warnings():  # torch deprecates TorchScript, which the user asked for by name
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        traced = torch.jit.trace(run.model, _example(run))
+        atomic_write(out, lambda f: torch.jit.save(traced, f))
+        loaded = torch.jit.load(str(out))
     torch.testing.assert_close(loaded(_example(run)), run.model(_example(run)), rtol=1e-4, atol=1e-5)
 
 
@@ -79,7 +82,8 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, *, trust_config: bo
 def main(cfg: DictConfig) -> None:
     if not cfg.run:
         raise ConfigError("Name the run to export: cnnlab export run=<run dir> format=safetensors.")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # not the exporters' progress notes
+    log.setLevel(logging.INFO)
     if cfg.average is not None:
         from cnnlab.commands.average import average
 

@@ -35,8 +35,8 @@ STATUS_RANK = {
     "broken": 6,
 }
 CSV_FIELDS = [
-    "run", "status", "monitor", "best_value", "best_val_acc", "test_acc", "best_epoch", "epochs_run",
-    "stop_reason", "seconds", "overrides", "error",
+    "run", "dataset", "status", "monitor", "best_value", "best_val_acc", "test_acc", "best_epoch",
+    "epochs_run", "stop_reason", "seconds", "overrides", "error",
 ]  # fmt: skip
 
 
@@ -62,6 +62,7 @@ def read_run(run_dir: Path, root: Path) -> dict:
         row = dict.fromkeys(CSV_FIELDS)
         row.update(run=name, status="broken", error=str(exc), overrides=[], mode="max", path=run_dir)
         return row
+    dataset = ((config or {}).get("dataset") or {}).get("name")
     row = {field: summary.get(field, status.get(field)) for field in CSV_FIELDS}  # a pruned trial: status
     row.update(
         run=name,
@@ -70,6 +71,7 @@ def read_run(run_dir: Path, root: Path) -> dict:
         overrides=overrides,
         mode=_mode(config, summary.get("monitor")),
         path=run_dir,
+        dataset=str(dataset) if dataset is not None else None,
     )
     if row["seconds"] is None:
         row["seconds"] = status.get("seconds")
@@ -99,8 +101,14 @@ def sort_rows(rows: list[dict]) -> tuple[list[dict], str]:
 
 
 def collect(root: Path) -> list[dict]:
-    rows = [read_run(run, root) for run in find_runs(root)]
-    return sort_rows(rows)[0]
+    """The runs under ``root``, grouped by dataset (accuracies of different datasets do not compare;
+    runs whose dataset is unknown last), each group sorted by :func:`sort_rows`."""
+    groups: dict[str | None, list[dict]] = {}
+    for run in find_runs(root):
+        row = read_run(run, root)
+        groups.setdefault(row["dataset"], []).append(row)
+    order = sorted(groups, key=lambda name: (name is None, name or ""))
+    return [row for name in order for row in sort_rows(groups[name])[0]]
 
 
 def varying_keys(rows: list[dict]) -> list[str]:
@@ -127,17 +135,29 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]], str]:
     common = sorted({o for r in rows for o in r["overrides"]} - {o for r in rows for o in _shown(r, varying)})
     monitors = {r["monitor"] for r in rows if r["monitor"]}
     extra = monitors.pop() if len(monitors) == 1 and "val_acc" not in monitors else None
-    header = ["#", "run", "overrides", *([f"best {extra}"] if extra else []), "best val acc", "test acc",
-              "epochs", "time", "status"]  # fmt: skip
+    datasets = len({r["dataset"] for r in rows}) > 1  # ranked within each dataset
+    header = ["#", *(["dataset"] if datasets else []), "run", "overrides",
+              *([f"best {extra}"] if extra else []), "best val acc", "test acc", "epochs", "time",
+              "status"]  # fmt: skip
     cells = []
-    for rank, row in enumerate(rows, 1):
+    for row, rank in zip(rows, ranks(rows), strict=True):
         status = row["status"] if not row["error"] else f"{row['status']}: {row['error']}"
         epochs = "-" if row["epochs_run"] is None else f"{row['epochs_run']} (best {row['best_epoch']})"
         seconds = "-" if row["seconds"] is None else f"{row['seconds']:.1f}s"
-        line = [str(rank), row["run"], " ".join(map(_short, _shown(row, varying))) or "-"]
+        line = [str(rank), *([row["dataset"] or "-"] if datasets else []), row["run"],
+                " ".join(map(_short, _shown(row, varying))) or "-"]  # fmt: skip
         line += [_num(row["best_value"])] if extra else []
         cells.append([*line, _num(row["best_val_acc"]), _num(row["test_acc"]), epochs, seconds, status])
     return header, cells, ("common: " + " ".join(common)) if common else ""
+
+
+def ranks(rows: list[dict]) -> list[int]:
+    """1, 2, ... within each dataset's group (rows come grouped, from :func:`collect`)."""
+    out, seen = [], {}
+    for row in rows:
+        seen[row["dataset"]] = seen.get(row["dataset"], 0) + 1
+        out.append(seen[row["dataset"]])
+    return out
 
 
 def runs_table(rows: list[dict], *, title: str) -> Table:

@@ -74,6 +74,8 @@ def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict
         "seconds": seconds,
         "traceback": "".join(traceback.format_exception(exc)),
     }
+    if getattr(exc, "stage", None):  # a signal: "loading data", "building", "training", "testing", "report"
+        record["stage"] = exc.stage
     RunDir(run_dir).write_status(record)
     return record
 

@@ -8,13 +8,11 @@ at the input's size, each scaled to [0, 1] by its own maximum.
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, did_you_mean
 
 
 def image_layers(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -51,8 +49,7 @@ def choose_layer(model: nn.Module, x: torch.Tensor, name: str | None = None) -> 
             )
         return spatial[-1]
     if name not in shapes:
-        hint = difflib.get_close_matches(name, list(shapes), n=1)
-        said = f" Did you mean '{hint[0]}'?" if hint else ""
+        said = did_you_mean(name, shapes)
         choices = ", ".join(shapes) or "none (the model has no convolution)"
         raise ConfigError(f"Unknown layer '{name}' (a module with an image-like output); choose one of: "
                           f"{choices}.{said}")  # fmt: skip

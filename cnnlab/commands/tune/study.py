@@ -129,11 +129,10 @@ def continued_args(folder: StudyDir, args: list[str], *, trust_config: bool) -> 
         raise DataError(f"{folder.db} does not say which overrides its study was started with; it was "
                         "not written by cnnlab tune: choose another tune.dir.")  # fmt: skip
     check_overrides(stored, folder.db, trust_config=trust_config)
-    given = fixed(args)
-    if given and sorted(given) != sorted(fixed(stored)):
+    if any(a not in fixed(stored) for a in fixed(args)):  # repeating some of the study's own is harmless
         raise ConfigError(
             f"The study in {folder} was started with {' '.join(fixed(stored)) or 'no overrides'}; continue "
-            f"it with those (or with none: cnnlab tune tune.dir={folder}), changing only "
+            f"it with those, some or none of them (cnnlab tune tune.dir={folder}), changing only "
             f"{', '.join(MAY_CHANGE[1:])}, or start a new study in another tune.dir."
         )
     changed = [a for a in args if key_of(a) in MAY_CHANGE]

@@ -12,6 +12,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run.layout import CHECKPOINTS, MLFLOW_ARTIFACTS, MLFLOW_DB, RunDir
 from cnnlab.run.loggers import Logger, numbers
 
@@ -40,19 +41,32 @@ class MlflowLogger(Logger):
         self.client = MlflowClient(tracking_uri=uri)
         self.folder = folder
         self.checkpoint = bool(options.checkpoint)
+        try:
+            self._open(cfg, options, store, resumed)
+        except CnnlabError:
+            raise
+        except Exception as exc:  # an unreachable server, a store it cannot open: the setting, not a bug
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"logger.mlflow cannot open the tracking store {uri} ({reason}); start the server or fix "
+                "logger.mlflow.tracking_uri (null: a local store beside the run)."
+            ) from None
+
+    def _open(self, cfg: DictConfig, options: DictConfig, store, resumed: bool) -> None:
+        """The experiment, and this run's MLflow run (the earlier one when resumed)."""
         experiment = self.client.get_experiment_by_name(options.experiment)
         if experiment is not None:
             experiment_id = experiment.experiment_id
         else:  # a local store keeps the artifacts beside it, not in the current directory
             location = None if options.tracking_uri else (store / MLFLOW_ARTIFACTS).as_uri()
             experiment_id = self.client.create_experiment(options.experiment, artifact_location=location)
-        run_dir = str(folder.path.resolve())
+        run_dir = str(self.folder.path.resolve())
         earlier = self._find(experiment_id, run_dir) if resumed else None
         if earlier is not None:
             self.run_id = earlier
             self.client.update_run(self.run_id, status="RUNNING")
             return
-        run = self.client.create_run(experiment_id, run_name=folder.path.name, tags={RUN_TAG: run_dir})
+        run = self.client.create_run(experiment_id, run_name=self.folder.path.name, tags={RUN_TAG: run_dir})
         self.run_id = run.info.run_id
         self._log_params(OmegaConf.to_container(cfg, resolve=True))
 
