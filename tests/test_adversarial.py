@@ -81,6 +81,7 @@ def test_robust_accuracy_is_below_clean_accuracy(make_cfg, tmp_path):
     assert clean > 0.5 and robust < clean - 0.2
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_evaluate_attack_writes_robustness_json(make_cfg, tmp_path):
     train(make_cfg(*FAST, "trainer.max_epochs=1"), tmp_path / "run")
     proc = run_cli("evaluate", f"run={tmp_path / 'run'}", "attack=fgsm", "eps=[0.05,0.2]", "device=cpu",

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_train_end_to_end(tiny_idx, tmp_path):
     res = run_cli("train", f"dataset.root={tiny_idx}", "trainer.max_epochs=2", "trainer.batch_size=64",
                   "optimizer.lr=0.01", "seed=1", cwd=tmp_path)  # fmt: skip
@@ -30,6 +31,7 @@ def test_cfg_job_prints_composed_config(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_help_lists_groups(tmp_path):
     res = run_cli("train", "--help", cwd=tmp_path)
     assert res.returncode == 0
@@ -50,6 +52,7 @@ def test_help_lists_groups(tmp_path):
         (["optimizer.lr=0"], "optimizer.lr must be greater than 0, got 0.0."),
     ],
 )
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_user_errors_are_one_line(tmp_path, tiny_idx, args, expected):
     res = run_cli("train", f"dataset.root={tiny_idx}", *args, cwd=tmp_path)
     assert res.returncode == 2

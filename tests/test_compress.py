@@ -74,6 +74,7 @@ def test_structured_pruning_narrows_the_model(teacher):
     assert made.model.features[0].weight.shape[0] == 3
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_quantize_agrees_with_the_float_model_and_predict_runs_it(teacher, tmp_path):
     pytest.importorskip("torchao")
     from cnnlab.commands.compress import compress

@@ -115,6 +115,7 @@ def test_no_command_prints_the_usage_as_an_error(monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("usage: cnnlab <command>")
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_a_full_disk_inside_the_job_is_one_line_without_hydras(tiny_idx, tmp_path):
     """A file-size limit makes the first checkpoint write fail (EFBIG) as a full disk would (ENOSPC)."""
 

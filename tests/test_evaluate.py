@@ -75,6 +75,7 @@ def test_classification_report_accuracy_and_loss():
     assert m["per_class"][1]["accuracy"] == m["per_class"][1]["recall"] == 0.5
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_evaluate_writes_the_report(trained_run, tmp_path):
     result = run_cli("evaluate", f"run={trained_run}", "device=cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

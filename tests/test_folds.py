@@ -75,6 +75,7 @@ def test_runs_reports_mean_and_std_over_folds():
     assert "3 folds (dataset.folds=3): val acc 0.8000 ± 0.1000, test acc 0.7000 ± 0.1000" in describe(group)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_fold_sweep_through_the_cli(tiny_idx, tmp_path):
     sweep = tmp_path / "sweep"
     base = (

@@ -169,6 +169,7 @@ def browser():
 
 
 @pytest.mark.parametrize("which", ["run", "sweep"])
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_every_image_of_the_pages_loads_in_chromium(browser, sweep, tmp_path, which):
     if which == "sweep":
         with hydra_config():

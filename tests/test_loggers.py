@@ -48,6 +48,7 @@ def test_logger_without_csv_is_refused(make_cfg, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_bad_logger_values_are_one_line(tiny_idx, tmp_path):
     res = run_cli("train", f"dataset.root={tiny_idx}", "logger=[csv,mlfow]", cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr

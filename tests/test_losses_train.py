@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cnnlab.engine.checkpoint import load_checkpoint
@@ -51,6 +52,7 @@ def test_deprecated_trainer_label_smoothing_trains_as_the_loss_option(make_cfg, 
     assert log.count("trainer.label_smoothing is deprecated; use loss.label_smoothing=0.1 instead.") == 1
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_deprecated_key_from_the_cli_warns_once_and_a_conflict_is_one_line(tiny_idx, tmp_path):
     base = (f"dataset.root={tiny_idx}", "trainer.device=cpu", "trainer.tensorboard=false",
             "trainer.max_epochs=1", "trainer.report=false", "trainer.progress=plain")  # fmt: skip

@@ -157,6 +157,7 @@ def test_onecycle_suggests_its_peak(compose_lr_find, tmp_path, capsys):
     assert "cnnlab train scheduler.options.max_lr=" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_the_cli_writes_only_the_plot(tiny_idx, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -198,6 +199,7 @@ def test_a_sweep_is_refused():
     (["lr_find.steps=5"], "lr_find.steps must be at least 10, got 5."),
     (["lr_find.stepz=50"], "Unknown config key 'lr_find.stepz'. Did you mean 'steps'?"),
 ])  # fmt: skip
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_cli_errors_are_one_line(tmp_path, args, message):
     proc = run_cli("lr_find", f"dataset.root={tmp_path / 'missing'}", *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr

@@ -209,6 +209,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_bad_input_is_one_message_and_writes_nothing(shared_run, tmp_path, case):
     make_args, message = BAD_INPUTS[case]
     args = make_args(shared_run, tmp_path)

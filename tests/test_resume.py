@@ -160,6 +160,7 @@ def test_divergence_names_epoch_and_step_and_marks_the_run(make_cfg, tmp_path):
     assert not (run / "summary.json").exists() and not (run / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_divergence_from_the_cli_exits_3_and_is_recorded(tiny_idx, tmp_path):
     proc = run_cli("train", f"dataset.root={tiny_idx}", "optimizer=sgd", "optimizer.lr=1e6",
                    "trainer.tensorboard=false", "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip

@@ -112,6 +112,7 @@ def hostile_models(tmp_path: Path) -> dict[str, dict]:
 @pytest.mark.parametrize("case", ["torch.hub.load nested in a model option", "torch.load weights_only false",
                                   "torch.os.system", "a partial call"])  # fmt: skip
 @pytest.mark.parametrize("command", ["predict", "evaluate", "export", "viz filters"])
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_a_stored_config_that_names_code_is_refused_and_nothing_runs(finished_run, tmp_path, case, command):
     run = copy_run(finished_run, tmp_path)
     forge_config(run, hostile_models(tmp_path)[case])
@@ -137,6 +138,7 @@ def test_hostile_stored_overrides_are_refused_by_resume_and_nothing_runs(finishe
 
 
 @pytest.mark.parametrize("text", ["[unclosed", "- 3\n- model=lenet\n", "just: a mapping\n"])
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_broken_stored_overrides_are_one_line(finished_run, tmp_path, text):
     run = copy_run(finished_run, tmp_path)
     (run / "summary.json").unlink()
@@ -260,6 +262,7 @@ def test_resume_auto_skips_a_run_another_process_writes(tmp_path):
 
 
 # ---------------------------------------------------------------------- writes stay inside the run folder
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_a_symlinked_report_folder_is_not_written_through(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     elsewhere = tmp_path / "elsewhere"

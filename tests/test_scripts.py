@@ -83,6 +83,7 @@ def test_gpu_check_smoke_mode_runs_every_step_on_the_cpu(tmp_path):
     assert table.count("step loop") == 3  # cnnlab against the bare loop, one per network
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_step_overhead_counts_operators_per_phase_on_the_tiny_data(tiny_idx):
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "step_overhead.py"), "--steps", "3", "--rounds", "1",
@@ -97,6 +98,7 @@ def test_step_overhead_counts_operators_per_phase_on_the_tiny_data(tiny_idx):
     assert proc.stdout.count("cnnlab / bare = ") >= 3  # by the clock, by CPU time, operators
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_run_overhead_times_the_parts_of_a_run(tiny_idx):
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "run_overhead.py"), "--repeats", "1", f"dataset.root={tiny_idx}",

@@ -40,6 +40,7 @@ def assert_stopped(proc, run, signum: int, stage: str, message: str) -> dict:
         ("cnnlab.train.build_model", signal.SIGHUP, "building", "building; nothing was trained yet"),
     ],
 )
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_a_signal_before_the_first_epoch(tiny_idx, tmp_path, target, signum, stage, message):
     proc = run_cli_with_signal(target, signum, "train", f"dataset.root={tiny_idx}", *FAST, cwd=tmp_path)
     assert_stopped(proc, tmp_path / "run", signum, stage, message)

@@ -86,6 +86,7 @@ def test_failed_and_diverged_jobs_are_reported_and_the_others_finish(tiny_idx, t
     assert "failed: trainer.batch_size must be greater than 0" in res.stdout
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_joblib_launcher_runs_jobs_in_parallel_with_a_share_of_the_cores(tiny_idx, tmp_path):
     res = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                   f"dataset.root={tiny_idx}", *FAST, "optimizer.lr=0.01,0.02", cwd=tmp_path)  # fmt: skip
@@ -98,6 +99,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_a_share_of_the_cores(tiny_id
         assert threads == max((os.cpu_count() or 1) // 2, 1)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_single_runs_started_together_get_their_own_dirs_and_compare(tiny_idx, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     args = [sys.executable, "-m", "cnnlab", "train", f"dataset.root={tiny_idx}", *FAST]

@@ -121,6 +121,7 @@ def test_every_option_and_corner_is_checked_before_anything_runs(args, message, 
 
 
 @pytest.mark.parametrize("preset", ["mnist", "fashion_mnist", "cifar10", "food11"])
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_every_preset_composes_at_every_corner(preset, tmp_path, monkeypatch):
     from cnnlab.commands.tune import compose_tune
     from cnnlab.commands.tune.study import direction
@@ -155,6 +156,7 @@ def test_direction_follows_the_monitor_and_samplers_and_pruners_are_what_they_sa
     assert isinstance(make_pruner(OmegaConf.merge(tune, {"pruner": "none"}), 5), optuna.pruners.NopPruner)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_train_refuses_a_search_preset(tmp_path):
     res = run_cli("train", "tune=mnist", cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
@@ -169,6 +171,7 @@ def test_train_refuses_a_search_preset(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_a_study_prunes_marks_and_continues(tiny_idx, tmp_path):
     folder = tmp_path / "study"
     common = (f"dataset.root={tiny_idx}", *FAST, f"tune.dir={folder}")
@@ -218,6 +221,7 @@ def test_a_study_prunes_marks_and_continues(tiny_idx, tmp_path):
     assert res.returncode == 0 and res.stdout.count("pruned: pruned by the median pruner") == len(pruned)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_diverged_trials_are_failed_trials_and_the_study_goes_on(tiny_idx, tmp_path):
     folder = tmp_path / "study"
     res = run_cli("tune", f"dataset.root={tiny_idx}", *FAST, f"tune.dir={folder}", "optimizer=sgd",
@@ -230,6 +234,7 @@ def test_diverged_trials_are_failed_trials_and_the_study_goes_on(tiny_idx, tmp_p
     assert not list(folder.glob("*.png"))  # tune.report=false: no figures
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_no_trial_starts_after_the_timeout(tiny_idx, tmp_path):
     folder = tmp_path / "study"
     res = run_cli("tune", f"dataset.root={tiny_idx}", *FAST, f"tune.dir={folder}", "tune.n_trials=5",
@@ -238,6 +243,7 @@ def test_no_trial_starts_after_the_timeout(tiny_idx, tmp_path):
     assert load_study(folder).trials == [] and not (folder / "0").exists()
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_trials_run_in_parallel_each_with_a_share_of_the_cores(tiny_idx, tmp_path):
     folder = tmp_path / "study"
     res = run_cli("tune", f"dataset.root={tiny_idx}", *[a for a in FAST if "threads" not in a],
@@ -251,6 +257,7 @@ def test_trials_run_in_parallel_each_with_a_share_of_the_cores(tiny_idx, tmp_pat
         assert yaml.safe_load(ckpt["config"])["trainer"]["threads"] == max((os.cpu_count() or 1) // 2, 1)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_an_interrupted_trial_is_resumed_when_the_study_continues(tiny_idx, tmp_path, monkeypatch):
     from hydra import initialize_config_module
     from omegaconf import OmegaConf

@@ -162,6 +162,7 @@ def test_viz_writes_tensorboard_images(lenet_run):
         (["augment", "run={run}", "augmentation=strong"], "the run's own dataset and augmentation"),
     ],
 )
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_viz_user_errors_are_one_line(lenet_run, tmp_path, args, message):
     result = run_cli("viz", *[a.format(run=lenet_run) for a in args], cwd=tmp_path)
     assert result.returncode == 2

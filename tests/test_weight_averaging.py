@@ -56,6 +56,7 @@ def test_bad_swa_start_is_a_one_line_error(make_cfg, value):
         check(make_cfg(*FAST, f"trainer.swa_start={value}"))
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
 def test_export_average_of_epoch_checkpoints(make_cfg, tmp_path):
     run = tmp_path / "run"
     train(make_cfg(*FAST), run)
