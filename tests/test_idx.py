@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from cnnlab.data.idx import IMAGE_MAGIC, LABEL_MAGIC, read_idx, read_idx_dataset
+from cnnlab.data.idx import IMAGE_MAGIC, LABEL_MAGIC, Inflated, read_idx, read_idx_dataset
 from cnnlab.errors import DataError
 from tests.conftest import make_images, write_idx, write_tiny_idx
 
@@ -66,18 +66,51 @@ def test_gzip_bomb_is_refused_without_inflating_it(tmp_path, monkeypatch):
     write_gzip_stream(path, LABEL_MAGIC.to_bytes(4, "big") + promised.to_bytes(4, "big"), 64 << 20)
     assert path.stat().st_size < 1 << 20  # 64 MiB of zeros in well under 1 MiB
     inflated = []
-    real_read = gzip.GzipFile.read
+    real_read = Inflated.read
 
-    def counting_read(self, size=-1):
+    def counting_read(self, size):
         data = real_read(self, size)
         inflated.append(len(data))
         return data
 
-    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    monkeypatch.setattr(Inflated, "read", counting_read)
     with pytest.raises(DataError, match="more data than its header promises") as info:
         read_idx(path, LABEL_MAGIC)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
-    assert sum(inflated) <= promised + 16  # header, the promised labels and one byte more
+    assert inflated and sum(inflated) <= promised + 16  # header, the promised labels and one byte more
+
+
+def test_gzip_of_several_members_reads_as_gzip_open_does(tmp_path):
+    labels = np.arange(250, dtype=np.uint8)
+    whole = LABEL_MAGIC.to_bytes(4, "big") + len(labels).to_bytes(4, "big") + labels.tobytes()
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(b"".join(gzip.compress(whole[i : i + 100]) for i in range(0, len(whole), 100)))
+    assert gzip.decompress(path.read_bytes()) == whole  # what gzip.open reads
+    assert np.array_equal(read_idx(path, LABEL_MAGIC), labels)
+
+
+def test_inflated_reads_in_pieces_and_stops_at_the_end():
+    data = bytes(range(256)) * 1000
+    stream = Inflated(gzip.compress(data))
+    assert stream.read(10) + stream.read(100_000) + stream.read(1 << 20) == data
+    assert stream.read(1) == b""
+
+
+@pytest.mark.parametrize("damage", ["cut", "crc"])
+def test_damaged_gzip_fails_with_one_line(tmp_path, damage):
+    labels = np.arange(200, dtype=np.uint8)
+    packed = bytearray(
+        gzip.compress(LABEL_MAGIC.to_bytes(4, "big") + (200).to_bytes(4, "big") + labels.tobytes())
+    )
+    if damage == "cut":  # the end of the deflate stream and the trailer are missing
+        packed = packed[:-12]
+    else:  # the trailer's CRC of the uncompressed data is wrong
+        packed[-8] ^= 0xFF
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(bytes(packed))
+    with pytest.raises(DataError) as info:
+        read_idx(path, LABEL_MAGIC)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_header_promising_more_than_gzip_can_hold(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import math
 import zlib
 from pathlib import Path
@@ -52,12 +51,45 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     one byte more than promised, not all of it.
     """
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            dims = _read_header(f, path, magic)
-            return _read_body(f, path, dims)
+        with path.open("rb") as f:
+            stream = Inflated(f.read()) if path.suffix == ".gz" else f
+            dims = _read_header(stream, path, magic)
+            return _read_body(stream, path, dims)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path} could not be read ({exc}); download or copy the file again.") from exc
+
+
+class Inflated:
+    """The inflated bytes of gzip data, read in as few zlib calls as the reads ask for.
+
+    ``gzip.open`` inflates 32 KB per call and keeps the CRC in Python: 1,400 calls and 0.2 s for MNIST's
+    training images; here zlib fills each read in one call and checks each member's CRC itself.
+    ``read(n)`` never inflates more than ``n`` bytes, which is what keeps a decompression bomb harmless.
+    """
+
+    def __init__(self, data: bytes):
+        self._inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._input = data
+
+    def read(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            if self._inflate.eof:  # a member ended: another may follow, as gzip.open reads them
+                if not self._inflate.unused_data:
+                    break
+                self._input = self._inflate.unused_data
+                self._inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            chunk = self._inflate.decompress(self._input, n - len(out))
+            self._input = self._inflate.unconsumed_tail
+            if not (chunk or self._input or self._inflate.eof):  # the data ended inside a member
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            out += chunk
+        return out
+
+    def readinto(self, view: memoryview) -> int:
+        out = self.read(len(view))
+        view[: len(out)] = out
+        return len(out)
 
 
 def _read_header(f: BinaryIO, path: Path, magic: int) -> list[int]:
