@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from cnnlab.engine.device import resolve_device
+from cnnlab.engine.device import configure_cpu, resolve_device
 from cnnlab.errors import ConfigError
 from cnnlab.run import lock
 from cnnlab.run.layout import RunDir
@@ -21,6 +21,8 @@ def open_run(cfg) -> tuple[LoadedRun, torch.device]:
     if not cfg.get("run"):
         raise ConfigError("No run given; pass run=<a directory written by cnnlab train>.")
     device = resolve_device(str(cfg.get("device") or "auto"))
+    if device.type == "cpu":
+        configure_cpu(None)
     run = load_run(cfg.run, ckpt=cfg.get("ckpt"), device=device, trust_config=bool(cfg.get("trust_config")))
     return run, device
 

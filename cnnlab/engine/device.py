@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 from pathlib import Path
 
@@ -106,7 +107,32 @@ def configure_cuda(device: torch.device, *, deterministic: bool) -> None:
 
 
 def configure_cpu(threads: int | None) -> None:
-    """Thread count and denormal flushing (a sigmoid LeNet once ran 6x slower on denormals)."""
+    """Thread count, denormal flushing (a sigmoid LeNet once ran 6x slower on denormals) and the heap
+    (:func:`keep_freed_memory`)."""
     if threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
+    keep_freed_memory()
+
+
+# mallopt(3) parameters, from glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit
+TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Keep the memory freed after a batch in the heap for the next one; return whether libc took it.
+
+    With glibc's default, adaptive thresholds a CPU batch's activations (a few MB each) were handed back
+    to the kernel when freed and faulted in again, page by page, at the next batch: 6,000 page faults
+    per evaluation batch of 500 MNIST images in a training process, a third of that batch's time.
+    Fixing the mmap threshold at 32 MiB and the trim threshold at 1 GiB keeps them mapped (blocks over
+    32 MiB are still mapped and unmapped each time); the cost is that up to 1 GiB of freed memory stays
+    with the process until it ends. Nothing happens where the C library has no ``mallopt`` (macOS).
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
