@@ -238,7 +238,7 @@ def signal_at(target: str, signum: int, stage: str, *, when: str = "before", dat
 
 
 def testing_then_resume(d: Drill, name: str) -> Case:
-    first = signal_at("cnnlab.train.Predictor", signal.SIGINT, "testing")(d, name)
+    first = signal_at("cnnlab.train.ending.Predictor", signal.SIGINT, "testing")(d, name)
     run = d.work / name / "run"
     again = d.cli("train", f"resume={run}", cwd=run.parent)
     held = first.proc.returncode == 130 and first.ok

@@ -171,7 +171,10 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     ("SIGTERM during training (preemption)", runs.signal_in_epoch(signal.SIGTERM)),
     ("SIGHUP during training (terminal closed)", runs.signal_in_epoch(signal.SIGHUP)),
     ("resume after Ctrl-C", runs.signal_in_epoch(signal.SIGINT, resume=True)),
-    ("SIGTERM while loading data", runs.signal_at("cnnlab.train.build_data", signal.SIGTERM, "loading data")),
+    (
+        "SIGTERM while loading data",
+        runs.signal_at("cnnlab.train.assemble.build_data", signal.SIGTERM, "loading data"),
+    ),
     (
         "SIGTERM while unpacking the CIFAR zip",
         runs.signal_at(
@@ -186,7 +189,7 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     ),
     (
         "SIGHUP while building the model",
-        runs.signal_at("cnnlab.train.build_model", signal.SIGHUP, "building"),
+        runs.signal_at("cnnlab.train.assemble.build_model", signal.SIGHUP, "building"),
     ),
     ("SIGINT while testing, then resume", runs.testing_then_resume),
     (

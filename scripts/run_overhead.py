@@ -65,6 +65,7 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
     from cnnlab.report.evaluate import Scored
     from cnnlab.run.layout import RunDir
     from cnnlab.run.metrics import MetricsWriter
+    from cnnlab.train import assemble, ending, epochs
 
     def import_dynamo_then(fn):
         def build(*args, **kwargs):
@@ -74,11 +75,11 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
 
         return build
 
-    for name, label in PARTS.items():
-        if hasattr(train_module, name):
-            fn = getattr(train_module, name)
-            timed = timer(label, fn)  # the optimizer's time without the import it triggers
-            setattr(train_module, name, import_dynamo_then(timed) if name == "build_optimizer" else timed)
+    for module in (train_module, assemble, epochs, ending):  # each part where train's modules call it
+        for name, label in PARTS.items():
+            if hasattr(module, name):
+                timed = timer(label, getattr(module, name))  # the optimizer's time without the import
+                setattr(module, name, import_dynamo_then(timed) if name == "build_optimizer" else timed)
     Scored.score = classmethod(timer(TEST_PASS, Scored.score.__func__))
     RunDir.write_summary = timer(PARTS["write_summary"], RunDir.write_summary)
     MetricsWriter.close = timer(PARTS["close"], MetricsWriter.close)

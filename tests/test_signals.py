@@ -36,8 +36,13 @@ def assert_stopped(proc, run, signum: int, stage: str, message: str) -> dict:
 @pytest.mark.parametrize(
     ("target", "signum", "stage", "message"),
     [
-        ("cnnlab.train.build_data", signal.SIGTERM, "loading data", "loading data; nothing was trained yet"),
-        ("cnnlab.train.build_model", signal.SIGHUP, "building", "building; nothing was trained yet"),
+        (
+            "cnnlab.train.assemble.build_data",
+            signal.SIGTERM,
+            "loading data",
+            "loading data; nothing was trained yet",
+        ),
+        ("cnnlab.train.assemble.build_model", signal.SIGHUP, "building", "building; nothing was trained yet"),
     ],
 )
 @pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
@@ -76,7 +81,7 @@ def test_a_signal_from_outside_while_workers_decode_images(tmp_path):
 def test_a_signal_while_testing_then_resume_only_tests(tiny_idx, tmp_path):
     """patience=0 stops after epoch 1 of 3: the resume must neither train on nor lose that."""
     args = ("train", f"dataset.root={tiny_idx}", "trainer.max_epochs=3", "trainer.patience=0", *FAST)
-    proc = run_cli_with_signal("cnnlab.train.Predictor", signal.SIGINT, *args, cwd=tmp_path)
+    proc = run_cli_with_signal("cnnlab.train.ending.Predictor", signal.SIGINT, *args, cwd=tmp_path)
     run = tmp_path / "run"
     assert_stopped(proc, run, signal.SIGINT, "testing", "testing; training had ended: score the test split")
     assert f"`cnnlab train resume={run}`" in proc.stderr and not (run / "summary.json").exists()

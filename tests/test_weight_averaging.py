@@ -93,10 +93,10 @@ def test_average_refuses_checkpoints_of_other_models(make_cfg, tmp_path):
 def test_the_test_split_is_scored_with_the_average_when_it_is_kept_as_best(make_cfg, tmp_path, monkeypatch):
     """SWA kept as best.pt at the last epoch: finish must score the average, not the last epoch's
     weights that are still in the model."""
-    from cnnlab import train as train_module
     from cnnlab.report.evaluate import Scored
+    from cnnlab.train import ending
 
-    monkeypatch.setattr(train_module, "is_better", lambda value, best, mode: True)  # the average wins
+    monkeypatch.setattr(ending, "is_better", lambda value, best, mode: True)  # the average wins
     scored = []
     original = Scored.score.__func__
 

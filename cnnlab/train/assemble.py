@@ -1,0 +1,191 @@
+"""Building a run from its config: data, model, pipeline, optimizer, schedule, step context and metrics
+writer, each once (:func:`build_run`)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from torch import nn
+
+from cnnlab.build import (
+    build_adversary,
+    build_augment_from,
+    build_criterion,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    has_conv,
+)
+from cnnlab.data.loader import BatchPipeline
+from cnnlab.data.mmap import HostLoader
+from cnnlab.data.pseudo import PseudoLabels, read_pool
+from cnnlab.data.registry import DataBundle, build_data
+from cnnlab.engine import distributed
+from cnnlab.engine.device import compile_mode, configure_cuda, resolve_precision
+from cnnlab.engine.ema import ModelEMA
+from cnnlab.engine.finetune import Freezer
+from cnnlab.engine.interrupt import SignalGuard
+from cnnlab.engine.lookahead import Lookahead
+from cnnlab.engine.loop import StepContext, optimizer_steps
+from cnnlab.engine.metrics import BALANCED_MONITORS
+from cnnlab.engine.swa import WeightAverage
+from cnnlab.engine.tracker import MetricTracker
+from cnnlab.engine.tta import tta_views
+from cnnlab.models.whiten import fit_to_data
+from cnnlab.run.layout import RunDir
+from cnnlab.run.metrics import MetricsWriter
+from cnnlab.train.state import Run
+
+log = logging.getLogger("cnnlab")
+FIT_IMAGES = 5000  # training images that data-initialised layers (model.whiten) are fitted to
+
+
+def limit_batches(data, tc: DictConfig) -> None:
+    """Apply the debugging limits: overfit a few fixed batches, or cap batches per epoch."""
+    if tc.overfit_batches:
+        data.train.limit = tc.overfit_batches
+        data.train.shuffle = False
+        data.val = data.train
+    elif tc.limit_train_batches:
+        data.train.limit = tc.limit_train_batches
+    if tc.limit_eval_batches and not tc.overfit_batches:
+        data.val.limit = tc.limit_eval_batches
+        if data.test is not None:
+            data.test.limit = tc.limit_eval_batches
+
+
+def build_run(
+    cfg: DictConfig,
+    folder: RunDir,
+    dist: distributed.Dist,
+    *,
+    config_yaml: str,
+    resumed: bool,
+    guard: SignalGuard | None = None,
+) -> Run:
+    """Data, model, augmentation, optimizer, schedule, EMA and metrics writer for ``cfg``."""
+    tc = cfg.trainer
+    device = dist.device
+    precision = resolve_precision(str(tc.precision), device)
+    data = build_data(
+        cfg.dataset,
+        device=device,
+        batch_size=tc.batch_size,
+        eval_batch_size=tc.eval_batch_size,
+        seed=cfg.seed,
+    )
+    limit_batches(data, tc)
+    if guard is not None:
+        guard.enter("building")
+    for loader in (data.train, data.val, data.test):
+        if loader is not None and dist.enabled:
+            loader.shard(dist.rank, dist.world_size)
+    model = build_model(
+        cfg.model, in_channels=data.channels, num_classes=len(data.classes), image_size=data.image_size
+    )
+    model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
+    freezer = Freezer(model, tc.get("freeze_epochs", 0))  # after SyncBatchNorm replaced BatchNorm modules
+    channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if channels_last:  # batches sliced from channels_last images come out channels_last: no copy per step
+        store_channels_last(data)
+    configure_cuda(device, deterministic=bool(tc.deterministic))
+    if not resumed:  # a resumed run loads the fitted layers with its weights
+        plain = BatchPipeline(data.mean, data.std, device)
+        fit_to_data(model, data.train.head(FIT_IMAGES), lambda x: plain(x, train=False))
+    if compile_mode(tc.compile):  # in place, so state_dict keys, EMA copies and checkpoints stay the model's
+        model.compile(mode=compile_mode(tc.compile))
+    train_model = distributed.wrap(model, dist)
+    if tc.summary:
+        from cnnlab.models.layer_table import format_layer_table, layer_table
+
+        Console(stderr=True).print(
+            format_layer_table(layer_table(model, (data.channels, data.image_size, data.image_size)))
+        )
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model %s: %s parameters; device %s, precision %s, channels_last %s",
+        cfg.model.name, f"{n_params:,}", device, precision, channels_last,
+    )  # fmt: skip
+    if dist.enabled:
+        log.info(
+            "data parallel: %d processes (%s), global batch %d, %d per process%s",
+            dist.world_size, distributed.resolve_backend(str(tc.backend), device), tc.batch_size,
+            tc.batch_size // dist.world_size, ", SyncBatchNorm" if tc.sync_batchnorm else "",
+        )  # fmt: skip
+        torch.manual_seed(cfg.seed + dist.rank)  # distinct dropout masks per rank; weights come from rank 0
+
+    augment = build_augment_from(cfg.augmentation, channels=data.channels, image_size=data.image_size)
+    pipeline = BatchPipeline(
+        data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed + dist.rank
+    )
+    optimizer = build_optimizer(model, cfg.optimizer)
+    steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
+    schedule = build_schedule(
+        optimizer, cfg.scheduler, steps_per_epoch=steps_per_epoch, max_epochs=tc.max_epochs, mode=tc.mode,
+        max_steps=tc.max_steps,
+    )  # fmt: skip
+    ctx = StepContext(
+        device=device,
+        precision=precision,
+        pipeline=pipeline,
+        criterion=build_criterion(cfg, train_labels=data.train.y, num_classes=len(data.classes)),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
+        grad_clip=tc.grad_clip,
+        ema=ModelEMA(model, tc.ema) if tc.ema else None,
+        lookahead=build_lookahead(model, tc, steps_per_epoch, schedule.total_steps),
+        accumulate=tc.accumulate,
+        dist=dist,
+        eval_views=tta_views(tc.tta, data.image_size),
+        balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0,
+        adversary=build_adversary(cfg.augmentation, mean=pipeline.mean, std=pipeline.std),
+    )
+    log.info("optimizer %s (%s)", type(optimizer).__name__, optimizer_kernels(optimizer))
+    metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
+                            balanced=bool(ctx.balanced_classes), enabled=dist.is_main)  # fmt: skip
+    return Run(
+        cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
+        optimizer=optimizer, schedule=schedule, ctx=ctx,
+        tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
+        config_yaml=config_yaml, freezer=freezer, pseudo=build_pseudo(cfg, data),
+        swa=WeightAverage(model, tc.swa_start) if tc.swa_start else None,
+    )  # fmt: skip
+
+
+def store_channels_last(data: DataBundle) -> None:
+    """Keep every split's images channels_last (a copy, once) when the model runs channels_last.
+
+    Images kept on the host (:class:`HostLoader`: memory-mapped, larger than memory) stay as they are."""
+    for loader in {id(x): x for x in (data.train, data.val, data.test) if x is not None}.values():
+        if isinstance(loader, HostLoader):
+            continue
+        loader.x = loader.x.contiguous(memory_format=torch.channels_last)
+
+
+def build_lookahead(model: nn.Module, tc: DictConfig, steps_per_epoch: int, total_steps: int):
+    la = tc.lookahead
+    if not la.every:
+        return None
+    return Lookahead(model, every=la.every, alpha=la.alpha, power=la.power,
+                     start_step=la.start_epoch * steps_per_epoch, total_steps=total_steps)  # fmt: skip
+
+
+def optimizer_kernels(optimizer: torch.optim.Optimizer) -> str:
+    group = optimizer.param_groups[0]
+    return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
+
+
+def build_pseudo(cfg: DictConfig, data: DataBundle) -> PseudoLabels | None:
+    """The unlabeled pool of ``trainer.pseudo_label`` (None when off)."""
+    pl = cfg.trainer.pseudo_label
+    if pl.data is None:
+        return None
+    pool = read_pool(str(pl.data), test=data.test, channels=data.channels, size=data.image_size,
+                     num_workers=cfg.dataset.num_workers or 1)  # fmt: skip
+    if pl.data == "test" and data.test_labeled:
+        log.warning("pseudo-labelling the labeled test split (its labels unused): the test accuracy is no "
+                    "longer that of unseen images")  # fmt: skip
+    return PseudoLabels(pl, pool, data.train)
