@@ -49,9 +49,11 @@ class Drill:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def cli(self, *args: str, cwd: Path, signal_at: tuple[str, int, str] | None = None, preexec=None):
-        """``cnnlab <args>``, or with a real signal sent when ``module.function`` is called."""
-        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    def cli(self, *args: str, cwd: Path, signal_at: tuple[str, int, str] | None = None, preexec=None,
+            env: dict[str, str] | None = None):  # fmt: skip
+        """``cnnlab <args>`` (with ``env`` added to the environment), or with a real signal sent when
+        ``module.function`` is called."""
+        env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         head = ["-m", "cnnlab"]
         if signal_at is not None:

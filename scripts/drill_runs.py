@@ -160,6 +160,17 @@ def unwritable_output(d: Drill, name: str) -> Case:
     return Case(proc, 2, "cannot use", keep=[folder / "a-file"])
 
 
+def compile_without_a_compiler(d: Drill, name: str) -> Case:
+    """trainer.compile where Inductor finds no C++ compiler (and has nothing cached to fall back on)."""
+    folder = d.folder(name)
+    env = {"CXX": str(folder / "no-such-c++"), "TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor-cache")}
+    proc = d.cli("train", f"dataset.root={d.idx()}", *FAST, "trainer.compile=true", "trainer.max_epochs=1",
+                 f"hydra.run.dir={folder / 'run'}", cwd=folder, env=env)  # fmt: skip
+    return Case(
+        proc, 2, "torch.compile failed (InvalidCxxCompiler", gone=[folder / "run" / "checkpoints" / "last.pt"]
+    )
+
+
 def disk_full(d: Drill, name: str) -> Case:
     """Resume a finished run for more epochs under a file-size limit below a checkpoint's size."""
     run = d.copy_run(name)

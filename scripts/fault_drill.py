@@ -166,6 +166,7 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     # the machine
     ("output dir not writable", runs.unwritable_output),
     ("disk fills while checkpointing", runs.disk_full),
+    ("trainer.compile without a C++ compiler", runs.compile_without_a_compiler),
     # signals
     ("Ctrl-C during training", runs.signal_in_epoch(signal.SIGINT)),
     ("SIGTERM during training (preemption)", runs.signal_in_epoch(signal.SIGTERM)),

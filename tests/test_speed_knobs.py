@@ -7,6 +7,7 @@ The food11 decoded cache (hit, and invalidation when a file changes) is tested i
 from __future__ import annotations
 
 import copy
+import statistics
 import subprocess
 import sys
 
@@ -125,6 +126,39 @@ def test_trainer_compile_runs_a_tiny_training(make_cfg, tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "report").exists()
 
 
+def test_a_failing_trainer_compile_is_one_line(make_cfg, tmp_path, monkeypatch):
+    """A compile that fails at the first step (here a backend that raises as Inductor does without a
+    C++ compiler; Dynamo wraps it) ends the run with one line naming the cause and the way out."""
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    from cnnlab.errors import ConfigError
+    from cnnlab.train import train
+
+    def no_compiler(graph, example_inputs):
+        raise InvalidCxxCompiler()
+
+    original = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: original(self, backend=no_compiler))
+    cfg = make_cfg("trainer.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=2")
+    with pytest.raises(ConfigError) as info:
+        train(cfg, tmp_path / "run")
+    message = str(info.value)
+    assert message.startswith("torch.compile failed (InvalidCxxCompiler: No working C++ compiler found")
+    assert "trainer.compile=false" in message and "\n" not in message
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_other_errors_of_a_compiled_run_are_not_called_compile_errors(make_cfg, tmp_path, monkeypatch):
+    from cnnlab.train import epochs, train
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(epochs, "train_one_epoch", out_of_memory)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        train(make_cfg("trainer.compile=true", "trainer.max_epochs=1"), tmp_path / "run")
+
+
 FAULTS_PER_BATCH = """
 import resource, sys, torch
 from cnnlab.engine.device import configure_cpu
@@ -140,7 +174,7 @@ with torch.no_grad():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         model(x).sum()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(sum(faults[2:]))
+print(" ".join(map(str, faults)))
 """
 
 
@@ -148,11 +182,12 @@ print(sum(faults[2:]))
 def test_configure_cpu_keeps_freed_activations_for_the_next_batch():
     """Each batch's 25 MB activations come back from the heap, not as fresh pages from the kernel."""
 
-    def faults(mode: str) -> int:
+    def faults_per_batch(mode: str) -> float:
         out = subprocess.run([sys.executable, "-c", FAULTS_PER_BATCH, mode], capture_output=True, text=True,
                              check=True)  # fmt: skip
-        return int(out.stdout)
+        return statistics.median(int(n) for n in out.stdout.split())
 
-    configured, default = faults("configured"), faults("default")
-    assert configured < 100, configured  # ten batches after two to warm up: no new pages
-    assert default > 10_000, default  # glibc's defaults: the pages of every batch, each time
+    # The median batch: the heap still grows now and then while its free blocks settle (a batch or two of
+    # new pages in a dozen). With glibc's own, adaptive thresholds the median batch faulted in all of its
+    # ~18,000 pages again in most runs (not all: whether freed blocks are trimmed depends on the layout).
+    assert faults_per_batch("configured") < 100

@@ -98,6 +98,26 @@ def compile_mode(value) -> str | None:
 
 check_compile = compile_mode
 
+INDUCTOR_CACHE = "$TORCHINDUCTOR_CACHE_DIR, by default /tmp/torchinductor_<user>"
+
+
+def raised_by_compile(exc: BaseException) -> bool:
+    """Whether torch.compile raised ``exc``: Dynamo's and Inductor's exceptions live in their packages
+    (a missing C++ compiler is ``torch._inductor.exc.InductorError``, a failing backend Dynamo's
+    ``BackendCompilerFailed``)."""
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
+def compile_error(exc: BaseException, todo: str) -> ConfigError:
+    """The one line for a failed torch.compile: its first line (of the backend's own error where Dynamo
+    wrapped one), then ``todo`` or clearing Inductor's cache (a truncated file there fails every compile)."""
+    inner = getattr(exc, "inner_exception", None)
+    text = str(exc) if inner is None else f"{type(inner).__name__}: {inner}"
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return ConfigError(
+        f"torch.compile failed ({first}); {todo}, or clear Inductor's cache ({INDUCTOR_CACHE}) and try again."
+    )
+
 
 def configure_cuda(device: torch.device, *, deterministic: bool) -> None:
     """cuDNN picks the fastest convolution algorithm for each input shape it meets (a run has few:

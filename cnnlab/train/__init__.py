@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.build import check, seed_everything
 from cnnlab.engine import distributed
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.device import configure_cpu
+from cnnlab.engine.device import compile_error, compile_mode, configure_cpu, raised_by_compile
 from cnnlab.engine.interrupt import Interrupted, SignalGuard, StopRequested
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import read_checkpoint_config
@@ -98,6 +98,8 @@ def train(
                           overrides=overrides, rich=rich, guard=guard)  # fmt: skip
         except BaseException as exc:
             run.metrics.abort(exc)  # trackers record the run as failed (or stopped), not as still running
+            if compile_mode(tc.compile) and raised_by_compile(exc):  # at the first step: no C++ compiler...
+                raise compile_error(exc, "train without it (trainer.compile=false)") from exc
             raise
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cnnlab.build import has_conv
-from cnnlab.errors import ConfigError
+from cnnlab.engine.device import compile_error
 from cnnlab.run.load import LoadedRun, Predictor
 
 WARMUP = 5
@@ -53,11 +53,7 @@ def compile_now(runners: list, inputs: list[torch.Tensor]) -> None:
         for runner, x in zip(runners, inputs, strict=True):
             runner(x)
     except RuntimeError as e:  # Dynamo's and Inductor's errors are RuntimeErrors
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(
-            f"torch.compile failed ({first}); time without compile=true, or clear Inductor's cache "
-            "($TORCHINDUCTOR_CACHE_DIR, by default /tmp/torchinductor_<user>) and try again."
-        ) from e
+        raise compile_error(e, "time without compile=true") from e
 
 
 def describe(run: LoadedRun, data, label: str) -> dict:
