@@ -203,7 +203,7 @@ def main() -> None:
                         f"{name} {c / n:.2f}" for name, c in mode.names[phase].most_common(args.top)
                     )
                     print(f"  {phase:12s} {top}")
-        run.metrics.close()
+        run.metrics.flush()  # a measurement, not a finished run: no summary for the loggers
 
 
 if __name__ == "__main__":

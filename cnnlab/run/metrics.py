@@ -96,14 +96,14 @@ class MetricsWriter:
         for logger in self.loggers:
             logger.flush()
 
-    def close(self, cfg: DictConfig | None = None, overrides: list[str] = (), summary: dict | None = None):
+    def close(self, cfg: DictConfig, overrides: list[str], summary: dict) -> None:
         """The run finished: every logger gets the config, the overrides and summary.json's numbers."""
         if self.closed:
             return
         self.closed = True
         self.write_pending()
         for logger in self.loggers:
-            logger.finish(cfg, list(overrides), summary or {})
+            logger.finish(cfg, list(overrides), summary)
 
     def abort(self, exc: BaseException) -> None:
         """The run ended with ``exc``: end each logger's record of it as failed (or stopped)."""
