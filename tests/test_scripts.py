@@ -87,7 +87,7 @@ def test_gpu_check_smoke_mode_runs_every_step_on_the_cpu(tmp_path):
 def test_step_overhead_counts_operators_per_phase_on_the_tiny_data(tiny_idx):
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "step_overhead.py"), "--steps", "3", "--rounds", "1",
-         "--count-steps", "4", "--no-tensorboard", f"dataset.root={tiny_idx}", "trainer.batch_size=32"],
+         "--count-steps", "4", f"dataset.root={tiny_idx}", "trainer.batch_size=32"],  # TensorBoard on
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
