@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-import hydra
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -33,6 +31,8 @@ from cnnlab.engine.optim import implementation_kwargs, param_groups
 from cnnlab.engine.schedulers import Schedule, build_scheduler, check_schedule
 from cnnlab.engine.tta import parse_tta
 from cnnlab.errors import CnnlabError, ConfigError, did_you_mean
+from cnnlab.models.registry import model_class
+from cnnlab.models.registry import optimizer_class as registered_optimizer
 from cnnlab.models.sizes import check_image_size
 
 OPTIMIZER_OWN_KEYS = (
@@ -110,16 +110,18 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
 
 
 def build_model(cfg: DictConfig, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """The model of a ``model`` node, its class found by name (:mod:`cnnlab.models.registry`); nested
+    options are passed as plain values, never instantiated."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     kwargs.pop("name", None)
+    target = str(kwargs.pop("_target_"))
     try:
-        return hydra.utils.instantiate(
-            kwargs, in_channels=in_channels, num_classes=num_classes, image_size=image_size
-        )
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, CnnlabError):
-            raise exc.__cause__ from None
-        raise ConfigError(f"Could not build model {cfg.get('_target_')}: {exc.__cause__ or exc}.") from None
+        return model_class(target)(**kwargs, in_channels=in_channels, num_classes=num_classes,
+                                   image_size=image_size)  # fmt: skip
+    except CnnlabError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"Could not build model {cfg.get('name')} ({target}): {exc}.") from None
 
 
 def has_conv(model: nn.Module) -> bool:
@@ -127,10 +129,11 @@ def has_conv(model: nn.Module) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """Any ``torch.optim`` class (``_target_``), weight decay off for biases and norms unless asked, with
-    the kernels ``implementation`` names (see :func:`cnnlab.engine.optim.implementation_kwargs`); with
-    ``backbone_lr_mult`` (see :mod:`cnnlab.engine.finetune`) the parameters not new to the model learn at
-    that multiple of their group's learning rate."""
+    """A ``torch.optim`` class (``_target_``, looked up by name, :mod:`cnnlab.models.registry`),
+    weight decay off for biases and norms unless asked, with the kernels ``implementation`` names (see
+    :func:`cnnlab.engine.optim.implementation_kwargs`); with ``backbone_lr_mult`` (see
+    :mod:`cnnlab.engine.finetune`) the parameters not new to the model learn at that multiple of their
+    group's learning rate."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     own = {key: kwargs.pop(key) for key in OPTIMIZER_OWN_KEYS if key in kwargs}
     if "betas" in kwargs:
@@ -139,7 +142,7 @@ def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
                           lr=kwargs["lr"], bias_lr_mult=own.get("bias_lr_mult", 1.0))  # fmt: skip
     groups = lr_groups(model, groups, kwargs["lr"], float(own.get("backbone_lr_mult", 1.0)))
     try:
-        optimizer_class = hydra.utils.get_class(kwargs.pop("_target_"))
+        optimizer_class = registered_optimizer(str(kwargs.pop("_target_")))
         choices = implementation_kwargs(optimizer_class, own.get("implementation", "auto"))
         for i, kernels in enumerate(choices):
             try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import importlib.resources
 import logging
 import os
 import re
@@ -120,15 +119,11 @@ TOOLS: dict[str, tuple[str, str, list[str]]] = {
 }
 
 
-def group_options(group: str) -> list[str]:
-    """The options of a config group in ``conf/`` (Hydra names none when one of a list is missing)."""
-    folder = importlib.resources.files("cnnlab.conf").joinpath(group)
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
 def hydra_error_message(exc: Exception) -> str | None:
     """One sentence for Hydra's composition errors, with a suggestion for a misspelt key or choice."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    from cnnlab.config import group_options
 
     if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
         group, _, choice = exc.missing_cfg_file.rpartition("/")

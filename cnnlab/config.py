@@ -9,6 +9,7 @@ every other option check before any data is read.
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import math
 from dataclasses import dataclass, field
@@ -530,6 +531,16 @@ def register_configs() -> None:
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def group_options(group: str) -> list[str]:
+    """The options shipped in a config group's folder ``conf/<group>/`` (none for a name that is not one)."""
+    if not group.isidentifier():
+        return []
+    folder = importlib.resources.files("cnnlab.conf").joinpath(group)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 CHOICES = {

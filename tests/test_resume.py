@@ -12,12 +12,13 @@ import textwrap
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.interrupt import Interrupted
 from cnnlab.engine.loop import DivergedError
 from cnnlab.errors import ConfigError
-from cnnlab.run.resume import resume_arguments
+from cnnlab.run.resume import find_auto
 from cnnlab.train import Callback, train
 from tests.conftest import run_cli
 from tests.test_train import read_metrics, without_timing
@@ -127,30 +128,53 @@ def test_resume_refuses_a_changed_config(make_cfg, tmp_path, monkeypatch):
     assert summary["epochs_run"] == 2 and [r["epoch"] for r in read_metrics(run)] == ["1", "2"]
 
 
+def composed(*overrides):
+    from cnnlab.commands.train import _compose, _task
+
+    return _task(_compose(list(overrides)))
+
+
 def fake_run(root, name, overrides, *, finished=False):
     run = root / name
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"x")
     (run / ".hydra").mkdir()
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(composed(*overrides), resolve=True))
+    # A record for people only: resume=auto compares stored configs, never these strings.
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["+experiment=../../../evil"]))
     if finished:
         (run / "summary.json").write_text("{}")
     return run
 
 
-def test_resume_auto_picks_the_newest_unfinished_run_with_the_same_overrides(tmp_path):
+def test_resume_auto_picks_the_newest_unfinished_run_with_the_same_config(tmp_path):
     old = fake_run(tmp_path, "a", ["model=mlp"])
     fake_run(tmp_path, "b", ["model=mlp"], finished=True)
     (fake_run(tmp_path, "e", ["model=mlp"]) / "status.json").write_text('{"status": "diverged"}')
     fake_run(tmp_path, "c", ["model=lenet"])
+    (fake_run(tmp_path, "f", ["model=mlp"]) / ".hydra" / "config.yaml").write_text("a: ${oc.env:HOME}\n")
     os.utime(old / "checkpoints" / "last.pt", (1, 1))
-    new = fake_run(tmp_path, "d", ["model=mlp"])
-    args = resume_arguments(["model=mlp", "resume=auto"], search=tmp_path)
-    assert args == ["model=mlp", "model=mlp", f"resume={new}", f"hydra.run.dir={new}"]
+    new = fake_run(tmp_path, "d", ["model=mlp", "trainer.max_epochs=9"])  # max_epochs may change
+    assert find_auto(composed("model=mlp"), tmp_path) == new
     with pytest.raises(ConfigError, match="no unfinished run"):
-        resume_arguments(["model=simplecnn", "resume=auto"], search=tmp_path)
-    with pytest.raises(ConfigError, match=r"has no checkpoints/last\.pt"):
-        resume_arguments([f"resume={tmp_path / 'zzz'}"], search=tmp_path)
+        find_auto(composed("model=simplecnn"), tmp_path)
+
+
+def test_resume_refusals_name_the_cause(tmp_path):
+    from cnnlab.commands.train import check_resume_target
+    from cnnlab.run.layout import RunDir
+
+    now = composed()
+    with pytest.raises(ConfigError, match="no such run directory"):
+        check_resume_target(RunDir(tmp_path / "zzz"), now)
+    (tmp_path / "early").mkdir()
+    with pytest.raises(ConfigError, match=r"no checkpoints/last\.pt \(it stopped before its first epoch"):
+        check_resume_target(RunDir(tmp_path / "early"), now)
+    done = fake_run(tmp_path, "done", [], finished=True)
+    (done / "summary.json").write_text('{"epochs_run": 2}')
+    with pytest.raises(ConfigError, match=r"has finished \(2 epochs.*trainer.max_epochs=<more than 2>"):
+        check_resume_target(RunDir(done), composed("trainer.max_epochs=2"))
+    check_resume_target(RunDir(done), composed("trainer.max_epochs=5"))  # training longer is allowed
 
 
 def test_divergence_names_epoch_and_step_and_marks_the_run(make_cfg, tmp_path):

@@ -119,22 +119,21 @@ def test_a_stored_config_that_names_code_is_refused_and_nothing_runs(finished_ru
     before = snapshot(run)
     proc = run_cli(*command.split(), f"run={run}", cwd=tmp_path)
     message = one_line_error(proc)
-    assert "trust_config=true" in message and "names code" in message
+    assert "does not build" in message or "Hydra's _" in message
     assert not (tmp_path / "pwned").exists()
     assert snapshot(run) == before
 
 
-def test_hostile_stored_overrides_are_refused_by_resume_and_nothing_runs(finished_run, tmp_path):
+def test_resume_never_reads_stored_overrides_so_nothing_in_them_runs(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     (run / "summary.json").unlink()  # an unfinished run, so resume would otherwise go ahead
     marker = tmp_path / "pwned"
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     overrides += ["+hydra.callbacks.evil._target_=os.system", f"+hydra.callbacks.evil.command=touch {marker}"]
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    before = snapshot(run)
-    message = one_line_error(run_cli("train", f"resume={run}", cwd=tmp_path))
-    assert "replays Hydra settings" in message and "trust_config=true" in message
-    assert not marker.exists() and snapshot(run) == before
+    proc = run_cli("train", f"resume={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # overrides.yaml is a record, not replayed
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("text", ["[unclosed", "- 3\n- model=lenet\n", "just: a mapping\n"])

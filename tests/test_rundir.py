@@ -7,9 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
 from cnnlab.run.load import load_run
-from cnnlab.run.trust import untrusted_entries
+from cnnlab.run.stored import check_plain
 
 
 @pytest.mark.parametrize("source", ["best.safetensors", "best.pt"])
@@ -53,6 +53,7 @@ def test_weights_of_another_model_name_the_mismatched_keys(trained_run, tmp_path
 
 
 def test_foreign_target_in_saved_config_is_refused_unless_trusted(trained_run, tmp_path):
+    # Trusted or not, the stored _target_ is never imported: trust builds the model by its name.
     state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
     cfg = OmegaConf.create(state["config"])
     cfg.model._target_ = "os.system"
@@ -61,16 +62,19 @@ def test_foreign_target_in_saved_config_is_refused_unless_trusted(trained_run, t
     save_checkpoint(state, bad)
     try:
         load_run(trained_run, ckpt=bad)
-    except ConfigError as exc:
+    except CnnlabError as exc:
         assert "model._target_=os.system" in str(exc) and "trust_config=true" in str(exc)
     else:
-        raise AssertionError("expected ConfigError")
+        raise AssertionError("expected a refusal")
+    assert type(load_run(trained_run, ckpt=bad, trust_config=True).model).__name__ == "LeNet"
 
 
-def test_untrusted_targets_walks_nested_lists():
-    # An allowed class is named exactly, where cnnlab instantiates (model, optimizer); not by a prefix.
-    node = {"model": {"_target_": "cnnlab.models.lenet.LeNet"}, "b": [{"_target_": "evil.Thing"}]}
-    assert untrusted_entries(node) == ["b[0]._target_=evil.Thing"]
+def test_stored_instantiation_keys_are_refused_at_any_depth_even_in_lists():
+    # Only model._target_ and optimizer._target_ may stand in a stored config (mapped by registry).
+    for node in ({"b": [{"_target_": "evil.Thing"}]}, {"model": {"activation": {"_partial_": True}}}):
+        with pytest.raises(ConfigError, match="Hydra's _"):
+            check_plain(node, "x.yaml")
+    check_plain({"model": {"_target_": "cnnlab.models.lenet.LeNet"}}, "x.yaml")
 
 
 def test_infer_probs_are_softmax_of_the_model_in_input_order(trained_run):

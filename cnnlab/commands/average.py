@@ -19,7 +19,6 @@ from cnnlab.engine.swa import average_states, has_batchnorm
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import load_state_strict, read_checkpoint, run_data
-from cnnlab.run.trust import check_config
 
 log = logging.getLogger("cnnlab")
 AVERAGE = "average.safetensors"  # in the run's export/ folder
@@ -45,9 +44,8 @@ def average(run_dir: Path, names: list[str], *, out: Path | None = None, bn: boo
         raise ConfigError(f"average needs two or more checkpoints, got {len(names)}: average=[a.pt,b.pt].")
     folder = RunDir(run_dir)
     paths = [member_path(folder, n) for n in names]
-    members = [read_checkpoint(p) for p in paths]
+    members = [read_checkpoint(p, trust=trust_config) for p in paths]
     record = members[0][1]
-    check_config(record.cfg, paths[0], trust_config=trust_config)
     for path, (weights, other) in zip(paths[1:], members[1:], strict=True):
         if (
             other.cfg.model != record.cfg.model

@@ -26,14 +26,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cnnlab.build import check
 from cnnlab.config import register_configs
 from cnnlab.engine import distributed
+from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run import lock
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir
 from cnnlab.run.load import read_checkpoint_config
 from cnnlab.run.log import setup_logging, use_rich
 from cnnlab.run.metrics import failure_status
-from cnnlab.run.resume import check_resumable, resume_arguments
-from cnnlab.run.trust import check_config
+from cnnlab.run.resume import find_auto, resume_value, resumed_config, typed_keys
+from cnnlab.run.trust import trusted
 from cnnlab.run.workspace import check_fresh, claim
 from cnnlab.train import train
 
@@ -91,7 +92,7 @@ def train_job(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     folder = RunDir(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
-    config_yaml = OmegaConf.to_yaml(cfg)  # as composed, before this job sets its share of the machine
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)  # before this job sets its share of the machine
     distributed.export_submitit_env()
     requeue = distributed.requeue_handler()
     if (sweep or distributed.in_submitit()) and folder.is_unfinished():
@@ -106,6 +107,7 @@ def train_job(cfg: DictConfig) -> float | None:
             gpu_count=torch.cuda.device_count(),
         )
     main = distributed.is_main_process()
+    cfg, resumed = _resumed.pop() if _resumed and not sweep else (cfg, None)
     with claim(folder, resume=bool(cfg.resume), writer=main):
         if (
             main and not cfg.resume
@@ -113,7 +115,7 @@ def train_job(cfg: DictConfig) -> float | None:
             folder.write_hydra(config_yaml, list(hc.overrides.task), OmegaConf.to_yaml({"hydra": hc}))
         started = time.perf_counter()
         try:
-            summary = train(cfg, folder.path, overrides=list(hc.overrides.task))
+            summary = train(cfg, folder.path, overrides=list(hc.overrides.task), resumed=resumed)
         except BaseException as exc:
             if requeue is not None and getattr(exc, "exit_code", None) == 128 + getattr(signal, "SIGUSR2", 0):
                 requeue(signal.SIGUSR2, None)  # submitit requeues (rank 0) and exits; last.pt is saved
@@ -141,8 +143,8 @@ HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "-
 
 
 def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
-    """Before Hydra writes anything: replay a resumed run's overrides (checked), compose the config and
-    run every option check, refuse a changed resume, pin the run (or sweep) folder and claim it.
+    """Before Hydra writes anything: compose the config (a resumed run's from its stored config, see
+    :func:`_prepare_resume`) and run every option check, pin the run (or sweep) folder and claim it.
 
     Returns the arguments for Hydra and the claim to hold while it runs. Hydra itself writes nothing
     (``hydra.output_subdir=null``): it would write ``.hydra/`` into a folder before the job could refuse
@@ -150,14 +152,16 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     """
     if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
-    if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
-        return distributed.hydra_overrides(args), contextlib.nullcontext()
     tuning = [a for a in args if a.lstrip("+~").split("=")[0].split(".")[0] in ("tune", "hparams_search")]
-    if tuning:  # a trial's resume replays its preset's tune=<name> from the run folder, not from here
+    if tuning:
         search = " ".join(a.replace("hparams_search=", "tune=") for a in tuning)
         raise ConfigError(f"{tuning[0]} is a search setting: run the search with cnnlab tune {search}.")
-    trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
-    args = distributed.hydra_overrides(resume_arguments(args, trust_config=trust))
+    value = resume_value(args)
+    if value is not None:
+        return _prepare_resume(value, [a for a in args if not a.lstrip("+").startswith("resume=")])
+    if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
+        return distributed.hydra_overrides(args), contextlib.nullcontext()
+    args = distributed.hydra_overrides(args)
     if "-m" in args or "--multirun" in args:
         return _prepare_sweep(args)
     cfg = _compose([a for a in args if a not in ("-m", "--multirun")])
@@ -168,14 +172,76 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
         return _prepare_sweep(args)
     check(cfg)
     folder = RunDir(run_dir)
-    if cfg.resume:
-        check_config(cfg, folder.overrides_file, trust_config=bool(cfg.trust_config))
-        saved = read_checkpoint_config(folder.last)
-        check_resumable(saved, OmegaConf.to_yaml(cfg, resolve=True), folder.path)
     lock.check_free(folder.path)  # a live writer first: "already holds a run" would hide who
     folder.check_no_links()
-    check_fresh(folder, resume=bool(cfg.resume))
-    return [*args, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"], lock.hold(folder.path)
+    check_fresh(folder, resume=False)
+    pinned = [f"hydra.run.dir={hydra_quoted(run_dir)}", "hydra.output_subdir=null"]
+    return [*args, *pinned], lock.hold(folder.path)
+
+
+_resumed: list[tuple[DictConfig, dict]] = []  # a resume's (config, last.pt), prepared for its one job
+
+
+def _prepare_resume(value: str, typed: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
+    """``resume=<dir>|auto``: the run's stored config (data, from ``last.pt``) with what is typed now on
+    top (:func:`cnnlab.run.resume.resumed_config`), checked once; ``last.pt`` is read once and handed
+    to the job. Hydra composes only the overrides typed now; no stored string reaches it."""
+    if "-m" in typed or "--multirun" in typed:
+        raise ConfigError("resume continues one run; drop -m (a sweep run again into its folder resumes "
+                          "its unfinished jobs).")  # fmt: skip
+    now, default = _task(_compose(typed)), _task(_compose([]))
+    folder = RunDir(find_auto(now, Path("outputs")) if value == "auto" else Path(value))
+    main = distributed.is_main_process()
+    check_resume_target(folder, now)
+    state = load_checkpoint(folder.last)
+    saved = read_checkpoint_config(folder.last, state, trust=trusted(typed))
+    cfg = resumed_config(saved, now, typed_keys(now, default, typed), folder.path)
+    check(cfg)
+    if main:
+        lock.check_free(folder.path)
+        folder.check_no_links()
+    _resumed[:] = [(cfg, state)]
+    pinned = [f"hydra.run.dir={hydra_quoted(folder.path)}", "hydra.output_subdir=null"]
+    claim_it = lock.hold(folder.path) if main else contextlib.nullcontext()
+    return distributed.hydra_overrides([*typed, *pinned]), claim_it
+
+
+def check_resume_target(folder: RunDir, now: DictConfig) -> None:
+    """Say in one line why ``folder`` cannot be resumed: none, being written, never checkpointed, or
+    finished (unless this command asks for more epochs than it ran)."""
+    if not folder.path.is_dir():
+        raise ConfigError(f"Cannot resume {folder}: no such run directory; pass one written by cnnlab train.")
+    if not folder.last.is_file():
+        lock.check_free(folder.path)  # a run still in its first epoch: name its writer
+        raise ConfigError(
+            f"Cannot resume {folder}: it has no checkpoints/last.pt (it stopped before its first epoch "
+            f"ended); start it again with `cnnlab train hydra.run.dir={folder}` and the same options."
+        )
+    if folder.is_finished():
+        summary = folder.read_summary() or {}
+        ran = summary.get("epochs_run")
+        if not isinstance(ran, int) or int(now.trainer.max_epochs) <= ran:
+            raise ConfigError(
+                f"Cannot resume {folder}: it has finished ({ran} epochs, summary.json); to train it longer "
+                f"pass trainer.max_epochs=<more than {ran}>, or score it with `cnnlab evaluate run={folder}`."
+            )
+
+
+def hydra_quoted(path: Path | str) -> str:
+    """A folder as one quoted value of Hydra's override grammar (spaces, quotes, any script); a name
+    with ``${`` is refused, since Hydra would read it as an interpolation."""
+    text = str(path)
+    if "${" in text:
+        raise ConfigError(f"The folder {text} has '${{' in its name, which Hydra would read as an "
+                          "interpolation; rename it.")  # fmt: skip
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _task(cfg: DictConfig) -> DictConfig:
+    """A composed config without its ``hydra`` node."""
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def _prepare_sweep(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:

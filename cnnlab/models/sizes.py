@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
+from cnnlab.models.registry import model_class
 
 
 def min_image_size(cfg: DictConfig) -> int:
@@ -18,7 +18,7 @@ def min_image_size(cfg: DictConfig) -> int:
     target = options.pop("_target_")
     options.pop("name", None)
     try:
-        cls = hydra.utils.get_class(target)
+        cls = model_class(str(target))
     except Exception:  # an unimportable _target_: building the model reports it
         return 1
     probe = getattr(cls, "min_image_size", None)

@@ -23,7 +23,7 @@ from cnnlab.engine.tta import parse_tta, tta_views
 from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.run.layout import BEST, RunDir
 from cnnlab.run.record import RunRecord
-from cnnlab.run.trust import check_config
+from cnnlab.run.stored import stored_config
 
 RUN = "run"  # the default tta and precision of a Predictor: the run's own, as its validation scored
 
@@ -89,13 +89,16 @@ def weights_of(state: dict) -> dict:
     return state["ema"]["module"] if state.get("weights") == "ema" else state["model"]
 
 
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dict, RunRecord]:
-    """The weights to use and the record of a ``.pt`` or ``.safetensors`` checkpoint, checked."""
+def read_checkpoint(
+    path: Path, device: torch.device | str = "cpu", *, trust: bool = False
+) -> tuple[dict, RunRecord]:
+    """The weights to use and the record of a ``.pt`` or ``.safetensors`` checkpoint, checked (its
+    config read as data, :mod:`cnnlab.run.stored`; ``trust``: the command line's trust_config)."""
     if path.suffix == ".safetensors":
         tensors, metadata = load_safetensors(path)
-        return tensors, RunRecord.from_metadata(metadata, path)
+        return tensors, RunRecord.from_metadata(metadata, path, trust=trust)
     state = load_checkpoint(path, map_location=device)
-    record = RunRecord.from_state(state, path)
+    record = RunRecord.from_state(state, path, trust=trust)
     try:
         weights = weights_of(state)
     except (KeyError, TypeError):
@@ -105,13 +108,17 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dic
     return weights, record
 
 
-def read_checkpoint_config(path: Path) -> str:
-    """The resolved config (YAML) a checkpoint was written with, e.g. to check a resume against it."""
-    state = load_checkpoint(path)
+def read_checkpoint_config(path: Path, state: dict | None = None, *, trust: bool = False) -> DictConfig:
+    """The config a checkpoint was written with, read as data and checked (:mod:`cnnlab.run.stored`),
+    e.g. to resume from it; ``state``: the checkpoint already loaded."""
+    state = load_checkpoint(path) if state is None else state
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, str):
         raise CheckpointError(f"{path} holds no config; it is not a checkpoint written by cnnlab train.")
-    return config
+    try:
+        return stored_config(config, path, trust=trust)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def load_state_strict(model: nn.Module, state: dict, source: Path) -> None:
@@ -146,12 +153,12 @@ def load_run(
 ) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from the record inside its checkpoint and load the weights.
 
-    Nothing the checkpoint names runs unless it is on the allow-list (:mod:`cnnlab.run.trust`).
+    The record's config is data: the model is built by its name from cnnlab's registries, and nothing
+    the checkpoint names is imported (:mod:`cnnlab.run.stored`).
     """
     path = checkpoint_path(Path(run_dir), ckpt)
-    weights, record = read_checkpoint(path, device=device)
+    weights, record = read_checkpoint(path, device=device, trust=trust_config)
     cfg = record.cfg
-    check_config(cfg, path, trust_config=trust_config)
     model_cfg = cfg.model.copy()
     if "weights" in model_cfg:  # the checkpoint's weights replace any pretrained file the run started from
         model_cfg.weights = None

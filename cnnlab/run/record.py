@@ -8,15 +8,16 @@ with one line (a ``std`` of 0 would silently turn every image into infinities).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.run.stored import stored_config
 
 WEIGHTS = ("raw", "ema", "swa")  # swa: the weight average (trainer.swa_start), stored as the model
 
@@ -47,8 +48,9 @@ class RunRecord:
         return {k: json.dumps(v) for k, v in self.to_state().items()}
 
     @classmethod
-    def from_state(cls, state: dict, source: Path | str) -> RunRecord:
-        """The record in a checkpoint dict, checked; CheckpointError naming ``source`` otherwise."""
+    def from_state(cls, state: dict, source: Path | str, *, trust: bool = False) -> RunRecord:
+        """The record in a checkpoint dict, checked, its config read as data (:mod:`cnnlab.run.stored`;
+        ``trust``: the command line's trust_config); CheckpointError naming ``source`` otherwise."""
         if not isinstance(state, dict):
             raise CheckpointError(f"{source} is not a cnnlab checkpoint (it holds no dict of values).")
         missing = [f.name for f in fields(cls) if f.name not in state and f.default is MISSING]
@@ -56,11 +58,11 @@ class RunRecord:
             raise CheckpointError(f"{source} is not a cnnlab checkpoint (no {', '.join(missing)} in it).")
         values = {f.name: state[f.name] for f in fields(cls) if f.name in state}
         record = cls(**values)
-        record.check(source)
+        record.check(source, trust=trust)
         return record
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str], source: Path | str) -> RunRecord:
+    def from_metadata(cls, metadata: dict[str, str], source: Path | str, *, trust: bool = False) -> RunRecord:
         values = {}
         for key, text in metadata.items():
             if key not in {f.name for f in fields(cls)}:
@@ -71,10 +73,10 @@ class RunRecord:
                 raise CheckpointError(
                     f"{source}: the metadata {key}={text!r} is not JSON; use the file cnnlab train wrote."
                 ) from None
-        return cls.from_state(values, source)
+        return cls.from_state(values, source, trust=trust)
 
     # ----------------------------------------------------------------------------------------- checks
-    def check(self, source: Path | str) -> None:
+    def check(self, source: Path | str, *, trust: bool = False) -> None:
         def bad(what: str) -> CheckpointError:
             return CheckpointError(f"{source} holds {what}; it is damaged or not from cnnlab train.")
 
@@ -100,17 +102,21 @@ class RunRecord:
             raise bad(f"weights={self.weights!r}, not one of {', '.join(WEIGHTS)}")
         if self.precision not in (None, "32", "bf16", "16"):
             raise bad(f"precision={self.precision!r}, not one of 32, bf16, 16")
+        if not isinstance(self.config, str):
+            raise bad("a config that is not YAML text")
         try:
-            config = yaml.safe_load(self.config) if isinstance(self.config, str) else None
-        except yaml.YAMLError:
-            config = None
-        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-            raise bad("a config that is not a cnnlab config (no model section)")
+            cfg = stored_config(self.config, source, trust=trust)
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+        object.__setattr__(self, "_cfg", cfg)  # frozen: the checked config, read once
 
     # ------------------------------------------------------------------------------------------ views
     @property
     def cfg(self) -> DictConfig:
-        return OmegaConf.create(self.config)
+        """The stored config as checked data (a copy: callers may change theirs)."""
+        if "_cfg" not in self.__dict__:
+            self.check("the checkpoint record")
+        return copy.deepcopy(self.__dict__["_cfg"])
 
     @property
     def tta(self):

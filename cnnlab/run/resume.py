@@ -1,21 +1,22 @@
-"""``resume=<run dir>|auto``: find the run, replay its overrides, and check the config still matches.
+"""``resume=<run dir>|auto``: continue a run from its stored config, with only what is typed now on top.
 
-The CLI turns ``resume=...`` into the run's own overrides plus ``hydra.run.dir=<run dir>`` before Hydra
-composes, so ``cnnlab train resume=outputs/...`` needs no other argument and writes into the same
-directory. The stored overrides are data from the folder: they are checked (:mod:`cnnlab.run.trust`)
-before they are replayed, and the trainer refuses to continue if anything that shapes training changed.
+The run's config is read from its ``checkpoints/last.pt`` as data (:mod:`cnnlab.run.stored`): no
+stored string is replayed through Hydra's override grammar, and ``.hydra/overrides.yaml`` is a record
+for people, never read back. What the user types now is composed by Hydra as for a new run; the keys
+those overrides set (:func:`typed_keys`) are laid over the stored config, and only :data:`MAY_CHANGE`
+keys may differ from it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.run.layout import RunDir
 from cnnlab.run.lock import is_locked
-from cnnlab.run.trust import check_overrides
+from cnnlab.run.stored import stored_config
 
 # Keys a resumed run may change: how long, how patiently, where and how loudly it runs.
 MAY_CHANGE = (
@@ -26,7 +27,9 @@ MAY_CHANGE = (
 
 
 def flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict) and node:
         out = {}
         for key, value in node.items():
             out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
@@ -34,79 +37,80 @@ def flatten(node, prefix: str = "") -> dict:
     return {prefix: node}
 
 
-def config_changes(saved_yaml: str, current_yaml: str) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, ignoring :data:`MAY_CHANGE`.
+def config_changes(saved: DictConfig | dict, current: DictConfig | dict) -> list[str]:
+    """Dotted keys whose values differ between two configs, ignoring :data:`MAY_CHANGE`.
 
     A key the saved config lacks is an option added to cnnlab after the run started; its default keeps
     the old behaviour, so it does not count as a change.
     """
-    saved, current = flatten(yaml.safe_load(saved_yaml)), flatten(yaml.safe_load(current_yaml))
+    saved, current = flatten(saved), flatten(current)
     return [k for k in sorted(saved) if k not in MAY_CHANGE and saved[k] != current.get(k)]
 
 
-def saved_overrides(run_dir: Path, *, trust_config: bool = False) -> list[str]:
-    """The overrides the run was started with, checked, without its own ``resume=``."""
-    run = RunDir(run_dir)
-    overrides = run.read_overrides()
-    check_overrides(overrides, run.overrides_file, trust_config=trust_config)
-    return [o for o in overrides if not o.startswith("resume=")]
+def typed_keys(now: DictConfig, default: DictConfig, overrides: list[str]) -> set[str]:
+    """The dotted keys this command's overrides set: those whose composed value differs from the
+    config composed without them (group choices, experiments), and every key an override names."""
+    flat_now, flat_default = flatten(now), flatten(default)
+    keys = {k for k in flat_now.keys() | flat_default.keys() if flat_now.get(k) != flat_default.get(k)}
+    named = {o.lstrip("+~").split("=", 1)[0] for o in overrides if not o.startswith("-")}
+    keys |= {k for k in flat_now if any(k == n or k.startswith(n + ".") for n in named)}
+    return {k for k in keys if k != "hydra" and not k.startswith("hydra.")}
 
 
-def _same_overrides(run: RunDir, wanted: list[str]) -> bool:
+def resumed_config(saved: DictConfig, now: DictConfig, keys: set[str], run_dir: Path) -> DictConfig:
+    """The stored config with the typed ``keys`` of ``now`` laid over it; refused when one of them is
+    not a :data:`MAY_CHANGE` key and changes what the run trains."""
+    flat_saved, flat_now = flatten(saved), flatten(now)
+    changed = sorted(k for k in keys if k not in MAY_CHANGE and flat_saved.get(k) != flat_now.get(k))
+    if changed:
+        raise ConfigError(
+            f"Cannot resume {run_dir} with a different config ({', '.join(changed[:6])}"
+            f"{' ...' if len(changed) > 6 else ''} changed); only {', '.join(MAY_CHANGE[2:])} may change "
+            "(start a new run for anything else)."
+        )
+    cfg = saved.copy()
+    for key in sorted(keys & set(MAY_CHANGE)):
+        OmegaConf.update(cfg, key, flat_now.get(key), merge=False)
+    cfg.resume = str(run_dir)
+    return cfg
+
+
+def check_resumable(saved: DictConfig, current: DictConfig, run_dir: Path) -> None:
+    """For a resume whose config was composed anew (a requeued job, a study's trial): it must match."""
+    changed = config_changes(saved, current)
+    if changed:
+        raise ConfigError(
+            f"Cannot resume {run_dir} with a different config ({', '.join(changed[:6])}"
+            f"{' ...' if len(changed) > 6 else ''} changed); only {', '.join(MAY_CHANGE[2:])} may change."
+        )
+
+
+def _same_run(run: RunDir, now: DictConfig) -> bool:
+    """The run's stored config (``.hydra/config.yaml``, read as data) is ``now`` but for MAY_CHANGE."""
     try:
-        return sorted(saved_overrides(run.path)) == wanted
-    except (DataError, ConfigError):  # a damaged or hostile folder is never picked automatically
+        text = run.config_file.read_text(encoding="utf-8") if run.config_file.is_file() else None
+        return text is not None and not config_changes(stored_config(text, run.config_file), now)
+    except (OSError, UnicodeDecodeError, DataError, ConfigError):  # damaged or hostile: never picked
         return False
 
 
-def find_auto(overrides: list[str], search: Path) -> Path:
-    """The newest unfinished run under ``search`` started with the same overrides that no live process
-    is writing."""
-    wanted = sorted(o for o in overrides if not o.startswith("resume="))
+def find_auto(now: DictConfig, search: Path) -> Path:
+    """The newest unfinished run under ``search`` whose stored config is the one composed now (but for
+    :data:`MAY_CHANGE`) and that no live process is writing."""
     candidates = [
         run.path
         for run in (RunDir(ckpt.parent.parent) for ckpt in search.glob("**/checkpoints/last.pt"))
-        if run.is_unfinished() and not is_locked(run.path) and _same_overrides(run, wanted)
+        if run.is_unfinished() and not is_locked(run.path) and _same_run(run, now)
     ]
     if not candidates:
         raise ConfigError(
-            f"resume=auto found no unfinished run under {search} started with the same overrides "
-            f"({' '.join(wanted) or 'none'}); pass resume=<run dir> or drop resume."
+            f"resume=auto found no unfinished run under {search} with the config composed now; pass "
+            "resume=<run dir>, or drop resume."
         )
     return max(candidates, key=lambda p: RunDir(p).last.stat().st_mtime)
 
 
-def resume_target(args: list[str], search: Path = Path("outputs")) -> Path | None:
-    """The run directory ``resume=`` names (``auto`` found under ``search``), checked; None without it."""
-    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
-    if value in (None, "null"):
-        return None
-    rest = [a for a in args if not a.startswith("resume=")]
-    run_dir = find_auto(rest, search) if value == "auto" else Path(value)
-    if not RunDir(run_dir).last.is_file():
-        raise ConfigError(
-            f"Cannot resume {run_dir}: it has no checkpoints/last.pt; pass a run directory written by "
-            "cnnlab train."
-        )
-    return run_dir
-
-
-def resume_arguments(
-    args: list[str], search: Path = Path("outputs"), *, trust_config: bool = False
-) -> list[str]:
-    """Rewrite ``cnnlab train`` arguments holding ``resume=`` to resume into the run's directory."""
-    run_dir = resume_target(args, search)
-    if run_dir is None:
-        return args
-    rest = [a for a in args if not a.startswith("resume=")]
-    return [*saved_overrides(run_dir, trust_config=trust_config), *rest, f"resume={run_dir}",
-            f"hydra.run.dir={run_dir}"]  # fmt: skip
-
-
-def check_resumable(saved_yaml: str, current_yaml: str, run_dir: Path) -> None:
-    changed = config_changes(saved_yaml, current_yaml)
-    if changed:
-        raise ConfigError(
-            f"Cannot resume {run_dir} with a different config ({', '.join(changed[:6])}"
-            f"{' ...' if len(changed) > 6 else ''} changed); only {', '.join(MAY_CHANGE[1:])} may change."
-        )
+def resume_value(args: list[str]) -> str | None:
+    """What ``resume=`` says on the command line (None without it)."""
+    value = next((a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("resume=")), None)
+    return None if value in (None, "null", "") else value.strip("'\"") if value[:1] in "'\"" else value

@@ -43,6 +43,7 @@ def train(
     *,
     overrides: list[str] | None = None,
     callbacks: tuple[Callback, ...] = (),
+    resumed: dict | None = None,
 ) -> dict:
     """Train, keep best/last checkpoints, stop early, test the best weights; return the summary.
 
@@ -51,7 +52,8 @@ def train(
     scaler, EMA, early-stopping state and RNG streams. Only one process writes a run folder (a lock).
 
     Under torchrun every process calls this; they train one model data-parallel, and only rank 0
-    writes (see :mod:`cnnlab.engine.distributed`).
+    writes (see :mod:`cnnlab.engine.distributed`). ``resumed``: ``last.pt`` already read and its
+    config checked by the caller (``cnnlab train resume=``), so it is not read again.
     """
     started = time.perf_counter()
     check(cfg)
@@ -64,10 +66,9 @@ def train(
         SignalGuard("loading data") as guard,
         reported_as_interrupted(folder),
     ):
-        resumed = None
-        if cfg.resume:
-            check_resumable(read_checkpoint_config(folder.last), config_yaml, folder.path)
+        if cfg.resume and resumed is None:  # a requeued job or a study's trial, composed anew
             resumed = load_checkpoint(folder.last)
+            check_resumable(read_checkpoint_config(folder.last, resumed), cfg, folder.path)
         rich = use_rich(tc.progress) and dist.is_main
         if dist.is_main:
             setup_logging(folder.path, rich=rich)

@@ -183,7 +183,8 @@ def finish(cfg: DictConfig, folder: RunDir, rows: list[dict], *, seconds: float)
     with claim(folder, resume=True):
         folder.write_compression([{**r, "sparsity": r.get("sparsity")} for r in rows])
         if not folder.config_file.exists():
-            folder.write_hydra(read_checkpoint_config(folder.best), [f"compress={cfg.run}", *options], "")
+            config = OmegaConf.to_yaml(read_checkpoint_config(folder.best))
+            folder.write_hydra(config, [f"compress={cfg.run}", *options], "")
         if not folder.summary_file.exists():
             acc = rows[1]["accuracy"]
             folder.write_summary({

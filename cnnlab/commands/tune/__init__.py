@@ -3,7 +3,8 @@
 The tune config is the train config plus a ``tune`` node (presets in ``conf/tune/``). Search params are
 ``tune.params`` in Hydra's sweep syntax (:mod:`.space`), also given straight on the command line
 (``'optimizer.lr=tag(log, interval(1e-4, 0.1))'``). The study lives in SQLite in its folder (``tune.dir``,
-by default ``multirun/<date>/<time>``); a tune on a folder that holds a study continues it (:mod:`.study`).
+by default ``multirun/<date>/<time>``) with its design as data (:mod:`.design`); a tune on a folder that
+holds a study continues it (:mod:`.study`), reading no stored string through Hydra's grammar.
 Trials run in that folder as ``<trial number>/`` (:mod:`.trial`), ``tune.n_jobs`` at a time
 (:mod:`.workers`); at the end the table of trials, the best one, and with ``tune.report=true`` the figures.
 """
@@ -13,22 +14,23 @@ from __future__ import annotations
 import contextlib
 import time
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.build import check
-from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed
-from cnnlab.commands.tune.space import corners, parse_space
-from cnnlab.commands.tune.study import check_options, continued_args, create, key_of, load
-from cnnlab.commands.tune.trial import SAMPLED, Plan, compose_trial, with_sampled
+from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed, hydra_quoted
+from cnnlab.commands.tune.design import Design, new_design, trial_config
+from cnnlab.commands.tune.space import as_overrides, corners, parse_space
+from cnnlab.commands.tune.study import check_options, continued_design, create, key_of, load
+from cnnlab.commands.tune.trial import SAMPLED, Plan
 from cnnlab.commands.tune.workers import run_workers
 from cnnlab.engine import distributed
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.io import write_json
 from cnnlab.run import lock
 from cnnlab.run.layout import LOCK, SWEEP_SUMMARY, StudyDir
-from cnnlab.run.trust import check_config
+from cnnlab.run.stored import stored_config
+from cnnlab.run.trust import trusted
 
 
 def fold_search_args(args: list[str]) -> list[str]:
@@ -55,27 +57,32 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
+_designs: list[Design] = []  # the study's design, prepared before Hydra ran, for main()
+
+
 def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
-    """Before Hydra runs the tune: fold search params, pin the study folder (continuing the study there
-    replays its overrides), check every option and every corner of the search space, claim the folder."""
+    """Before Hydra runs the tune: fold search params, pin the study folder, make the study's design
+    (a new one from this command; a stored one read as data, :mod:`.design`), check every option and
+    every corner of the search space, claim the folder. Hydra composes only what is typed now."""
     if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
     if distributed.env_world_size() > 1:
         raise ConfigError("cnnlab tune runs its trials itself; start it without torchrun.")
-    trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
+    if "-m" in args or "--multirun" in args:
+        raise ConfigError("cnnlab tune runs its own trials; drop -m.")
     args = fold_search_args(args)
     folder = StudyDir(compose_tune(args).tune.dir)
-    args = [a for a in args if key_of(a) != "tune.dir"]
+    args = [*(a for a in args if key_of(a) != "tune.dir"), f"tune.dir={hydra_quoted(folder.path)}"]
+    now = compose_tune(args)
     if folder.holds_study():
-        args = continued_args(folder, args, trust_config=trust)
+        design = continued_design(folder, now, compose_tune([]), args, trust=trusted(args))
     elif folder.path.is_dir() and any(p.name != LOCK for p in folder.path.iterdir()):
         raise ConfigError(f"{folder} holds files but no study (study.db); choose a new tune.dir.")
-    args = [*args, f"tune.dir={folder.path}"]
-    cfg = compose_tune(args)
-    if folder.holds_study():
-        check_config(cfg, folder.db, trust_config=trust)
-    check_search(cfg, args)
+    else:
+        design = new_design(now, parse_space(now.tune.params), args)
+    check_search(design, folder)
     lock.check_free(folder.path, what="tune")
+    _designs[:] = [design]
     return args, lock.hold(folder.path, what="tune")
 
 
@@ -89,40 +96,39 @@ def compose_tune(args: list[str]) -> DictConfig:
         return compose("tune", overrides=args)
 
 
-def check_search(cfg: DictConfig, args: list[str]) -> None:
-    """The study's options, then every choice and both ends of every range composed into a trial config
+def check_search(design: Design, folder: StudyDir) -> None:
+    """The study's options, then every choice and both ends of every range laid over the base config
     and checked as ``cnnlab train`` would: a typo in a search param fails now, not in trial 7."""
     from hydra import initialize_config_module
 
-    check_options(cfg.tune, cfg.trainer)
-    space = parse_space(cfg.tune.params)
+    base = stored_config(design.base, folder.db)
+    check_options(base.tune, base.trainer)
     with initialize_config_module("cnnlab.conf", version_base="1.3"):
-        for sampled in corners(space):
+        for values in corners(design.distributions()):
             try:
-                check(compose_trial(with_sampled(args, sampled)))
+                check(trial_config(design, values, folder.db))
             except CnnlabError as exc:
-                raise ConfigError(f"tune.params: a trial with {' '.join(sampled)} fails: {exc}") from None
-            except Exception as exc:  # Hydra cannot compose it: an unknown key or group option
-                reason = str(exc.__cause__ or exc).strip().splitlines()[0]
-                raise ConfigError(f"tune.params: a trial with {' '.join(sampled)} does not compose: "
-                                  f"{reason}") from None  # fmt: skip
+                raise ConfigError(f"tune.params: a trial with {' '.join(as_overrides(values))} fails: "
+                                  f"{exc}") from None  # fmt: skip
 
 
 def main(cfg: DictConfig) -> None:
     """The study in ``tune.dir``: create or continue it, run the trials, print the table and the best."""
     folder = StudyDir(cfg.tune.dir)
-    args = list(HydraConfig.get().overrides.task)
+    design = _designs.pop()
+    base = stored_config(design.base, folder.db)  # the study's settings, with this command's changes
     with lock.hold(folder.path, what="tune"):
-        study = load(folder) if folder.holds_study() else create(folder, cfg.tune, cfg.trainer, args)
+        study = load(folder) if folder.holds_study() else create(folder, base.tune, base.trainer, design)
         first = len(study.trials)
-        timeout = cfg.tune.timeout
-        plan = Plan(folder=str(folder.path), args=args, tune=OmegaConf.to_container(cfg.tune, resolve=True),
-                    max_epochs=int(cfg.trainer.max_epochs), device=str(cfg.trainer.device),
-                    threads=cfg.trainer.threads, first_trial=first,
+        timeout = base.tune.timeout
+        plan = Plan(folder=str(folder.path), design=design, tune=OmegaConf.to_container(base.tune),
+                    max_epochs=int(base.trainer.max_epochs), device=str(base.trainer.device),
+                    threads=base.trainer.threads, first_trial=first,
                     deadline=None if timeout is None else time.time() + timeout)  # fmt: skip
-        print(f"study {folder}: {first} trials so far; {cfg.tune.n_trials} more, {cfg.tune.n_jobs} at a time")
+        tune = base.tune
+        print(f"study {folder}: {first} trials so far; {tune.n_trials} more, {tune.n_jobs} at a time")
         run_workers(plan)
-        conclude(folder, cfg, first)
+        conclude(folder, base, first)
 
 
 def conclude(folder: StudyDir, cfg: DictConfig, first: int) -> None:

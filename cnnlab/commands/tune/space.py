@@ -8,8 +8,9 @@
 ``range(32, 257, 32)``                      IntDistribution(32, 256, step=32): the values range() gives
 ==========================================  ==============================================
 
-A sampled value becomes an override (``optimizer.lr=0.0031``, ``optimizer=adamw``), so a group choice,
-a nested key and a list all work as on the command line.
+A sampled value is a plain value laid over the study's base config (:mod:`.design`); a group's value
+(``optimizer=adamw``) is an option shipped in ``conf/``. Only the space typed on this command line (or a
+shipped preset's) is read with Hydra's grammar; a stored space is Optuna's JSON.
 """
 
 from __future__ import annotations
@@ -93,28 +94,32 @@ def _checked(key: str, kind, low, high, *, log: bool, step=None) -> BaseDistribu
         raise ConfigError(f"tune.params.{key}: {exc}") from None
 
 
-def suggest(trial, space: dict[str, BaseDistribution]) -> list[str]:
-    """Ask ``trial`` for a value of every param; return them as overrides."""
-    overrides = []
+def suggest(trial, space: dict[str, BaseDistribution]) -> dict:
+    """Ask ``trial`` for a value of every param; return them as plain values by key."""
+    values = {}
     for key, dist in space.items():
         if isinstance(dist, CategoricalDistribution):
-            value = trial.suggest_categorical(key, dist.choices)
+            values[key] = trial.suggest_categorical(key, dist.choices)
         elif isinstance(dist, IntDistribution):
-            value = trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+            values[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
         else:
-            value = trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
-        overrides.append(f"{key}={override_value(value)}")
-    return overrides
+            values[key] = trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    return values
 
 
-def corners(space: dict[str, BaseDistribution]) -> list[list[str]]:
-    """Overrides that together try every choice and both ends of every range (to check them all before
+def corners(space: dict[str, BaseDistribution]) -> list[dict]:
+    """Values that together try every choice and both ends of every range (to check them all before
     the study starts): the first values of all params, then each other value of one param at a time."""
     first = {key: _values(dist)[0] for key, dist in space.items()}
     tries = [first]
     for key, dist in space.items():
         tries += [{**first, key: value} for value in _values(dist)[1:]]
-    return [[f"{key}={override_value(value)}" for key, value in values.items()] for values in tries]
+    return tries
+
+
+def as_overrides(values: dict) -> list[str]:
+    """Sampled values written as overrides, for people (``overrides.yaml``, the table); never parsed."""
+    return [f"{key}={override_value(value)}" for key, value in values.items()]
 
 
 def _values(dist: BaseDistribution) -> list:

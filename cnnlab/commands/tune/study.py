@@ -1,23 +1,28 @@
 """The Optuna study of a ``cnnlab tune`` folder: its options, sampler, pruner and SQLite storage, and
-the overrides a continued study replays.
+the design a continued study reads back as data.
 
-The study lives in ``<folder>/study.db`` under one name. It remembers the overrides it was started with,
-so ``cnnlab tune tune.dir=<folder>`` continues it with the same objective and settings; only
-:data:`MAY_CHANGE` (how many more trials, how long, how many at once, where and how loudly they run)
-may be given again with other values.
+The study lives in ``<folder>/study.db`` under one name. It keeps its design (:mod:`.design`: base
+config and search space), so ``cnnlab tune tune.dir=<folder>`` continues it with the same objective and
+settings; only :data:`MAY_CHANGE` (how many more trials, how long, how many at once, where and how
+loudly they run) may be given again with other values.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import optuna
 from omegaconf import DictConfig
+from optuna.distributions import distribution_to_json
 
+from cnnlab.commands.tune.design import BASE, OVERRIDES, PINNED, SPACE, Design, read_design
+from cnnlab.commands.tune.space import parse_space
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.run.layout import StudyDir
-from cnnlab.run.trust import check_overrides
+from cnnlab.run.resume import flatten, typed_keys
 
 STUDY_NAME = "cnnlab"
-OVERRIDES = "cnnlab.overrides"  # the study's user attribute holding the overrides it was started with
 SAMPLERS = ("tpe", "random", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("auto", "maximize", "minimize")
@@ -101,13 +106,15 @@ def load(folder: StudyDir, **kwargs) -> optuna.Study:
         ) from None
 
 
-def create(folder: StudyDir, tune: DictConfig, trainer: DictConfig, overrides: list[str]) -> optuna.Study:
-    """A new study in ``folder`` that remembers the overrides it was started with."""
+def create(folder: StudyDir, tune: DictConfig, trainer: DictConfig, design: Design) -> optuna.Study:
+    """A new study in ``folder`` that keeps its design (base config, search space) as data."""
     folder.path.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=STUDY_NAME, storage=storage(folder), direction=direction(tune, trainer)
     )
-    study.set_user_attr(OVERRIDES, [a for a in overrides if key_of(a) != "tune.dir"])
+    for key, value in ((BASE, design.base), (SPACE, design.space), (PINNED, design.pinned),
+                       (OVERRIDES, design.record)):  # fmt: skip
+        study.set_user_attr(key, value)
     return study
 
 
@@ -115,26 +122,28 @@ def key_of(arg: str) -> str:
     return arg.lstrip("+~").split("=", 1)[0]
 
 
-def fixed(args: list[str]) -> list[str]:
-    """The overrides that define a study's objective: all but :data:`MAY_CHANGE`."""
-    return [a for a in args if key_of(a) not in MAY_CHANGE]
-
-
-def continued_args(folder: StudyDir, args: list[str], *, trust_config: bool) -> list[str]:
-    """The arguments that continue the study in ``folder``: its own overrides (checked: a study folder
-    is data that may come from anyone) plus this command's :data:`MAY_CHANGE` ones."""
-    study = load(folder)
-    stored = study.user_attrs.get(OVERRIDES)
-    if not isinstance(stored, list) or not all(isinstance(a, str) for a in stored):
-        raise DataError(f"{folder.db} does not say which overrides its study was started with; it was "
-                        "not written by cnnlab tune: choose another tune.dir.")  # fmt: skip
-    check_overrides(stored, folder.db, trust_config=trust_config)
-    if any(a not in fixed(stored) for a in fixed(args)):  # repeating some of the study's own is harmless
+def continued_design(folder: StudyDir, now: DictConfig, default: DictConfig, args: list[str], *,
+                     trust: bool) -> Design:  # fmt: skip
+    """The design of the study in ``folder`` (read as data) with this command's :data:`MAY_CHANGE`
+    values on top; anything else typed now must agree with the study."""
+    design = read_design(load(folder).user_attrs, folder.db, trust=trust)
+    keys = {k for k in typed_keys(now, default, args) if not k.startswith("tune.params")}
+    flat_base, flat_now = flatten(design.base), flatten(now)
+    changed = sorted(k for k in keys if k not in MAY_CHANGE and flat_base.get(k) != flat_now.get(k))
+    params = now.tune.params
+    if changed or (params and {k: distribution_to_json(d) for k, d in parse_space(params).items()}
+                   != design.space):  # fmt: skip
+        what = ", ".join(changed[:6]) or "tune.params"
         raise ConfigError(
-            f"The study in {folder} was started with {' '.join(fixed(stored)) or 'no overrides'}; continue "
-            f"it with those, some or none of them (cnnlab tune tune.dir={folder}), changing only "
-            f"{', '.join(MAY_CHANGE[1:])}, or start a new study in another tune.dir."
+            f"The study in {folder} was started with another {what}; continue it with its own settings "
+            f"(cnnlab tune tune.dir={folder}), changing only {', '.join(MAY_CHANGE[1:])}, or start a new "
+            "study in another tune.dir."
         )
-    changed = [a for a in args if key_of(a) in MAY_CHANGE]
-    now = {key_of(a) for a in changed}
-    return [*(a for a in stored if key_of(a) not in now), *changed]
+    base = copy.deepcopy(design.base)
+    for key in sorted(keys & set(MAY_CHANGE)):
+        *parents, last = key.split(".")
+        node = base
+        for part in parents:
+            node = node[part]
+        node[last] = flat_now.get(key)
+    return dataclasses.replace(design, base=base)

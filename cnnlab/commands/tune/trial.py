@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from cnnlab.commands.train import record_failure
-from cnnlab.commands.tune.space import suggest
+from cnnlab.commands.tune.design import Design, checked_params, trial_config
+from cnnlab.commands.tune.space import as_overrides, suggest
 from cnnlab.commands.tune.study import key_of
 from cnnlab.engine.interrupt import Interrupted
 from cnnlab.errors import DataError
@@ -25,7 +26,7 @@ from cnnlab.run.layout import StudyDir
 from cnnlab.run.workspace import claim
 from cnnlab.train import Callback, train
 
-SAMPLED = "cnnlab.sampled"  # a trial's user attribute: its sampled values as overrides
+SAMPLED = "cnnlab.sampled"  # a trial's user attribute: its sampled values as overrides, for people
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Plan:
     """What every worker of a study needs (plain data: spawned worker processes receive a copy)."""
 
     folder: str  # the study folder
-    args: list[str]  # the tune command's overrides: each trial composes from them plus its sampled values
+    design: Design  # the study's base config and search space (data): a trial is the base + its values
     tune: dict  # the tune options
     max_epochs: int  # the trials' trainer.max_epochs (the hyperband pruner's budget)
     device: str  # trainer.device and trainer.threads as given; each worker takes its share
@@ -71,44 +72,31 @@ class Pruning(Callback):
             )
 
 
-def compose_trial(args: list[str]) -> DictConfig:
-    """The train config of a trial: the tune config composed with ``args``, its ``tune`` node emptied
-    (the study's settings are the study's, not the run's)."""
-    from hydra import compose
-
-    cfg = compose("tune", overrides=args)
-    cfg.tune = None
-    return cfg
-
-
-def with_sampled(args: list[str], sampled: list[str]) -> list[str]:
-    """The command's overrides with a trial's sampled values in place of those of the same keys."""
-    keys = {key_of(a) for a in sampled}
-    return [*(a for a in args if key_of(a) not in keys), *sampled]
+def train_overrides(design: Design, values: dict) -> list[str]:
+    """What a trial's overrides.yaml records, for people: the study's overrides and the trial's values
+    (``cnnlab train resume=<trial>`` reads the trial's stored config, not this)."""
+    keys = set(values)
+    own = [a for a in design.record if not a.lstrip("+~").startswith(("tune", "hydra"))]
+    kept = [a for a in own if key_of(a) not in keys]
+    return [*kept, *as_overrides(values)]
 
 
-def train_overrides(args: list[str]) -> list[str]:
-    """What a trial's overrides.yaml records of the tune command's overrides: those ``cnnlab train``
-    composes to the same config (a preset's ``tune=<name>`` too, for its dataset and model), so
-    ``cnnlab train resume=<trial>`` works; not the study's ``tune.*`` settings nor Hydra's."""
-    return [a for a in args if not a.lstrip("+~").startswith(("tune.", "hydra.", "hydra/"))]
-
-
-def run_trial(study: optuna.Study, trial: optuna.Trial, plan: Plan, *, sampled: list[str],
+def run_trial(study: optuna.Study, trial: optuna.Trial, plan: Plan, *, values: dict,
               resources: tuple[str, int | None], resume: bool = False) -> str:  # fmt: skip
     """Train ``trial`` in its folder and tell the study how it ended; return the folder's status (ok,
     pruned, diverged or failed). A signal is raised on: the study stops, the trial can be resumed."""
-    folder = StudyDir(plan.folder).trial(trial.number)
-    args = with_sampled(plan.args, sampled)
-    cfg = compose_trial(args)
-    config_yaml = OmegaConf.to_yaml(cfg)  # as composed, before this worker sets its share of the machine
+    study_dir = StudyDir(plan.folder)
+    folder = study_dir.trial(trial.number)
+    cfg = trial_config(plan.design, values, study_dir.db)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)  # before this worker sets its share of the machine
     cfg.trainer.device, cfg.trainer.threads = resources
     if plan.n_jobs > 1 and cfg.trainer.progress == "auto":
         cfg.trainer.progress = "plain"  # progress bars of parallel trials would overwrite each other
     if resume:
         cfg.resume = str(folder.path)
-    recorded = train_overrides(args)
-    print(f"trial {trial.number}{' (resumed)' if resume else ''}: {' '.join(sampled)}", file=sys.stderr)
+    recorded = train_overrides(plan.design, values)
+    print(f"trial {trial.number}{' (resumed)' if resume else ''}: {' '.join(as_overrides(values))}",
+          file=sys.stderr)  # fmt: skip
     pruning = Pruning(trial, str(plan.tune["pruner"]))
     started = time.perf_counter()
     with claim(folder, resume=resume):
@@ -152,18 +140,17 @@ def settle(study: optuna.Study, plan: Plan, resources: tuple[str, int | None]) -
             study.tell(frozen.number, float(summary["best_value"]))
         elif status == "pruned":
             study.tell(frozen.number, state=TrialState.PRUNED)
-        elif folder.is_unfinished() and isinstance(frozen.user_attrs.get(SAMPLED), list):
+        elif folder.is_unfinished():  # its values as Optuna stored them, checked against the space
+            values = checked_params(frozen.params, plan.design.distributions(), StudyDir(plan.folder).db)
             trial = optuna.Trial(study, frozen._trial_id)  # Optuna has no public way to reopen a trial
-            run_trial(
-                study, trial, plan, sampled=frozen.user_attrs[SAMPLED], resources=resources, resume=True
-            )
+            run_trial(study, trial, plan, values=values, resources=resources, resume=True)
         else:
             study.tell(frozen.number, state=TrialState.FAIL)
 
 
-def ask(study: optuna.Study, space: dict) -> tuple[optuna.Trial, list[str]]:
-    """A new trial and its sampled values as overrides (kept with the trial, for resuming it)."""
+def ask(study: optuna.Study, space: dict) -> tuple[optuna.Trial, dict]:
+    """A new trial and its sampled values (Optuna keeps them; as overrides too, for people)."""
     trial = study.ask()
-    sampled = suggest(trial, space)
-    trial.set_user_attr(SAMPLED, sampled)
-    return trial, sampled
+    values = suggest(trial, space)
+    trial.set_user_attr(SAMPLED, as_overrides(values))
+    return trial, values

@@ -18,7 +18,6 @@ import torch
 from omegaconf import OmegaConf
 
 from cnnlab.commands.train import job_resources
-from cnnlab.commands.tune.space import parse_space
 from cnnlab.commands.tune.study import load, make_pruner, make_sampler
 from cnnlab.commands.tune.trial import Plan, ask, run_trial, settle
 from cnnlab.engine.interrupt import Interrupted
@@ -43,10 +42,10 @@ def share(plan: Plan, index: int) -> tuple[str, int | None]:
 
 def work(plan: Plan, index: int, slots) -> None:
     """Worker ``index``: new trials until the slots run out or the deadline passes."""
-    study, space, resources = open_study(plan, index), parse_space(plan.tune["params"]), share(plan, index)
+    study, space, resources = open_study(plan, index), plan.design.distributions(), share(plan, index)
     while take(slots, plan.tune["n_trials"]) and (plan.deadline is None or time.time() < plan.deadline):
-        trial, sampled = ask(study, space)
-        run_trial(study, trial, plan, sampled=sampled, resources=resources)
+        trial, values = ask(study, space)
+        run_trial(study, trial, plan, values=values, resources=resources)
 
 
 def take(slots, limit: int) -> bool:
