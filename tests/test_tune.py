@@ -102,8 +102,9 @@ LR = "optimizer.lr=choice(0.1, 0.2)"
         ([LR, "tune.timeout=0"], "tune.timeout must be a number of seconds above 0 or null, got 0.0."),
         ([LR, "tune.direction=minimize"], "tune.direction=minimize contradicts trainer.mode=max"),
         (["optimizer.lrr=interval(0.1, 0.2)"],
-         "tune.params: a trial with optimizer.lrr=0.1 does not compose"),
-        (["optimizer=choice(sgd, adamm)"], "tune.params: a trial with optimizer=adamm does not compose"),
+         "tune.params: a trial with optimizer.lrr=0.1 fails: optimizer.lrr is not a config option."),
+        (["optimizer=choice(sgd, adamm)"], "tune.params: the search param optimizer chooses among ['sgd', "
+         "'adamm'], not options of conf/optimizer/ (adagrad, adam, adamw, rmsprop, sgd)"),
         (["trainer.batch_size=choice(32, 0)"],
          "tune.params: a trial with trainer.batch_size=0 fails: trainer.batch_size must be greater than 0"),
         (["tune=mnist", "trainer.precision=choice(32, 8)"],
@@ -262,6 +263,7 @@ def test_an_interrupted_trial_is_resumed_when_the_study_continues(tiny_idx, tmp_
     from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
+    import cnnlab.commands.tune as tune_module
     import cnnlab.commands.tune.trial as trial_module
     from cnnlab.commands.tune import compose_tune
     from cnnlab.commands.tune.study import create
@@ -275,8 +277,9 @@ def test_an_interrupted_trial_is_resumed_when_the_study_continues(tiny_idx, tmp_
     args, _ = prepare([f"dataset.root={tiny_idx}", *FAST, "trainer.max_epochs=3", f"tune.dir={folder}",
                        "optimizer.lr=choice(0.004, 0.005)"])  # fmt: skip
     cfg = compose_tune(args)
-    study = create(StudyDir(folder), cfg.tune, cfg.trainer, args)  # as cnnlab tune starts a study
-    plan = Plan(folder=str(folder), args=args, tune=OmegaConf.to_container(cfg.tune, resolve=True),
+    design = tune_module._designs[-1]  # what prepare made of this command
+    study = create(StudyDir(folder), cfg.tune, cfg.trainer, design)  # as cnnlab tune starts a study
+    plan = Plan(folder=str(folder), design=design, tune=OmegaConf.to_container(cfg.tune, resolve=True),
                 max_epochs=3, device="cpu", threads=1, first_trial=0, deadline=None)  # fmt: skip
     real_train = trial_module.train
 
@@ -285,11 +288,12 @@ def test_an_interrupted_trial_is_resumed_when_the_study_continues(tiny_idx, tmp_
 
     monkeypatch.setattr(trial_module, "train", train_until_sigint)
     with initialize_config_module("cnnlab.conf", version_base="1.3"):
-        from cnnlab.commands.tune.space import parse_space
+        from cnnlab.commands.tune.space import as_overrides
 
-        trial, sampled = ask(study, parse_space(cfg.tune.params))
+        trial, values = ask(study, design.distributions())
+        sampled = as_overrides(values)
         with pytest.raises(Interrupted) as info:
-            run_trial(study, trial, plan, sampled=sampled, resources=("cpu", 1))
+            run_trial(study, trial, plan, values=values, resources=("cpu", 1))
     assert info.value.exit_code == 130
     expected = "of trial 0; its state is saved: continue the study (it resumes the trial) with `cnnlab tune"
     assert f"{expected} tune.dir={folder}`" in str(info.value)

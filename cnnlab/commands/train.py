@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 import traceback
@@ -231,6 +232,8 @@ def hydra_quoted(path: Path | str) -> str:
     """A folder as one quoted value of Hydra's override grammar (spaces, quotes, any script); a name
     with ``${`` is refused, since Hydra would read it as an interpolation."""
     text = str(path)
+    if re.fullmatch(r"[\w./-]+", text, re.ASCII):
+        return text
     if "${" in text:
         raise ConfigError(f"The folder {text} has '${{' in its name, which Hydra would read as an "
                           "interpolation; rename it.")  # fmt: skip

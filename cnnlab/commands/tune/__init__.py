@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.build import check
 from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed, hydra_quoted
-from cnnlab.commands.tune.design import Design, new_design, trial_config
+from cnnlab.commands.tune.design import Design, check_param, new_design, trial_config
 from cnnlab.commands.tune.space import as_overrides, corners, parse_space
 from cnnlab.commands.tune.study import check_options, continued_design, create, key_of, load
 from cnnlab.commands.tune.trial import SAMPLED, Plan
@@ -80,7 +81,7 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
         raise ConfigError(f"{folder} holds files but no study (study.db); choose a new tune.dir.")
     else:
         design = new_design(now, parse_space(now.tune.params), args)
-    check_search(design, folder)
+    check_search(design, folder.db if folder.holds_study() else "tune.params")
     lock.check_free(folder.path, what="tune")
     _designs[:] = [design]
     return args, lock.hold(folder.path, what="tune")
@@ -96,17 +97,19 @@ def compose_tune(args: list[str]) -> DictConfig:
         return compose("tune", overrides=args)
 
 
-def check_search(design: Design, folder: StudyDir) -> None:
-    """The study's options, then every choice and both ends of every range laid over the base config
-    and checked as ``cnnlab train`` would: a typo in a search param fails now, not in trial 7."""
+def check_search(design: Design, source: Path | str) -> None:
+    """The study's options and search params, then every choice and both ends of every range laid
+    over the base config and checked as ``cnnlab train`` would: a typo fails now, not in trial 7."""
     from hydra import initialize_config_module
 
-    base = stored_config(design.base, folder.db)
+    base = stored_config(design.base, source)
     check_options(base.tune, base.trainer)
+    for key, text in design.space.items():
+        check_param(key, text, source)
     with initialize_config_module("cnnlab.conf", version_base="1.3"):
         for values in corners(design.distributions()):
             try:
-                check(trial_config(design, values, folder.db))
+                check(trial_config(design, values, source))
             except CnnlabError as exc:
                 raise ConfigError(f"tune.params: a trial with {' '.join(as_overrides(values))} fails: "
                                   f"{exc}") from None  # fmt: skip

@@ -24,7 +24,7 @@ from optuna.distributions import (
 )
 
 from cnnlab.config import group_options
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, did_you_mean
 from cnnlab.run.stored import check_plain, stored_config
 
 BASE, SPACE, PINNED, OVERRIDES = "cnnlab.config", "cnnlab.space", "cnnlab.pinned", "cnnlab.overrides"
@@ -143,10 +143,12 @@ def trial_config(design: Design, params: dict, source: Path | str) -> DictConfig
 
 
 def _set(data: dict, key: str, value) -> None:
-    *parents, last = key.split(".")
+    """Set an option the config has (a search key names one: no new keys)."""
     node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key} does not name a config option (its parent {part} is a value).")
+    for part in key.split(".")[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    last = key.split(".")[-1]
+    if not isinstance(node, dict) or last not in node:
+        hint = did_you_mean(last, list(node)) if isinstance(node, dict) else ""
+        raise ConfigError(f"{key} is not a config option.{hint}")
     node[last] = value
