@@ -400,7 +400,7 @@ class TrainConfig:
     tune: TuneConfig | None = None  # cnnlab tune's study settings (conf/tune/ presets); a run ignores them
     seed: int = 42
     resume: str | None = None  # a run directory (or auto) to continue from its checkpoints/last.pt
-    trust_config: bool = False  # resume: replay stored overrides / a config that name code off the allow-list
+    trust_config: bool = False  # a stored unknown _target_ is ignored, not refused (docs/security.md)
 
 
 @dataclass

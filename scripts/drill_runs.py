@@ -32,6 +32,97 @@ def predict_with(damage: Callable[[Path], None], expect: str, marker: str = ""):
     return case
 
 
+def stored_option(value: str, checkpoints=("best.pt", "last.pt"), key: str = "activation"):
+    """Damage: ``model.<key>`` of the config stored in the run's checkpoints set to ``value`` (a string
+    that would run code if anything resolved or imported it); best.safetensors dropped."""
+
+    def damage(run: Path) -> None:
+        import yaml
+
+        for name in checkpoints:
+            path = run / "checkpoints" / name
+            state = torch.load(path, weights_only=True)
+            config = yaml.safe_load(state["config"])
+            config["model"][key] = value
+            state["config"] = yaml.safe_dump(config)
+            torch.save(state, path)
+        (run / "checkpoints" / "best.safetensors").unlink(missing_ok=True)
+
+    return damage
+
+
+def oc_create(marker: Path) -> str:
+    return "${oc.create:{_target_: os.system, command: 'touch " + str(marker) + "'}}"
+
+
+def hostile_stored_config(command: str, expect: str, key: str = "activation", value: str | None = None):
+    """``command run=<run>`` on a run whose stored config holds ``oc.create`` (or ``value`` at
+    ``model.<key>``): refused in one line, the payload's marker never made, nothing written."""
+
+    def case(d: Drill, name: str) -> Case:
+        run = d.copy_run(name)
+        marker = run.parent / "PWNED"
+        stored_option(value or oc_create(marker), key=key)(run)
+        proc = d.cli(*command.split(), f"run={run}", cwd=run.parent)
+        return Case(
+            proc, 2, expect, keep=[run / "checkpoints" / "best.pt"], gone=[marker, run / "submission.csv"]
+        )
+
+    return case
+
+
+def resume_ignores_stored_overrides(d: Drill, name: str) -> Case:
+    """overrides.yaml holding every form that once ran code (a group path out of conf/, a package
+    override into hydra.callbacks, -m, trust_config=true): a record, never replayed."""
+    import yaml
+
+    run = d.copy_run(name)
+    marker = run.parent / "PWNED"
+    evil = run.parent / "evil"
+    evil.mkdir()
+    callback = {"_target_": "os.system", "command": f"touch {marker}"}
+    (evil / "evil.yaml").write_text(yaml.safe_dump({"hydra": {"callbacks": {"pwn": callback}}}))
+    forms = [f"+experiment=../../../../../../../..{evil}/evil", "+model@hydra.callbacks.pwn=lenet", "-m",
+             "trust_config=true", "--experimental-rerun=x.pickle"]  # fmt: skip
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(forms))
+    proc = d.cli("train", f"resume={run}", "trainer.max_epochs=3", cwd=run.parent)
+    return Case(proc, 0, "resuming", keep=[run / "summary.json"], gone=[marker])
+
+
+def resume_refused(setup: Callable[[Path], None], expect: str, *args: str):
+    """``train resume=<run>`` after ``setup``: one line, exit 2, the folder's last.pt as it was."""
+
+    def case(d: Drill, name: str) -> Case:
+        run = d.copy_run(name)
+        setup(run)
+        last = run / "checkpoints" / "last.pt"
+        before = last.read_bytes() if last.is_file() else None
+        proc = d.cli("train", f"resume={run}", *args, cwd=run.parent)
+        same = (last.read_bytes() if last.is_file() else None) == before
+        return Case(proc, 2, expect, ok=same, note="last.pt kept")
+
+    return case
+
+
+def no_last_checkpoint(run: Path) -> None:
+    (run / "checkpoints" / "last.pt").unlink()
+    (run / "summary.json").unlink()
+
+
+def crafted_study(d: Drill, name: str) -> Case:
+    """A study.db whose search space samples ``model._target_`` from ``torch.hub.load``: refused."""
+    import optuna
+
+    folder = d.folder(name) / "study"
+    folder.mkdir()
+    study = optuna.create_study(study_name="cnnlab", storage=f"sqlite:///{folder / 'study.db'}")
+    study.set_user_attr("cnnlab.overrides", [f"+experiment=../../../..{folder}/evil"])
+    study.set_user_attr("cnnlab.space", {"model._target_": json.dumps(
+        {"name": "CategoricalDistribution", "attributes": {"choices": ["torch.hub.load"]}})})  # fmt: skip
+    proc = d.cli("tune", f"tune.dir={folder}", "tune.n_trials=1", cwd=folder.parent)
+    return Case(proc, 2, "does not hold a cnnlab study's config", gone=[folder / "0"])
+
+
 def other_models_weights(run: Path) -> None:
     best = run / "checkpoints" / "best.pt"
     state = torch.load(best, weights_only=True)

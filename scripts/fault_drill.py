@@ -134,17 +134,32 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
         "resume: metrics.csv garbage",
         runs.resume_with(lambda r: (r / "metrics.csv").write_text("garbage,xx\n1,2,3\n"), "metrics.csv"),
     ),
+    # a run folder and a study are data: nothing stored reaches Hydra's grammar, resolvers or imports
+    ("resume: hostile overrides.yaml is never replayed", runs.resume_ignores_stored_overrides),
+    ("predict: oc.create in a stored option", runs.hostile_stored_config("predict", "interpolation")),
+    ("evaluate: oc.create in a stored option", runs.hostile_stored_config("evaluate", "interpolation")),
+    ("export: oc.create in a stored option", runs.hostile_stored_config("export", "interpolation")),
+    ("viz: oc.create in a stored option", runs.hostile_stored_config("viz filters", "interpolation")),
     (
-        "resume: overrides.yaml not YAML",
-        runs.resume_with(
-            lambda r: (r / ".hydra" / "overrides.yaml").write_text("- a: [\n"), "not valid YAML"
-        ),
+        "compress: oc.create in a stored option",
+        runs.hostile_stored_config("compress method=quantize", "interpolation"),
     ),
     (
-        "resume: overrides.yaml with a number",
-        runs.resume_with(
-            lambda r: (r / ".hydra" / "overrides.yaml").write_text("- 3\n"), "list of key=value strings"
-        ),
+        "predict: stored model._target_=os.system",
+        runs.hostile_stored_config("predict", "does not build", key="_target_", value="os.system"),
+    ),
+    (
+        "resume: oc.create in last.pt's config",
+        runs.resume_with(runs.stored_option("${oc.env:HOME}", ("last.pt",)), "interpolation"),
+    ),
+    ("tune: a crafted study.db", runs.crafted_study),
+    (
+        "resume: a finished run, no more epochs",
+        runs.resume_refused(lambda r: None, "has finished", "trainer.max_epochs=2"),
+    ),
+    (
+        "resume: a folder killed before its first last.pt",
+        runs.resume_refused(runs.no_last_checkpoint, "stopped before its first epoch"),
     ),
     ("resume=auto past a truncated status.json", runs.resume_auto_skips_truncated_status),
     ("viz curves: binary metrics.csv", runs.curves_of_binary_metrics),

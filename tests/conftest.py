@@ -93,7 +93,7 @@ VALUE_FLAGS = ("--cfg", "-c", "--info", "-i", "--package", "-p")  # Hydra option
 def cli_args(args: tuple[str, ...]) -> list[str]:
     """A ``train`` command gets the suite's default precision before its own overrides (so they win),
     after any leading options such as ``-m`` (Hydra wants the overrides together). Not a resume: that
-    replays the run's own."""
+    starts from the run's own stored config."""
     if not args or args[0] != "train" or any(a.startswith("resume=") for a in args):
         return list(args)
     at = 1

@@ -138,10 +138,10 @@ def test_structured_pruning_refuses_models_it_cannot_narrow(make_cfg, tmp_path):
     )
 
 
-def test_quantized_model_class_is_on_the_allow_list():
-    from cnnlab.run.trust import allowed_targets
+def test_quantized_model_class_is_in_the_model_registry():
+    from cnnlab.models.registry import own_models
 
-    assert "cnnlab.models.quantized.QuantizedModel" in allowed_targets()["model"]
+    assert own_models()["quantized"] == "cnnlab.models.quantized.QuantizedModel"
     assert nn.Module in type.mro(__import__("cnnlab.models.quantized", fromlist=["x"]).QuantizedModel)
 
 

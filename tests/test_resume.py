@@ -202,3 +202,19 @@ def test_a_second_ctrl_c_aborts_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+
+
+def test_a_folder_killed_before_its_first_checkpoint_can_take_a_new_run(tmp_path):
+    from cnnlab.run.layout import RunDir
+    from cnnlab.run.workspace import check_fresh, claim
+
+    run = RunDir(tmp_path / "run")
+    (run.path / ".hydra").mkdir(parents=True)
+    run.status_file.write_text('{"status": "interrupted", "stage": "loading data"}')
+    check_fresh(run, resume=False)
+    with claim(run, resume=False):
+        assert not run.status_file.exists()  # the killed attempt's record is not the new run's
+    run.last.parent.mkdir()
+    run.last.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        check_fresh(run, resume=False)

@@ -156,6 +156,10 @@ class RunDir:
         """A run has trained here (more than Hydra's ``.hydra/`` of a job about to start)."""
         return any((self.path / m).exists() for m in (SUMMARY, STATUS, CHECKPOINTS, METRICS))
 
+    def never_checkpointed(self) -> bool:
+        """A run started here was killed before its first checkpoint: nothing in it to continue or keep."""
+        return not (self.summary_file.exists() or self.last.exists() or self.best.exists())
+
     def is_finished(self) -> bool:
         return self.summary_file.is_file()
 

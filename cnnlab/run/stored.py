@@ -46,7 +46,7 @@ def read_yaml(text: str, source: Path | str) -> dict:
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"The config in {source} is not valid YAML{at}; it is damaged.") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{source} does not hold a config mapping; it is damaged or not from cnnlab.")
+        raise ConfigError(f"The config in {source} is not a cnnlab config (not a mapping of options).")
     return data
 
 
