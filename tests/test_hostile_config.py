@@ -215,7 +215,7 @@ def test_resume_reads_no_stored_override_and_trust_comes_from_the_command_line(
     monkeypatch.chdir(tmp_path)
     (trained_run / "summary.json").unlink()  # unfinished: a resume goes ahead
     marker = plant(trained_run, tmp_path)
-    args, claim = train_command.prepare([f"resume={trained_run}", "trainer.max_epochs=3"])
+    args, _claim = train_command.prepare([f"resume={trained_run}", "trainer.max_epochs=3"])
     assert not any("experiment" in a or "callbacks" in a or a.startswith("-") for a in args)
     cfg, state = train_command._resumed.pop()
     saved = load_checkpoint(trained_run / "checkpoints" / "last.pt")
