@@ -410,7 +410,7 @@ def test_oc_create_in_a_stored_option_is_refused_by_every_command(cli_run, tmp_p
 def test_cli_resume_ignores_every_hostile_stored_override(cli_run, tmp_path):
     import shutil
 
-    run = Path(shutil.copytree(cli_run, tmp_path / "run"))
+    run = Path(shutil.copytree(cli_run, tmp_path / "a folder, naïve 日本" / "run"))  # a space, any script
     (run / "summary.json").unlink()
     marker = plant(run, tmp_path)
     proc = run_cli("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)

@@ -218,3 +218,24 @@ def test_a_folder_killed_before_its_first_checkpoint_can_take_a_new_run(tmp_path
     run.last.write_bytes(b"x")
     with pytest.raises(ConfigError, match="already holds a run"):
         check_fresh(run, resume=False)
+
+
+def test_resume_of_a_run_in_its_first_epoch_names_the_process_writing_it(tmp_path):
+    from cnnlab.commands.train import check_resume_target
+    from cnnlab.run.layout import RunDir
+    from cnnlab.run.lock import FolderLocked
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom cnnlab.run import lock\n"
+         "with lock.hold(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(60)\n", str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderLocked, match=rf"is being written by pid {holder.pid} "):
+            check_resume_target(RunDir(run), composed())
+    finally:
+        holder.kill()
+        holder.wait()

@@ -56,7 +56,8 @@ def train(
     config checked by the caller (``cnnlab train resume=``), so it is not read again.
     """
     started = time.perf_counter()
-    check(cfg)
+    if resumed is None:  # cnnlab train resume= checked its config already, with the last.pt it passes
+        check(cfg)
     tc = cfg.trainer
     dist = distributed.setup(tc)
     folder = RunDir(dist.broadcast(Path(run_dir)))  # one run directory for all ranks: rank 0's
