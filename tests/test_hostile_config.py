@@ -416,3 +416,29 @@ def test_cli_resume_ignores_every_hostile_stored_override(cli_run, tmp_path):
     proc = run_cli("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not marker.exists() and RunDir(run).read_summary()["epochs_run"] == 2
+
+
+class TinyNet(__import__("torch").nn.Module):
+    """A model an installed plugin would register under the cnnlab.models entry point group."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, image_size: int, width: int = 2):
+        super().__init__()
+        self.classifier = __import__("torch").nn.Linear(in_channels * image_size**2, num_classes)
+        self.width = width
+
+
+def test_an_installed_plugins_model_is_built_by_its_entry_point_and_nothing_else(base, tmp_path, monkeypatch):
+    import importlib.metadata as md
+
+    import cnnlab.models.registry as registry
+    from cnnlab.build import build_model
+
+    ep = md.EntryPoint(name="tiny", value=f"{__name__}:TinyNet", group=registry.ENTRY_POINTS)
+    monkeypatch.setattr(registry, "plugins", lambda: {f"{__name__}.TinyNet": ep, "tiny": ep})
+    config = {**copy.deepcopy(base), "model": {"name": "tiny", "width": 5}}  # found by its name
+    cfg = stored_config(yaml.safe_dump(config), tmp_path / "config.yaml")
+    model = build_model(cfg.model, in_channels=1, num_classes=3, image_size=4)
+    assert isinstance(model, TinyNet) and model.width == 5
+    config["model"]["_target_"] = f"{__name__}.copy"  # importable, but no plugin registers it
+    with pytest.raises(ConfigError, match="names a model cnnlab does not build"):
+        stored_config(yaml.safe_dump(config), tmp_path / "config.yaml")

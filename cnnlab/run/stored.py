@@ -22,10 +22,10 @@ import json
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from cnnlab.config import SCHEMAS, TrainConfig
+from cnnlab.config import SCHEMAS, ModelConfig, TrainConfig
 from cnnlab.errors import ConfigError
 from cnnlab.models.registry import model_target, optimizer_target
 
@@ -102,14 +102,13 @@ def typed(data: dict, source: Path | str) -> DictConfig:
     from an installed plugin (no schema of cnnlab's) keeps its own options, checked plain.
     """
     cfg = OmegaConf.structured(TrainConfig)
-    for group in ("model", "optimizer", "loss"):
-        node = data.get(group) or {}
-        schema = SCHEMAS[group].get(str(node.get("name", "cross_entropy" if group == "loss" else "")))
-        if schema is not None:
-            setattr(cfg, group, OmegaConf.structured(schema))
-        elif group == "model":
-            cfg.model = OmegaConf.create(node)  # an installed plugin's options (plain, checked)
     try:
+        cfg.model = _model_node(data["model"])
+        for group in ("optimizer", "loss"):
+            node = data.get(group) or {}
+            schema = SCHEMAS[group].get(str(node.get("name", "cross_entropy" if group == "loss" else "")))
+            if schema is not None:
+                setattr(cfg, group, OmegaConf.structured(schema))
         return OmegaConf.merge(cfg, data)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
@@ -117,6 +116,18 @@ def typed(data: dict, source: Path | str) -> DictConfig:
         raise ConfigError(
             f"The config in {source} does not fit cnnlab's schema at {key} ({reason}); it is damaged."
         ) from None
+
+
+def _model_node(node: dict) -> DictConfig:
+    """The schema of a stored ``model`` node: its name's, or for a class an installed plugin registers
+    (its ``_target_`` is not the name's own), the base schema with the plugin's own options."""
+    schema = SCHEMAS["model"].get(str(node.get("name")))
+    if schema is not None and node.get("_target_") == schema._target_:
+        return OmegaConf.structured(schema)
+    plugin = OmegaConf.structured(ModelConfig)
+    with open_dict(plugin):
+        plugin.merge_with(node)
+    return plugin
 
 
 def stored_config(text: str | dict, source: Path | str, *, trust: bool = False) -> DictConfig:
