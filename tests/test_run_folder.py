@@ -243,9 +243,11 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
 
 
 def test_resume_auto_skips_a_run_another_process_writes(tmp_path):
-    run = tmp_path / "outputs" / "a"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    from tests.test_resume import composed, fake_run
+
+    (tmp_path / "outputs").mkdir()
+    run = fake_run(tmp_path / "outputs", "a", [])
+    now = composed()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import time; from cnnlab.run import lock\n"
         f"with lock.hold({str(run)!r}):\n    print('held', flush=True); time.sleep(60)"
@@ -253,11 +255,11 @@ def test_resume_auto_skips_a_run_another_process_writes(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match="no unfinished run"):
-            find_auto([], tmp_path / "outputs")
+            find_auto(now, tmp_path / "outputs")
     finally:
         holder.kill()
         holder.wait()
-    assert find_auto([], tmp_path / "outputs") == run
+    assert find_auto(now, tmp_path / "outputs") == run
 
 
 # ---------------------------------------------------------------------- writes stay inside the run folder
