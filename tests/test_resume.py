@@ -161,20 +161,19 @@ def test_resume_auto_picks_the_newest_unfinished_run_with_the_same_config(tmp_pa
 
 
 def test_resume_refusals_name_the_cause(tmp_path):
-    from cnnlab.commands.train import check_resume_target
+    from cnnlab.commands.train import check_not_finished, check_resume_target
     from cnnlab.run.layout import RunDir
 
-    now = composed()
     with pytest.raises(ConfigError, match="no such run directory"):
-        check_resume_target(RunDir(tmp_path / "zzz"), now)
+        check_resume_target(RunDir(tmp_path / "zzz"))
     (tmp_path / "early").mkdir()
     with pytest.raises(ConfigError, match=r"no checkpoints/last\.pt \(it stopped before its first epoch"):
-        check_resume_target(RunDir(tmp_path / "early"), now)
+        check_resume_target(RunDir(tmp_path / "early"))
     done = fake_run(tmp_path, "done", [], finished=True)
     (done / "summary.json").write_text('{"epochs_run": 2}')
     with pytest.raises(ConfigError, match=r"has finished \(2 epochs.*trainer.max_epochs=<more than 2>"):
-        check_resume_target(RunDir(done), composed("trainer.max_epochs=2"))
-    check_resume_target(RunDir(done), composed("trainer.max_epochs=5"))  # training longer is allowed
+        check_not_finished(RunDir(done), composed("trainer.max_epochs=2"))  # the resumed run's config
+    check_not_finished(RunDir(done), composed("trainer.max_epochs=5"))  # training longer is allowed
 
 
 def test_divergence_names_epoch_and_step_and_marks_the_run(make_cfg, tmp_path):
@@ -235,7 +234,7 @@ def test_resume_of_a_run_in_its_first_epoch_names_the_process_writing_it(tmp_pat
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(FolderLocked, match=rf"is being written by pid {holder.pid} "):
-            check_resume_target(RunDir(run), composed())
+            check_resume_target(RunDir(run))
     finally:
         holder.kill()
         holder.wait()

@@ -193,10 +193,11 @@ def _prepare_resume(value: str, typed: list[str]) -> tuple[list[str], contextlib
     now, default = _task(_compose(typed)), _task(_compose([]))
     folder = RunDir(find_auto(now, Path("outputs")) if value == "auto" else Path(value))
     main = distributed.is_main_process()
-    check_resume_target(folder, now)
+    check_resume_target(folder)
     state = load_checkpoint(folder.last)
     saved = read_checkpoint_config(folder.last, state, trust=trusted(typed))
     cfg = resumed_config(saved, now, typed_keys(now, default, typed), folder.path)
+    check_not_finished(folder, cfg)
     check(cfg)
     if main:
         lock.check_free(folder.path)
@@ -207,9 +208,8 @@ def _prepare_resume(value: str, typed: list[str]) -> tuple[list[str], contextlib
     return distributed.hydra_overrides([*typed, *pinned]), claim_it
 
 
-def check_resume_target(folder: RunDir, now: DictConfig) -> None:
-    """Say in one line why ``folder`` cannot be resumed: none, being written, never checkpointed, or
-    finished (unless this command asks for more epochs than it ran)."""
+def check_resume_target(folder: RunDir) -> None:
+    """Say in one line why ``folder`` cannot be resumed: none, being written, or never checkpointed."""
     if not folder.path.is_dir():
         raise ConfigError(f"Cannot resume {folder}: no such run directory; pass one written by cnnlab train.")
     if not folder.last.is_file():
@@ -218,10 +218,15 @@ def check_resume_target(folder: RunDir, now: DictConfig) -> None:
             f"Cannot resume {folder}: it has no checkpoints/last.pt (it stopped before its first epoch "
             f"ended); start it again with `cnnlab train hydra.run.dir={folder}` and the same options."
         )
+
+
+def check_not_finished(folder: RunDir, cfg: DictConfig) -> None:
+    """A finished run continues only when the resumed config (``cfg``) asks for more epochs than it ran:
+    resuming it otherwise would only score it again and rewrite its summary."""
     if folder.is_finished():
         summary = folder.read_summary() or {}
         ran = summary.get("epochs_run")
-        if not isinstance(ran, int) or int(now.trainer.max_epochs) <= ran:
+        if not isinstance(ran, int) or int(cfg.trainer.max_epochs) <= ran:
             raise ConfigError(
                 f"Cannot resume {folder}: it has finished ({ran} epochs, summary.json); to train it longer "
                 f"pass trainer.max_epochs=<more than {ran}>, or score it with `cnnlab evaluate run={folder}`."
