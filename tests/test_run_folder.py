@@ -136,16 +136,13 @@ def test_resume_never_reads_stored_overrides_so_nothing_in_them_runs(finished_ru
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("text", ["[unclosed", "- 3\n- model=lenet\n", "just: a mapping\n"])
 @pytest.mark.slow  # over 4 s on 2 cores: CI runs it (CNNLAB_DATA set)
-def test_broken_stored_overrides_are_one_line(finished_run, tmp_path, text):
+def test_a_broken_overrides_yaml_does_not_stop_a_resume(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     (run / "summary.json").unlink()
-    (run / ".hydra" / "overrides.yaml").write_text(text)
-    before = snapshot(run)
-    message = one_line_error(run_cli("train", f"resume={run}", cwd=tmp_path))
-    assert "overrides.yaml" in message
-    assert snapshot(run) == before
+    (run / ".hydra" / "overrides.yaml").write_text("[unclosed")  # a record for people: never read back
+    proc = run_cli("train", f"resume={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------- a refused command changes nothing

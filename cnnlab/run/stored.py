@@ -98,9 +98,11 @@ def plain_config(data: dict, source: Path | str, *, trust: bool = False) -> dict
 def typed(data: dict, source: Path | str) -> DictConfig:
     """Plain, checked ``data`` merged onto the train schema: unknown keys and wrong types refused.
 
-    A key the stored config lacks takes its default (an option added to cnnlab after the run). A model
-    from an installed plugin (no schema of cnnlab's) keeps its own options, checked plain.
+    A key the stored config lacks takes its default (an option added to cnnlab after the run); a run
+    from before the logger list logged to CSV and TensorBoard. A model from an installed plugin (no
+    schema of cnnlab's) keeps its own options, checked plain.
     """
+    data = data if "logger" in data else {**data, "logger": {"csv": {}, "tensorboard": {}}}
     cfg = OmegaConf.structured(TrainConfig)
     try:
         cfg.model = _model_node(data["model"])
