@@ -15,6 +15,7 @@ import hashlib
 import html
 import json
 import math
+import os
 from pathlib import Path
 from urllib.parse import quote
 
@@ -51,6 +52,17 @@ def esc(value) -> str:
 def regular_file(path: Path) -> bool:
     """A file a page may read or link: it exists and is not a symbolic link."""
     return path.is_file() and not path.is_symlink()
+
+
+def reached_without_links(path: Path, start: Path) -> bool:
+    """``path`` is a regular file and no folder between ``start`` and it is a symbolic link: a page in
+    ``start`` may link it without the link leading out (a linked ``report/`` could hold anything)."""
+    here = Path(os.path.abspath(start))
+    for part in Path(os.path.abspath(path)).relative_to(here).parts:
+        here = here / part
+        if here.is_symlink():
+            return False
+    return regular_file(here)
 
 
 def read_text(path: Path) -> tuple[str | None, str | None]:
