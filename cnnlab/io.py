@@ -171,7 +171,7 @@ def open_append(path: Path):
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         os.close(dir_fd)
-    return os.fdopen(fd, "a", newline="")
+    return os.fdopen(fd, "a", encoding="utf-8", newline="")
 
 
 def open_regular(path: Path, mode: str = "rb"):
