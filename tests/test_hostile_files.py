@@ -117,6 +117,21 @@ def test_the_runs_own_path_may_pass_through_links_and_a_link_at_the_file_is_repl
     assert untouched(target)
 
 
+def test_train_log_and_metrics_csv_are_not_appended_through_a_link(tmp_path):
+    from cnnlab.run.layout import RunDir
+    from cnnlab.run.log import setup_logging
+
+    run, target = RunDir(tmp_path / "run"), victim(tmp_path)
+    run.path.mkdir()
+    run.log.symlink_to(target / "metrics.json")
+    run.metrics.symlink_to(target / "metrics.json")
+    with pytest.raises(DataError, match="symbolic link"):
+        setup_logging(run.path, rich=False)
+    with pytest.raises(DataError, match="symbolic link"):
+        run.append_metrics(["epoch"], {"epoch": 1})
+    assert untouched(target)
+
+
 def test_the_lock_confines_the_folder_it_holds(tmp_path):
     run, target = tmp_path / "run", victim(tmp_path)
     run.mkdir()

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from cnnlab.io import NotRegularFile, open_regular
+
 MAX_TEXT = 200_000  # characters of one file shown on a page: a hostile run may hold a huge one
 
 SCRIPT = (
@@ -72,7 +74,10 @@ def read_text(path: Path) -> tuple[str | None, str | None]:
             " (a symbolic link is not followed)" if path.is_symlink() else ""
         )
     try:
-        text = path.read_text(errors="replace")
+        with open_regular(path) as f:  # swapped for a FIFO since the check: refused, not waited on
+            text = f.read().decode(errors="replace")
+    except NotRegularFile as exc:
+        return None, f"{path.name} is {exc.kind}"
     except OSError as exc:
         return None, f"{path.name} could not be read ({exc.strerror})"
     return (text[:MAX_TEXT] + "\n... (cut)" if len(text) > MAX_TEXT else text), None
