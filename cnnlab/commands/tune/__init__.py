@@ -23,7 +23,7 @@ from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed, hydra_quoted
 from cnnlab.commands.tune.design import Design, check_param, new_design, trial_config
 from cnnlab.commands.tune.space import as_overrides, corners, parse_space
 from cnnlab.commands.tune.study import check_options, continued_design, create, key_of, load
-from cnnlab.commands.tune.trial import SAMPLED, Plan
+from cnnlab.commands.tune.trial import Plan
 from cnnlab.commands.tune.workers import run_workers
 from cnnlab.engine import distributed
 from cnnlab.errors import CnnlabError, ConfigError
@@ -148,7 +148,7 @@ def conclude(folder: StudyDir, cfg: DictConfig, first: int) -> None:
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if complete:
         best = study.best_trial
-        sampled = best.user_attrs.get(SAMPLED, [])
+        sampled = as_overrides(best.params)  # Optuna's typed record, not a stored string
         write_json(folder.best_file, {
             "trial": best.number, "monitor": str(cfg.trainer.monitor), "value": best.value,
             "params": best.params, "overrides": sampled, "run": str(folder.trial(best.number).path),
