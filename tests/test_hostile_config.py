@@ -253,7 +253,9 @@ def test_resume_auto_compares_configs_and_skips_hostile_ones(base, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("name", ["with space", "naïve-日本", "quote'd"])
+@pytest.mark.parametrize(
+    "name", ["with space", "naïve-日本", "quote'd", "$\\foo$", "back\\", "a\\'b", "x\\\\"]
+)
 def test_a_resume_folder_name_is_one_value_of_hydras_grammar(name):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

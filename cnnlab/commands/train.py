@@ -256,7 +256,9 @@ def hydra_quoted(path: Path | str) -> str:
     if "${" in text:
         raise ConfigError(f"The folder {text} has '${{' in its name, which Hydra would read as an "
                           "interpolation; rename it.")  # fmt: skip
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Hydra reads a backslash as itself unless it runs into a quote or the end: only those runs double.
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body) + "'"
 
 
 def _task(cfg: DictConfig) -> DictConfig:
