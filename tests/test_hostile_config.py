@@ -261,9 +261,9 @@ def test_a_resume_folder_name_is_one_value_of_hydras_grammar(name):
 
     from cnnlab.commands.train import hydra_quoted
 
-    folder = f"/tmp/{name}/run"
-    parsed = OverridesParser.create().parse_override(f"hydra.run.dir={hydra_quoted(folder)}")
-    assert parsed.value() == folder
+    for folder in (f"/tmp/{name}/run", f"/tmp/{name}"):  # a backslash inside, and at the end
+        parsed = OverridesParser.create().parse_override(f"hydra.run.dir={hydra_quoted(folder)}")
+        assert parsed.value() == folder
     with pytest.raises(ConfigError, match="interpolation"):
         hydra_quoted("/tmp/${oc.env:HOME}")
 
