@@ -129,7 +129,7 @@ class TorchvisionConfig(ModelConfig):
     name: str = "torchvision"
     arch: str = "resnet18"  # any name of torchvision.models.list_models(module=torchvision.models)
     stem: str = "auto"  # auto | imagenet | cifar (ResNet families only)
-    weights: str | None = None  # a local file; nothing is downloaded
+    weights: str | None = None  # a local file, or a name of torchvision's weights (DEFAULT, IMAGENET1K_V1)
     input_size: int | None = None  # the size the network sees; null: the images', raised to its minimum
 
 
@@ -138,7 +138,7 @@ class TimmConfig(ModelConfig):
     _target_: str = "cnnlab.models.timm_net.TimmNet"
     name: str = "timm"
     arch: str = "resnet18"  # any name of timm.list_models()
-    weights: str | None = None  # a local file; nothing is downloaded
+    weights: str | None = None  # a local file, or a pretrained tag (DEFAULT, a1_in1k, ...)
     input_size: int | None = None  # the size the network sees; null: the images'
 
 
