@@ -384,6 +384,11 @@ class TuneConfig:
     # the study folder; a folder that holds a study continues it
     dir: str = "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
     report: bool = False  # write the optimisation history, parameter importances and intermediate values
+    # where the study lives: null (SQLite in tune.dir), an SQLAlchemy URL (postgresql://user@host/db) or a
+    # journal file (journal:<path>, <path>.log) that workers on several machines share
+    storage: str | None = None
+    study: str = "cnnlab"  # the study's name in tune.storage: workers given the same one join it
+    launcher: str = "local"  # local (tune.n_jobs processes here) | slurm (one Slurm job per worker)
 
 
 @dataclass

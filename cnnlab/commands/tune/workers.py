@@ -23,7 +23,6 @@ from cnnlab.commands.tune.study import load, make_pruner, make_sampler
 from cnnlab.commands.tune.trial import Plan, ask, run_trial, settle
 from cnnlab.engine.interrupt import Interrupted
 from cnnlab.errors import CnnlabError
-from cnnlab.run.layout import StudyDir
 
 
 def open_study(plan: Plan, index: int):
@@ -32,7 +31,7 @@ def open_study(plan: Plan, index: int):
     stream of values."""
     tune = OmegaConf.create(plan.tune)
     sampler = make_sampler(tune, tune.seed + plan.first_trial + 1000 * index)
-    return load(StudyDir(plan.folder), sampler=sampler, pruner=make_pruner(tune, plan.max_epochs))
+    return load(plan.study_dir, sampler=sampler, pruner=make_pruner(tune, plan.max_epochs))
 
 
 def share(plan: Plan, index: int) -> tuple[str, int | None]:
