@@ -366,6 +366,9 @@ class LoggerConfig:
     wandb: WandbLoggerConfig | None = None
 
 
+SLURM_DEFAULTS = {"partition": None, "time": 240, "cpus_per_task": None, "gpus_per_node": None, "mem": None}
+
+
 @dataclass
 class TuneConfig:
     """``cnnlab tune``: an Optuna study whose trials are cnnlab runs (see conf/tune.yaml)."""
@@ -389,6 +392,9 @@ class TuneConfig:
     storage: str | None = None
     study: str = "cnnlab"  # the study's name in tune.storage: workers given the same one join it
     launcher: str = "local"  # local (tune.n_jobs processes here) | slurm (one Slurm job per worker)
+    # launcher=slurm: each worker job's parameters (submitit's SlurmExecutor ones; null: Slurm's default;
+    # others with +tune.slurm.<name>=..., e.g. +tune.slurm.account=lab)
+    slurm: dict[str, Any] = field(default_factory=lambda: dict(SLURM_DEFAULTS))
 
 
 @dataclass

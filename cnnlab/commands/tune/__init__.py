@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.build import check
 from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed
+from cnnlab.commands.tune.slurm import check as check_launcher
 from cnnlab.commands.tune.space import corners, parse_space
 from cnnlab.commands.tune.storage import check as storage_check
 from cnnlab.commands.tune.study import check_options, continued_args, create, exists, key_of, load, where
@@ -113,6 +114,7 @@ def check_search(cfg: DictConfig, args: list[str]) -> None:
     from hydra import initialize_config_module
 
     check_options(cfg.tune, cfg.trainer)
+    check_launcher(cfg.tune)
     space = parse_space(cfg.tune.params)
     with initialize_config_module("cnnlab.conf", version_base="1.3"):
         for sampled in corners(space):

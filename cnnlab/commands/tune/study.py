@@ -26,7 +26,8 @@ MAY_CHANGE = (
     "tune.dir", "tune.n_trials", "tune.timeout", "tune.n_jobs", "tune.report", "trainer.threads",
     "trainer.device", "trainer.progress", "trust_config", "tune.storage", "tune.study", "tune.launcher",
 )  # fmt: skip
-SHARED_KEYS = ("tune.dir", "tune.storage", "tune.study")  # where the study is: never stored in it
+NOT_STORED = ("tune.dir", "tune.storage", "tune.study", "tune.launcher")  # where the study and its workers
+# run: never stored in it (neither is tune.slurm.<parameter>), so each worker says its own
 
 
 def check_options(tune: DictConfig, trainer: DictConfig) -> None:
@@ -131,7 +132,7 @@ def create(folder: StudyDir, tune: DictConfig, trainer: DictConfig, overrides: l
         raise ConfigError(
             f"another worker created {where(folder)} at the same moment; run the command again to join it."
         ) from None
-    study.set_user_attr(OVERRIDES, [a for a in overrides if key_of(a) not in SHARED_KEYS])
+    study.set_user_attr(OVERRIDES, [a for a in overrides if not _where(key_of(a))])
     return study
 
 
@@ -139,9 +140,17 @@ def key_of(arg: str) -> str:
     return arg.lstrip("+~").split("=", 1)[0]
 
 
+def may_change(key: str) -> bool:
+    return key in MAY_CHANGE or key.split(".")[:2] == ["tune", "slurm"]
+
+
+def _where(key: str) -> bool:
+    return key in NOT_STORED or key.split(".")[:2] == ["tune", "slurm"]
+
+
 def fixed(args: list[str]) -> list[str]:
-    """The overrides that define a study's objective: all but :data:`MAY_CHANGE`."""
-    return [a for a in args if key_of(a) not in MAY_CHANGE]
+    """The overrides that define a study's objective: all but those that :func:`may_change`."""
+    return [a for a in args if not may_change(key_of(a))]
 
 
 def continued_args(folder: StudyDir, args: list[str], *, trust_config: bool) -> list[str]:
@@ -159,6 +168,6 @@ def continued_args(folder: StudyDir, args: list[str], *, trust_config: bool) -> 
             f"it with those, some or none of them (cnnlab tune tune.dir={folder}), changing only "
             f"{', '.join(MAY_CHANGE[1:])}, or start a new study in another tune.dir."
         )
-    changed = [a for a in args if key_of(a) in MAY_CHANGE]
+    changed = [a for a in args if may_change(key_of(a))]
     now = {key_of(a) for a in changed}
     return [*(a for a in stored if key_of(a) not in now), *changed]

@@ -57,14 +57,19 @@ def take(slots, limit: int) -> bool:
         return True
 
 
-def spawned(plan: Plan, index: int, slots) -> None:
-    """A spawned worker: compose with cnnlab's config, work, and exit with the code the CLI would."""
+def start_hydra() -> None:
+    """A worker in a new process (spawned, or a Slurm job) composes trials with cnnlab's config."""
     from hydra import initialize_config_module
 
     from cnnlab.config import register_configs
 
     register_configs()
     initialize_config_module("cnnlab.conf", version_base="1.3")
+
+
+def spawned(plan: Plan, index: int, slots) -> None:
+    """A spawned worker: compose with cnnlab's config, work, and exit with the code the CLI would."""
+    start_hydra()
     try:
         work(plan, index, slots)
     except CnnlabError as exc:  # Interrupted too: its checkpoint is saved
@@ -76,7 +81,13 @@ def spawned(plan: Plan, index: int, slots) -> None:
 
 def run_workers(plan: Plan) -> None:
     """The trials an earlier command left running, then the command's new trials with ``plan.n_jobs``
-    workers; a signal stops them all and is raised as :class:`Interrupted` once each has saved its trial."""
+    workers; a signal stops them all and is raised as :class:`Interrupted` once each has saved its trial.
+    With ``tune.launcher=slurm`` the workers are Slurm jobs (:mod:`.slurm`)."""
+    if plan.tune["launcher"] == "slurm":
+        from cnnlab.commands.tune.slurm import run_slurm_workers
+
+        run_slurm_workers(plan)
+        return
     settle(open_study(plan, 0), plan, share(plan, 0))  # before any worker asks for a new trial
     context = multiprocessing.get_context("spawn")
     slots = context.Value("i", 0)
