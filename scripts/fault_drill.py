@@ -23,6 +23,7 @@ from pathlib import Path
 
 import drill_inputs as inputs
 import drill_runs as runs
+import drill_scale
 from drill_kit import Case, Drill, Result, judge
 
 DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
@@ -201,6 +202,8 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     ("loss becomes NaN", runs.divergence),
     ("train: no grad_norm column unclipped, no tables", runs.quiet_run),
     ("export: no warnings or exporter notes", runs.export_quiet),
+    # beyond one machine: weights by name, a shared study's storage
+    *drill_scale.CASES,
 ]
 
 

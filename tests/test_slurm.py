@@ -4,6 +4,7 @@ started on this machine for these tests and stopped after."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -19,7 +20,9 @@ from tests.test_distributed import TINY
 from tests.test_shared_study import FAST
 
 pytestmark = pytest.mark.skipif(
-    not slurm_installed(), reason="needs Slurm (Debian's slurm-wlm and munge; .ci/run installs them)"
+    not slurm_installed() or os.geteuid() != 0,
+    reason="needs Slurm (Debian's slurmctld, slurmd, slurm-client, munge; .ci/run installs them) and root "
+    "to start its daemons",
 )
 
 
