@@ -169,21 +169,9 @@ def cli(tmp_path, tiny_idx, *extra, env):
                    env=env)  # fmt: skip
 
 
-def test_cli_refuses_a_file_without_torchvision_s_checksum(server, tmp_path, tiny_idx):
-    """The real name: torchvision's resnet18 file is served by the loopback server with other bytes."""
-    server.files["/models/resnet18-f37072fd.pth"] = (b"other bytes" * 1000, {})
-    env = {"TORCH_HOME": str(tmp_path / "torch"), pretrained.URL_BASE_ENV: server.base}
-    result = cli(tmp_path, tiny_idx, "model=torchvision", "model.weights=DEFAULT", env=env)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert "the file downloaded from" in lines[-1] and "f37072fd is published" in lines[-1], result.stderr
-    assert "Traceback" not in result.stderr
-    assert not list((tmp_path / "torch" / "hub" / "checkpoints").iterdir())
-
-
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="model=timm needs the timm extra")
 @pytest.mark.slow
-def test_cli_timm_tag_downloads_once_then_trains_offline(server, tmp_path, tiny_idx):
+def test_cli_timm_tag_downloads_once_then_is_used_offline(server, tmp_path, tiny_idx, monkeypatch):
     """timm's test_resnet is on the Hub only: timm publishes no hash, the Hub's X-Linked-Etag (the
     file's SHA-256) is checked, and the SHA-256 is kept beside the file for later uses."""
     import timm
@@ -202,9 +190,14 @@ def test_cli_timm_tag_downloads_once_then_trains_offline(server, tmp_path, tiny_
     )
     assert cached.read_bytes() == body and Path(f"{cached}.sha256").read_text().split()[0] == digest
     assert "no checksum published" in first.stderr
-    offline = cli(tmp_path, tiny_idx, *args, env={**env, pretrained.URL_BASE_ENV: closed_port()})
-    assert offline.returncode == 0, offline.stderr
     assert server.requests == [path]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # offline: the cached file is used, checked
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # against the SHA-256 kept beside it
+    monkeypatch.setenv(pretrained.URL_BASE_ENV, closed_port())
+    assert fetch(Published(f"https://huggingface.co{path}", cached.name, None)) == cached
+    cached.write_bytes(body[:-1] + b"!")
+    with pytest.raises(CheckpointError, match="delete the file to download it again"):
+        fetch(Published(f"https://huggingface.co{path}", cached.name, None))
 
 
 def test_hub_file_with_a_wrong_stated_sha256_keeps_nothing(server, hub, monkeypatch):
@@ -215,3 +208,19 @@ def test_hub_file_with_a_wrong_stated_sha256_keeps_nothing(server, hub, monkeypa
     with pytest.raises(CheckpointError, match=r"but 0{64} is published"):
         fetch(Published(f"https://huggingface.co{path}", "timm--net--model.safetensors", None))
     assert list(hub.iterdir()) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="model=timm needs the timm extra")
+def test_timm_tags_map_to_their_files():
+    import timm
+
+    from cnnlab.models.pretrained import timm_file
+
+    name, file = timm_file(timm, "resnet18", "a1_in1k")  # a release file whose name carries its hash
+    assert name == "resnet18.a1_in1k" and file.hash_prefix == "d63eafa0"
+    assert file.file_name == "resnet18_a1_0-d63eafa0.pth"
+    name, file = timm_file(timm, "test_resnet", "DEFAULT")  # on the Hub only: no published hash
+    assert name == "test_resnet.r160_in1k" and file.hash_prefix is None
+    assert file.url == "https://huggingface.co/timm/test_resnet.r160_in1k/resolve/main/model.safetensors"
+    with pytest.raises(ConfigError, match=r"neither a file nor a pretrained tag .* DEFAULT, a1_in1k"):
+        timm_file(timm, "resnet18", "imagenet")
