@@ -121,6 +121,11 @@ def slurm():
         yield env
     finally:
         subprocess.run(["scancel", "--full", "--user=root"], capture_output=True, env=env, timeout=30)
+        for _ in range(300):  # job steps end while slurmd still runs (stopped under them, they would hang)
+            left = subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=env, timeout=30)
+            if left.returncode or not left.stdout.strip():
+                break
+            time.sleep(0.1)
         for pid_file in reversed(pid_files):
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(pid_file.read_text()), signal.SIGTERM)
