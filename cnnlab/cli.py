@@ -73,7 +73,7 @@ def _hydra_app(config_name: str, target: str):
     """
     import hydra
 
-    from cnnlab.config import register_configs
+    from cnnlab.config import check_all_numbers, register_configs
 
     register_configs()
 
@@ -81,6 +81,8 @@ def _hydra_app(config_name: str, target: str):
     def app(cfg):
         module, func = target.split(":")
         try:
+            if config_name != "train":  # a train job checks its own (a sweep's failed job returns None)
+                check_all_numbers(cfg)
             return getattr(importlib.import_module(module), func)(cfg)
         except Exception as exc:
             raise JobFailed(exc) from None  # past Hydra's job runner, which would print its own line

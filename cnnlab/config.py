@@ -552,7 +552,7 @@ POSITIVE = {
 
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with one clear sentence."""
-    check_numbers(resolved(cfg))
+    check_all_numbers(cfg)
     for group, keys in POSITIVE.items():
         for key in keys:
             value = cfg[group][key]
@@ -642,8 +642,15 @@ def resolved(cfg: DictConfig) -> dict:
         ) from None
 
 
+def check_all_numbers(cfg: DictConfig) -> None:
+    """:func:`check_numbers` over a whole composed config (any command's), its ``${...}`` resolved."""
+    check_numbers(resolved(cfg))
+
+
 def check_numbers(node, path: str = "") -> None:
-    """Every whole number fits in 64 bits (``seed=99999999999999999999`` would fail deep in torch)."""
+    """Every whole number fits in 64 bits (``seed=99999999999999999999`` would fail deep in torch), and
+    every float anywhere (free-form nodes such as ``scheduler.options`` too) is finite: a ``nan`` compares
+    false with everything, so ``trainer.min_delta=nan`` would silently stop every epoch counting as best."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
         where = f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key)
@@ -651,6 +658,11 @@ def check_numbers(node, path: str = "") -> None:
             raise ConfigError(
                 f"{where}={str(value)[:24]}{'...' if len(str(value)) > 24 else ''} is too large; whole "
                 f"numbers must lie between -2**63 and 2**63 - 1."
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{where}={value} is not a finite number; every number option must be finite (not nan or "
+                f"inf): give {where} a finite value, or drop the override to keep its default."
             )
         check_numbers(value, where)
 

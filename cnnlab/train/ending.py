@@ -97,9 +97,12 @@ def finish(
     summary.update(run.notes)
     run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)
-    if test is not None:
+    if test is not None and tracker.best_epoch:
         log.info("test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
                  test.accuracy, test.loss, tracker.best_epoch)  # fmt: skip
+    elif test is not None:  # no epoch improved on trainer.monitor: the last epoch's weights were scored
+        log.info("test accuracy %.4f (loss %.4f) with the last weights (epoch %d): no epoch improved %s, "
+                 "so there is no best.pt", test.accuracy, test.loss, epoch, tc.monitor)  # fmt: skip
     Console(stderr=not rich, force_terminal=False).print(result_table(summary, run.folder.path))
     if data.test is not None and not data.test_labeled:
         log.info("the test split has no labels: write a submission with `cnnlab predict run=%s`", run.folder)
