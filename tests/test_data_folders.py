@@ -146,7 +146,8 @@ def test_food11_wrong_root_names_the_expected_folders(tmp_path, make_cfg):
     with pytest.raises(DataError) as info:
         read_splits(cfg.dataset)
     message = str(info.value)
-    assert f"not found; looked in: {tmp_path / 'photos'}" in message and "\n" not in message
+    assert f"dataset.root={tmp_path / 'photos'} does not hold the dataset food11: it is empty" in message
+    assert "\n" not in message
     for name in ("train/", "valid/", "test/", "training/", "validation/", "evaluation/"):
         assert name in message
 

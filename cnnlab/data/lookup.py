@@ -67,6 +67,11 @@ def _try_download(torchvision_name: str, target: Path) -> bool:
 
 
 def _not_found_message(cfg: DictConfig, places: list[Path], expected: str) -> str:
+    if cfg.root:  # the user's own folder: say what is there and what should be
+        return (
+            f"dataset.root={places[0]} does not hold the dataset {cfg.name}: {found_in(places[0])}; it "
+            f"should hold {expected}. Point dataset.root at such a folder (or lay the files out that way)."
+        )
     looked = ", ".join(str(p) for p in places)
     if expected:
         looked += f" (each should hold {expected})"
@@ -76,6 +81,24 @@ def _not_found_message(cfg: DictConfig, places: list[Path], expected: str) -> st
     if cfg.torchvision_name and not cfg.root:
         how.append("or run once with internet access so torchvision can download it")
     return f"Dataset '{cfg.name}' not found; looked in: {looked}. To provide it, {', '.join(how)}."
+
+
+def found_in(path: Path, shown: int = 6) -> str:
+    """What ``path`` holds, briefly: ``it holds a/, b/, notes.txt and 3 more`` (folders with a slash)."""
+    if not path.exists():
+        return "it does not exist"
+    if not path.is_dir():
+        return "it is a file, not a folder"
+    try:
+        names = sorted(
+            p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not p.name.startswith(".")
+        )
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if not names:
+        return "it is empty"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"it holds {', '.join(names[:shown])}{more}"
 
 
 def cannot_read(exc: OSError, cfg: DictConfig | None = None) -> DataError:

@@ -15,7 +15,14 @@ from omegaconf import DictConfig
 from cnnlab.data.arrays import channel_stats, resize_images
 from cnnlab.data.cifar import LAYOUTS as CIFAR_LAYOUTS
 from cnnlab.data.cifar import has_cifar10, read_cifar10
-from cnnlab.data.folders import FOLDER_LAYOUT, FOOD11_LAYOUT, has_train_dir, read_food11, read_image_folder
+from cnnlab.data.folders import (
+    FOLDER_LAYOUT,
+    FOOD11_LAYOUT,
+    has_image_folder,
+    has_train_dir,
+    read_food11,
+    read_image_folder,
+)
 from cnnlab.data.idx import IDX_LAYOUT, has_idx_files, read_idx_dataset
 from cnnlab.data.loader import TensorLoader
 from cnnlab.data.lookup import cache_dir, cannot_read, find_root
@@ -73,7 +80,7 @@ class Format:
 FORMATS = {
     "idx": Format(_read_idx, has_idx_files, IDX_LAYOUT),
     "cifar10": Format(_read_cifar10, has_cifar10, CIFAR_LAYOUTS),
-    "imagefolder": Format(_read_image_folder, has_train_dir, FOLDER_LAYOUT),
+    "imagefolder": Format(_read_image_folder, has_image_folder, FOLDER_LAYOUT),
     "food11": Format(_read_food11, has_train_dir, FOOD11_LAYOUT),
 }
 

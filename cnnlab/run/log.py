@@ -21,6 +21,14 @@ def use_rich(progress: str) -> bool:
     return progress == "rich" or (progress == "auto" and sys.stderr.isatty())
 
 
+class PlainFormatter(logging.Formatter):
+    """The message alone; an error as ``cnnlab: error: ...``, as before logging starts."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"cnnlab: error: {text}" if record.levelno >= logging.ERROR else text
+
+
 def setup_logging(run_dir: Path, *, rich: bool) -> None:
     """Console handler plus the run's ``train.log`` (plain text of what the console showed)."""
     root = logging.getLogger()
@@ -30,7 +38,7 @@ def setup_logging(run_dir: Path, *, rich: bool) -> None:
             handler.close()
     console = RichHandler(console=Console(stderr=True), show_path=False) if rich else logging.StreamHandler()
     if not rich:
-        console.setFormatter(logging.Formatter("%(message)s"))
+        console.setFormatter(PlainFormatter())
     run_dir.mkdir(parents=True, exist_ok=True)
     file = logging.FileHandler(RunDir(run_dir).log)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
