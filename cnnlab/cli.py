@@ -171,6 +171,20 @@ def check_numbers(args: list[str]) -> None:
             )
 
 
+GRAMMAR = re.compile(r"[\s,\[\]{}()'\"\\$=*?]")  # characters with a meaning in Hydra's override grammar
+
+
+def quote_letters(arg: str) -> str:
+    """``hydra.run.dir=rün`` -> ``hydra.run.dir='rün'``: Hydra's lexer takes only ASCII letters unquoted,
+    so a plain value with other letters (``數據``, ``r①``) is quoted as the user meant it."""
+    key, sep, value = arg.partition("=")
+    if not sep or arg.startswith("-") or value.isascii() or GRAMMAR.search(value):
+        return arg
+    from cnnlab.config import override_quoted
+
+    return f"{key}={override_quoted(value)}"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # a command is required: the usage is the error message
@@ -187,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, (config_name, target, positional) in TOOLS.items():
         apps[name] = functools.partial(_hydra_app, config_name, target)
         if command == name:
-            rest = positional_overrides(rest, positional)
+            rest = [quote_letters(a) for a in positional_overrides(rest, positional)]
     if command not in apps:
         print(f"cnnlab: unknown command '{command}'; choose one of: {', '.join(apps)}.", file=sys.stderr)
         sys.exit(2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -682,3 +683,11 @@ def check_optimizer(opt: DictConfig) -> None:
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def override_quoted(text: str) -> str:
+    """``text`` as a quoted value of Hydra's override grammar that reads back exactly: any letter (``rün``,
+    ``數據``, spaces), quotes, a trailing backslash, and ``${`` (left as text, not interpolated). In Hydra's
+    quoted strings a backslash escapes only a quote or the string's end, so only those runs are doubled."""
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m[1] * 2, text)
+    return "'" + escaped.replace("'", "\\'").replace("${", "\\${") + "'"

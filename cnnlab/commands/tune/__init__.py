@@ -23,6 +23,7 @@ from cnnlab.commands.tune.space import corners, parse_space
 from cnnlab.commands.tune.study import check_options, continued_args, create, key_of, load
 from cnnlab.commands.tune.trial import SAMPLED, Plan, compose_trial, with_sampled
 from cnnlab.commands.tune.workers import run_workers
+from cnnlab.config import override_quoted
 from cnnlab.engine import distributed
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.io import write_json
@@ -70,7 +71,7 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
         args = continued_args(folder, args, trust_config=trust)
     elif folder.path.is_dir() and any(p.name != LOCK for p in folder.path.iterdir()):
         raise ConfigError(f"{folder} holds files but no study (study.db); choose a new tune.dir.")
-    args = [*args, f"tune.dir={folder.path}"]
+    args = [*args, f"tune.dir={override_quoted(str(folder.path))}"]
     cfg = compose_tune(args)
     if folder.holds_study():
         check_config(cfg, folder.db, trust_config=trust)
