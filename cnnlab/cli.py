@@ -142,7 +142,11 @@ def hydra_error_message(exc: Exception) -> str | None:
         key = getattr(cause, "key", None)
         parent = getattr(cause, "parent_node", None)
         if key is not None and parent is not None and "not in" in str(cause):
-            return f"Unknown config key '{cause.full_key}'.{did_you_mean(str(key), parent)}"
+            return unknown_key_message(cause.full_key, str(key), parent)
+        if key is not None and type(cause).__name__ == "ValidationError":
+            message = wrong_type_message(cause.full_key, str(key), getattr(cause, "object_type", None))
+            if message:
+                return message
         text = str(exc).splitlines()[0]
         unlisted = re.match(r"Could not override '([^']+)'\. No match in the defaults list", text)
         if unlisted:  # e.g. experiment=..., a group the defaults list leaves out: it must be added
@@ -156,6 +160,40 @@ def hydra_error_message(exc: Exception) -> str | None:
     if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun, --cfg"):
         return f"{exc}: use one of them at a time (e.g. drop -m to print one job's config with --cfg job)."
     return None
+
+
+def unknown_key_message(full_key: str, key: str, parent) -> str:
+    """ "Unknown config key", and for a key another option of the group has (``model.dropout`` with LeNet)
+    the options that have it and the command line that uses one."""
+    from cnnlab.config import options_with
+
+    group = full_key.split(".")[0]
+    others = options_with(group, key) if full_key == f"{group}.{key}" else []
+    if not others or parent.get("name") is None:
+        return f"Unknown config key '{full_key}'.{did_you_mean(key, parent)}"
+    value = next((a.partition("=")[2] for a in sys.argv[1:] if a.lstrip("+~").startswith(full_key + "=")), "")
+    listed = (
+        f"{', '.join(others[:-1])} and {others[-1]} have it" if len(others) > 1 else f"{others[0]} has it"
+    )
+    return (
+        f"{group} {parent.name} has no option '{key}'; {listed}: "
+        f"{group}={others[0]} {full_key}={value or '<value>'}."
+    )
+
+
+def wrong_type_message(full_key: str, key: str, schema) -> str | None:
+    """``trainer.max_epochs=abc``: what the option takes, with an example, instead of OmegaConf's words."""
+    from cnnlab.config import field_kind
+
+    found = field_kind(schema, key)
+    if found is None:
+        return None
+    kind, default = found
+    value = next((a.partition("=")[2] for a in sys.argv[1:] if a.lstrip("+~").startswith(full_key + "=")), "")
+    example = f", e.g. {full_key}={str(default).lower() if isinstance(default, bool) else default}"
+    return (
+        f"{full_key}={value} is not {kind}; give {full_key} {kind}{example if default is not None else ''}."
+    )
 
 
 def check_numbers(args: list[str]) -> None:
@@ -203,7 +241,11 @@ def main(argv: list[str] | None = None) -> None:
         if command == name:
             rest = [quote_letters(a) for a in positional_overrides(rest, positional)]
     if command not in apps:
-        print(f"cnnlab: unknown command '{command}'; choose one of: {', '.join(apps)}.", file=sys.stderr)
+        hint = did_you_mean(command, apps)
+        print(
+            f"cnnlab: error: unknown command '{command}'; choose one of: {', '.join(apps)}.{hint}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     # Let exceptions reach us so user errors print as one sentence, not as Hydra's traceback dump.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -231,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         print("cnnlab: aborted.", file=sys.stderr)
         sys.exit(130)
     except CnnlabError as exc:
-        if logging.getLogger().handlers:  # train's console and train.log
+        if any(getattr(h, "_cnnlab", False) for h in logging.getLogger().handlers):  # train's console and log
             logging.getLogger("cnnlab").error("%s", exc)
         else:  # logging's last-resort handler would print it a second time
             print(f"cnnlab: error: {exc}", file=sys.stderr)

@@ -691,3 +691,36 @@ def override_quoted(text: str) -> str:
     quoted strings a backslash escapes only a quote or the string's end, so only those runs are doubled."""
     escaped = re.sub(r"(\\+)(?='|$)", lambda m: m[1] * 2, text)
     return "'" + escaped.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def field_kind(schema: type, key: str) -> tuple[str, Any] | None:
+    """What the schema ``schema`` wants for ``key`` in words (``a whole number or null``) and its default
+    there (None when it has none); None when ``key`` is not one of its fields."""
+    import dataclasses
+
+    found = (
+        next((f for f in dataclasses.fields(schema) if f.name == key), None) if is_schema(schema) else None
+    )
+    if found is None:
+        return None
+    type_name = str(found.type).replace(" ", "")
+    words = [KINDS[t] for t in type_name.split("|") if t in KINDS]
+    if not words:
+        return None
+    kind = " or ".join(words) + (" or null" if "None" in type_name.split("|") else "")
+    default = None if found.default is dataclasses.MISSING else found.default
+    return kind, default
+
+
+def is_schema(kind) -> bool:
+    import dataclasses
+
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def options_with(group: str, key: str) -> list[str]:
+    """The options of config group ``group`` (model, optimizer, loss) whose schema has ``key``."""
+    return [name for name, schema in SCHEMAS.get(group, {}).items() if key in schema.__dataclass_fields__]

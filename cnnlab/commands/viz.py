@@ -22,7 +22,7 @@ from cnnlab.build import build_augment_from
 from cnnlab.commands.common import open_run, writing_into
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, did_you_mean
 from cnnlab.report import attribution, layers
 from cnnlab.report.curves import curves_figure, read_curves
 from cnnlab.report.embeddings import embeddings_figure, unnormalised
@@ -62,7 +62,10 @@ def main(cfg) -> Path | None:
     what = cfg.get("what")
     if what not in WHATS:
         said = "Say what to draw" if what is None else f"Unknown viz '{what}'"
-        raise ConfigError(f"{said}: cnnlab viz <what> run=<dir> with <what> one of: {', '.join(WHATS)}.")
+        hint = "" if what is None else did_you_mean(str(what), WHATS)
+        raise ConfigError(
+            f"{said}: cnnlab viz <what> run=<dir> with <what> one of: {', '.join(WHATS)}.{hint}"
+        )
     if cfg.only not in ("all", "wrong"):
         raise ConfigError(f"Unknown only='{cfg.only}'; choose one of: all, wrong.")
     for key in ("count", "n"):

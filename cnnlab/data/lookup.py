@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -43,27 +45,30 @@ def find_root(cfg: DictConfig, looks_complete: Callable[[Path], bool], *, expect
     for place in places:
         if looks_complete(place):
             return place
+    failed = ""
     if not cfg.root and cfg.download and cfg.torchvision_name:
         target = cache_dir(cfg) / cfg.name
-        if _try_download(cfg.torchvision_name, target) and looks_complete(
-            target / cfg.torchvision_name / "raw"
-        ):
+        failed = _try_download(cfg.torchvision_name, target)
+        if not failed and looks_complete(target / cfg.torchvision_name / "raw"):
             return target / cfg.torchvision_name / "raw"
-    raise DataError(_not_found_message(cfg, places, expected))
+    raise DataError(_not_found_message(cfg, places, expected) + failed)
 
 
-def _try_download(torchvision_name: str, target: Path) -> bool:
-    """torchvision's download; False (with a log line) when offline or it fails for any reason."""
+def _try_download(torchvision_name: str, target: Path) -> str:
+    """torchvision's download, its own lines ("Downloading ...", a "Failed to download" per mirror) kept
+    off the console; "" when it worked, else a clause saying why, for the one-line error."""
     import torchvision.datasets as tvd
 
-    log.info("%s not found locally; trying torchvision's download into %s", torchvision_name, target)
+    log.debug("%s not found locally; trying torchvision's download into %s", torchvision_name, target)
     try:
-        for train in (True, False):
-            getattr(tvd, torchvision_name)(root=str(target), train=train, download=True)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            for train in (True, False):
+                getattr(tvd, torchvision_name)(root=str(target), train=train, download=True)
     except Exception as exc:  # network errors come in many types; any of them means "not available"
-        log.warning("download of %s failed: %s", torchvision_name, exc)
-        return False
-    return True
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return f" (torchvision's download failed: {(lines or [type(exc).__name__])[-1][:200]})"
+    log.info("downloaded %s into %s", torchvision_name, target)
+    return ""
 
 
 def _not_found_message(cfg: DictConfig, places: list[Path], expected: str) -> str:
