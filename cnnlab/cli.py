@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib
 import importlib.resources
+import io
 import logging
 import os
 import re
@@ -223,6 +224,24 @@ def quote_letters(arg: str) -> str:
     return f"{key}={override_quoted(value)}"
 
 
+@contextlib.contextmanager
+def internal_groups_hidden(args: list[str]):
+    """``--help`` lists every config group Hydra knows, the ``schema/*`` ones behind the YAML too; they
+    are not choices a user makes, so their lines are dropped."""
+    if not {"--help", "-h"} & set(args):
+        yield
+        return
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            yield
+    finally:
+        print(
+            "".join(line for line in text.getvalue().splitlines(True) if not line.startswith("schema/")),
+            end="",
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # a command is required: the usage is the error message
@@ -260,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             prepare = importlib.import_module(f"cnnlab.commands.{command}").prepare
             rest, claim = prepare(rest)
         sys.argv = [f"cnnlab {command}", *rest]
-        with claim:
+        with claim, internal_groups_hidden(rest):
             apps[command]()()
         if command == "train":
             from cnnlab.commands.train import take_sweep_failure

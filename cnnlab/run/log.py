@@ -17,6 +17,13 @@ from cnnlab.run.layout import RunDir
 log = logging.getLogger("cnnlab")
 
 
+def make_console(*, stderr: bool = False) -> Console:
+    """Rich's console for cnnlab's output. On a terminal it fits the window; sent to a file or a pipe it
+    never wraps (rich would cut lines, and paths in them, at 80 columns)."""
+    terminal = Console(stderr=stderr)
+    return terminal if terminal.is_terminal else Console(stderr=stderr, width=1000, soft_wrap=True)
+
+
 def use_rich(progress: str) -> bool:
     return progress == "rich" or (progress == "auto" and sys.stderr.isatty())
 
@@ -36,7 +43,9 @@ def setup_logging(run_dir: Path, *, rich: bool) -> None:
         if getattr(handler, "_cnnlab", False):
             root.removeHandler(handler)
             handler.close()
-    console = RichHandler(console=Console(stderr=True), show_path=False) if rich else logging.StreamHandler()
+    console = (
+        RichHandler(console=make_console(stderr=True), show_path=False) if rich else logging.StreamHandler()
+    )
     if not rich:
         console.setFormatter(PlainFormatter())
     run_dir.mkdir(parents=True, exist_ok=True)
