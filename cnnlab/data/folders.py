@@ -68,8 +68,8 @@ def read_image_folder(
 
     Classes are train's folder names, sorted, unless ``classes`` gives them (same folders, that
     order); ``num_classes``, when given, must match. Every split is scanned and checked before any
-    image is decoded. ``test`` is labeled when it holds class folders and unlabeled (with
-    ``test_ids`` from file stems) when it holds the images directly.
+    image is decoded. ``test`` is labeled when it holds class folders and unlabeled when it holds the
+    images directly; either way ``test_ids`` names its images (:func:`file_ids`).
     """
     train_dir = find_split(root, TRAIN_NAMES)
     if train_dir is None:  # root/<class>/*: train on all of it, validation carved off (no test split)
@@ -130,10 +130,7 @@ def read_food11(
         size=size, channels=3, num_workers=num_workers, on_bad_image=on_bad_image, cache_dir=cache_dir
     )
     train, val, test = decode(train), decode(val), decode(test)
-    splits = _splits(train, val, test, list(classes), labeled_test=labeled_test)
-    if test is not None:
-        splits.test_ids = [path.stem for path in test.files]
-    return splits
+    return _splits(train, val, test, list(classes), labeled_test=labeled_test)
 
 
 def _decoder(**settings) -> Callable[[tuple | None], Decoded | None]:
@@ -159,7 +156,15 @@ def _splits(
         splits.test_x = test.x
         if labeled_test:
             splits.test_y = test.y
-        else:
-            splits.test_ids = [path.stem for path in test.files]
+        splits.test_ids = file_ids(test.files)
         splits.files += test.files
     return splits
+
+
+def file_ids(files: list[Path]) -> list[str]:
+    """A submission's ids of test images: their file stems (``0001.jpg`` -> ``0001``), or, when a stem
+    repeats in two class folders (``cat/1.png``, ``dog/1.png``), ``<folder>/<stem>`` for every image."""
+    stems = [path.stem for path in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{path.parent.name}/{path.stem}" for path in files]
