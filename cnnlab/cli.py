@@ -156,7 +156,9 @@ def hydra_error_message(exc: Exception) -> str | None:
                     f"with +{group}=<name> instead of {group}=<name>.")  # fmt: skip
         detail = str(cause).splitlines()[0] if cause is not None else ""
         return f"{text.rstrip('.')}{': ' + detail if detail else ''}."
-    if isinstance(exc, OverrideParseException | MissingConfigException):
+    if isinstance(exc, OverrideParseException):  # Hydra's grammar: a symbol or a space it cannot read
+        return f"{str(exc).splitlines()[0]} (quote such a value: key='...')"
+    if isinstance(exc, MissingConfigException):
         return str(exc).splitlines()[0]
     if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun, --cfg"):
         return f"{exc}: use one of them at a time (e.g. drop -m to print one job's config with --cfg job)."
@@ -210,7 +212,7 @@ def check_numbers(args: list[str]) -> None:
             )
 
 
-GRAMMAR = re.compile(r"[\s,\[\]{}()'\"\\$=*?]")  # characters with a meaning in Hydra's override grammar
+GRAMMAR = re.compile(r"[,\[\]{}()'\"\\$=*?]")  # characters with a meaning in Hydra's override grammar
 
 
 def quote_letters(arg: str) -> str:

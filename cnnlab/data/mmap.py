@@ -90,9 +90,13 @@ def check_fits(nbytes: int, *, what: str) -> None:
     available = host_available()
     if nbytes > available:
         raise DataError(
-            f"{what} would need {nbytes / 1e9:,.1f} GB of memory but {available / 1e9:,.1f} GB is available; "
+            f"{what} would need {_size(nbytes)} of memory but {_size(available)} is available; "
             "lower dataset.image_size, or use a machine with more memory."
         )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:,.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:,.1f} MB"
 
 
 def host_available() -> int:
