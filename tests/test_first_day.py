@@ -228,3 +228,15 @@ def test_run_page_shows_the_resolved_settings_and_even_decimals(tmp_path):
     assert "Ran with" in html and ">bf16<" in html and ">2<" in html
     assert ">0.2500<" in html and ">5.5065<" in html
     assert [number(v) for v in (0.9011, 1e-5, 0.0, 3)] == ["0.9011", "1.000e-05", "0.0000", "3"]
+
+
+def test_no_improving_epoch_is_said_as_it_is(make_cfg, tmp_path, monkeypatch, caplog):
+    """When no epoch beats the start (a metric that is NaN throughout), the last weights are tested and
+    the log says so, not "the best weights (epoch 0)"."""
+    from cnnlab.train import train
+
+    monkeypatch.setattr("cnnlab.engine.tracker.is_better", lambda *args, **kwargs: False)
+    with caplog.at_level(logging.INFO):
+        train(make_cfg("trainer.max_epochs=1", "trainer.report=false", "trainer.threads=1"), tmp_path / "run")
+    assert "with the last weights (epoch 1): no epoch improved val_acc, so there is no best.pt" in caplog.text
+    assert "(epoch 0)" not in caplog.text
