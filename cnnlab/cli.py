@@ -165,6 +165,11 @@ def hydra_error_message(exc: Exception) -> str | None:
     return None
 
 
+def given_value(full_key: str) -> str:
+    """The value the command line gave ``full_key`` ("" when none): Hydra's errors do not carry it."""
+    return next((a.partition("=")[2] for a in sys.argv[1:] if a.lstrip("+~").startswith(full_key + "=")), "")
+
+
 def unknown_key_message(full_key: str, key: str, parent) -> str:
     """ "Unknown config key", and for a key another option of the group has (``model.dropout`` with LeNet)
     the options that have it and the command line that uses one."""
@@ -174,7 +179,7 @@ def unknown_key_message(full_key: str, key: str, parent) -> str:
     others = options_with(group, key) if full_key == f"{group}.{key}" else []
     if not others or parent.get("name") is None:
         return f"Unknown config key '{full_key}'.{did_you_mean(key, parent)}"
-    value = next((a.partition("=")[2] for a in sys.argv[1:] if a.lstrip("+~").startswith(full_key + "=")), "")
+    value = given_value(full_key)
     listed = (
         f"{', '.join(others[:-1])} and {others[-1]} have it" if len(others) > 1 else f"{others[0]} has it"
     )
@@ -192,7 +197,7 @@ def wrong_type_message(full_key: str, key: str, schema) -> str | None:
     if found is None:
         return None
     kind, default = found
-    value = next((a.partition("=")[2] for a in sys.argv[1:] if a.lstrip("+~").startswith(full_key + "=")), "")
+    value = given_value(full_key)
     example = f", e.g. {full_key}={str(default).lower() if isinstance(default, bool) else default}"
     return (
         f"{full_key}={value} is not {kind}; give {full_key} {kind}{example if default is not None else ''}."
