@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import drill_firstday as first
+import drill_hostile as hostile
 import drill_inputs as inputs
 import drill_runs as runs
 from drill_kit import Case, Drill, Result, judge
@@ -226,6 +227,17 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     ("cnnlab evalute", inputs.config_error(expect="Did you mean 'evaluate'?", command="evalute")),
     ("viz gradcm", inputs.config_error("gradcm", "run=x", expect="Did you mean 'gradcam'?", command="viz")),
     ("export: error prefix", inputs.config_error("run=missing", expect="cnnlab: error: ", command="export")),
+    # hostile files: links below the run, FIFOs, names that are markup or formulas, orphaned workers
+    ("evaluate: report/evaluate_<...>/ linked out", hostile.evaluate_into_linked_subfolder),
+    ("export: export/sub/ linked out", hostile.export_into_linked_subfolder),
+    ("runs html=true: report/ linked to a page", hostile.runs_html_through_linked_report),
+    ("predict input=: a FIFO named b.png", hostile.predict_fifo),
+    ("data verify: a FIFO named b.png", hostile.verify_fifo),
+    ("pseudo_label.data: a FIFO named b.png", hostile.pseudo_label_fifo),
+    ("class and run named $\\foo$: end-of-run report", hostile.dollar_class_report),
+    ("run named $\\foo$: viz and runs html=true", hostile.dollar_names_viz_runs),
+    ("class named =1+2: submission cell", hostile.formula_class_submission),
+    ("kill -9 of tune n_jobs=2: workers and lock", hostile.orphaned_workers),
 ]
 
 
