@@ -644,11 +644,19 @@ def resolved(cfg: DictConfig) -> dict:
 
 
 def check_all_numbers(cfg: DictConfig) -> None:
-    """:func:`check_numbers` over a whole composed config (any command's), its ``${...}`` resolved."""
-    check_numbers(resolved(cfg))
+    """:func:`check_numbers` over a whole composed config (any command's), its ``${...}`` resolved; a
+    refused value's message offers the schema's default as the way out where there is one."""
+
+    def default_of(where: str):
+        parent, _, key = where.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        found = field_kind(OmegaConf.get_type(node), key) if isinstance(node, DictConfig) else None
+        return None if found is None else found[1]
+
+    check_numbers(resolved(cfg), default_of=default_of)
 
 
-def check_numbers(node, path: str = "") -> None:
+def check_numbers(node, path: str = "", *, default_of=lambda where: None) -> None:
     """Every whole number fits in 64 bits (``seed=99999999999999999999`` would fail deep in torch), and
     every float anywhere (free-form nodes such as ``scheduler.options`` too) is finite: a ``nan`` compares
     false with everything, so ``trainer.min_delta=nan`` would silently stop every epoch counting as best."""
@@ -661,11 +669,15 @@ def check_numbers(node, path: str = "") -> None:
                 f"numbers must lie between -2**63 and 2**63 - 1."
             )
         if isinstance(value, float) and not math.isfinite(value):
+            default = default_of(where)
+            example = (
+                f"e.g. {where}={default} (its default)" if default is not None else "or drop the override"
+            )
             raise ConfigError(
                 f"{where}={value} is not a finite number; every number option must be finite (not nan or "
-                f"inf): give {where} a finite value, or drop the override to keep its default."
+                f"inf): give {where} a finite value, {example}."
             )
-        check_numbers(value, where)
+        check_numbers(value, where, default_of=default_of)
 
 
 def check_optimizer(opt: DictConfig) -> None:
