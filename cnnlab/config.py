@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -563,7 +564,7 @@ POSITIVE = {
 
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with one clear sentence."""
-    check_numbers(resolved(cfg))
+    check_all_numbers(cfg)
     for group, keys in POSITIVE.items():
         for key in keys:
             value = cfg[group][key]
@@ -653,8 +654,23 @@ def resolved(cfg: DictConfig) -> dict:
         ) from None
 
 
-def check_numbers(node, path: str = "") -> None:
-    """Every whole number fits in 64 bits (``seed=99999999999999999999`` would fail deep in torch)."""
+def check_all_numbers(cfg: DictConfig) -> None:
+    """:func:`check_numbers` over a whole composed config (any command's), its ``${...}`` resolved; a
+    refused value's message offers the schema's default as the way out where there is one."""
+
+    def default_of(where: str):
+        parent, _, key = where.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        found = field_kind(OmegaConf.get_type(node), key) if isinstance(node, DictConfig) else None
+        return None if found is None else found[1]
+
+    check_numbers(resolved(cfg), default_of=default_of)
+
+
+def check_numbers(node, path: str = "", *, default_of=lambda where: None) -> None:
+    """Every whole number fits in 64 bits (``seed=99999999999999999999`` would fail deep in torch), and
+    every float anywhere (free-form nodes such as ``scheduler.options`` too) is finite: a ``nan`` compares
+    false with everything, so ``trainer.min_delta=nan`` would silently stop every epoch counting as best."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
         where = f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key)
@@ -663,7 +679,16 @@ def check_numbers(node, path: str = "") -> None:
                 f"{where}={str(value)[:24]}{'...' if len(str(value)) > 24 else ''} is too large; whole "
                 f"numbers must lie between -2**63 and 2**63 - 1."
             )
-        check_numbers(value, where)
+        if isinstance(value, float) and not math.isfinite(value):
+            default = default_of(where)
+            example = (
+                f"e.g. {where}={default} (its default)" if default is not None else "or drop the override"
+            )
+            raise ConfigError(
+                f"{where}={value} is not a finite number; every number option must be finite (not nan or "
+                f"inf): give {where} a finite value, {example}."
+            )
+        check_numbers(value, where, default_of=default_of)
 
 
 def check_optimizer(opt: DictConfig) -> None:
@@ -681,3 +706,44 @@ def check_optimizer(opt: DictConfig) -> None:
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def override_quoted(text: str) -> str:
+    """``text`` as a quoted value of Hydra's override grammar that reads back exactly: any letter (``rün``,
+    ``數據``, spaces), quotes, a trailing backslash, and ``${`` (left as text, not interpolated). In Hydra's
+    quoted strings a backslash escapes only a quote or the string's end, so only those runs are doubled."""
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m[1] * 2, text)
+    return "'" + escaped.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def field_kind(schema: type, key: str) -> tuple[str, Any] | None:
+    """What the schema ``schema`` wants for ``key`` in words (``a whole number or null``) and its default
+    there (None when it has none); None when ``key`` is not one of its fields."""
+    import dataclasses
+
+    found = (
+        next((f for f in dataclasses.fields(schema) if f.name == key), None) if is_schema(schema) else None
+    )
+    if found is None:
+        return None
+    type_name = str(found.type).replace(" ", "")
+    words = [KINDS[t] for t in type_name.split("|") if t in KINDS]
+    if not words:
+        return None
+    kind = " or ".join(words) + (" or null" if "None" in type_name.split("|") else "")
+    default = None if found.default is dataclasses.MISSING else found.default
+    return kind, default
+
+
+def is_schema(kind) -> bool:
+    import dataclasses
+
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def options_with(group: str, key: str) -> list[str]:
+    """The options of config group ``group`` (model, optimizer, loss) whose schema has ``key``."""
+    return [name for name, schema in SCHEMAS.get(group, {}).items() if key in schema.__dataclass_fields__]

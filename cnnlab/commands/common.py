@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from cnnlab.engine.device import configure_cpu, resolve_device
 from cnnlab.errors import ConfigError
@@ -35,9 +34,3 @@ def writing_into(run_dir: str | Path) -> Iterator[RunDir]:
     folder.check_no_links()
     with lock.hold(folder.path):
         yield folder
-
-
-def wide_console() -> Console:
-    """The terminal's console, or a wide one when printing to a log or a pipe (a table keeps its rows)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200)

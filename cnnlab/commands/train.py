@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.build import check
-from cnnlab.config import register_configs
+from cnnlab.config import override_quoted, register_configs
 from cnnlab.engine import distributed
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run import lock
@@ -192,7 +192,8 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     lock.check_free(folder.path)  # a live writer first: "already holds a run" would hide who
     folder.check_no_links()
     check_fresh(folder, resume=bool(cfg.resume))
-    return [*args, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"], lock.hold(folder.path)
+    pinned = [f"hydra.run.dir={override_quoted(str(run_dir))}", "hydra.output_subdir=null"]
+    return [*args, *pinned], lock.hold(folder.path)
 
 
 def _prepare_sweep(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
@@ -211,7 +212,7 @@ def _prepare_sweep(args: list[str]) -> tuple[list[str], contextlib.AbstractConte
             "(or drop it: each sweep gets a new folder). Running a sweep again into its folder continues "
             "its unfinished jobs."
         )
-    pinned = [f"hydra.sweep.dir={sweep_dir}", "hydra.output_subdir=null"]
+    pinned = [f"hydra.sweep.dir={override_quoted(str(sweep_dir))}", "hydra.output_subdir=null"]
     return [*args, *pinned], lock.hold(sweep_dir, what="sweep")
 
 

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from rich.console import Console
 
 from cnnlab.build import build_augment_from
 from cnnlab.commands.common import open_run, writing_into
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, did_you_mean
 from cnnlab.report import attribution, layers
 from cnnlab.report.curves import curves_figure, read_curves
 from cnnlab.report.embeddings import embeddings_figure, unnormalised
@@ -41,6 +40,7 @@ from cnnlab.report.figures import (
 from cnnlab.report.html import refresh_run_page, write_run_page
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import Predictor, labeled_test, run_data
+from cnnlab.run.log import make_console
 
 log = logging.getLogger("cnnlab")
 WHATS = ("curves", "filters", "feature_maps", "kernels", "predictions", "embeddings", "augment", "gradcam",
@@ -62,7 +62,10 @@ def main(cfg) -> Path | None:
     what = cfg.get("what")
     if what not in WHATS:
         said = "Say what to draw" if what is None else f"Unknown viz '{what}'"
-        raise ConfigError(f"{said}: cnnlab viz <what> run=<dir> with <what> one of: {', '.join(WHATS)}.")
+        hint = "" if what is None else did_you_mean(str(what), WHATS)
+        raise ConfigError(
+            f"{said}: cnnlab viz <what> run=<dir> with <what> one of: {', '.join(WHATS)}.{hint}"
+        )
     if cfg.only not in ("all", "wrong"):
         raise ConfigError(f"Unknown only='{cfg.only}'; choose one of: all, wrong.")
     for key in ("count", "n"):
@@ -89,7 +92,7 @@ def main(cfg) -> Path | None:
             if drawing is not None:
                 path = write(drawing, run.run_dir, tensorboard=cfg.tensorboard, what=what)
     if path is not None:
-        Console().print(f"cnnlab viz {what}: wrote {path}{drawing.note}")
+        make_console().print(f"cnnlab viz {what}: wrote {path}{drawing.note}")
     return path
 
 
@@ -166,7 +169,7 @@ def predictions(cfg, run, device) -> Drawing | None:
     wrong = pred != y
     chosen = torch.nonzero(wrong).flatten() if cfg.only == "wrong" else torch.arange(len(y))
     if len(chosen) == 0:
-        Console().print("cnnlab viz predictions: no misclassified test images, nothing to draw")
+        make_console().print("cnnlab viz predictions: no misclassified test images, nothing to draw")
         return None
     chosen = chosen[: cfg.count or 36]
     titles = [f"{run.classes[pred[i]]} ({run.classes[y[i]]})" for i in chosen]
@@ -242,7 +245,7 @@ def _explain(cfg, run, device, kind: str) -> Drawing | None:
     """Grad-CAM or saliency of the predicted class for the chosen images, beside each image."""
     chosen = _explained_images(cfg, run, device)
     if chosen is None:
-        Console().print(f"cnnlab viz {kind}: no misclassified test images, nothing to draw")
+        make_console().print(f"cnnlab viz {kind}: no misclassified test images, nothing to draw")
         return None
     x, labels, names = chosen
     inputs = layers.model_input(run, x, device)

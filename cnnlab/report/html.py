@@ -23,6 +23,7 @@ from cnnlab.report.htmlparts import (
     href,
     key_values,
     page,
+    parsed,
     problem,
     reached_without_links,
     read_json,
@@ -93,11 +94,24 @@ def summary_section(run_dir: Path) -> str:
     folder = RunDir(run_dir)
     summary, missing = read_json(folder.summary_file)
     out = key_values(summary) if isinstance(summary, dict) else problem(missing or "no summary (not a dict)")
+    out = resolved_settings(folder, summary if isinstance(summary, dict) else {}) + out
     status, _ = read_json(folder.status_file)
     if isinstance(status, dict):
         out = (f"<div class=error>run {esc(status.get('status', '?'))}: {esc(status.get('error', ''))}"
                "</div>" + out)  # fmt: skip
     return f"<p class=muted>{esc(run_dir.resolve())}</p>{out}"
+
+
+def resolved_settings(folder: RunDir, summary: dict) -> str:
+    """What the run actually used where its config says ``auto`` or null: device, precision, threads
+    (recorded in provenance.json; the config's own values for runs written before that)."""
+    provenance, _ = read_json(folder.provenance_file)
+    provenance = provenance if isinstance(provenance, dict) else {}
+    shown = {}
+    for key in ("device", "precision", "threads"):
+        value = provenance.get(key, summary.get(key))
+        shown[key] = "not recorded (a run from an earlier cnnlab)" if value is None else value
+    return f"<h3>Ran with</h3>{key_values(shown)}"
 
 
 def evaluation_section(run_dir: Path) -> str:
@@ -139,7 +153,7 @@ def epochs_section(run_dir: Path) -> str:
     rows = list(csv.reader(io.StringIO(text)))
     if len(rows) < 2:
         return problem("metrics.csv has no epochs yet")
-    return table(rows[0], rows[1:])
+    return table(rows[0], [[parsed(cell) for cell in row] for row in rows[1:]])
 
 
 def config_section(run_dir: Path) -> str:

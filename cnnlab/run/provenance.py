@@ -87,9 +87,16 @@ def gpu_info(device: torch.device | None) -> dict | None:
     }
 
 
-def provenance(*, overrides: list[str], seed: int, data_files: list[Path], device=None) -> dict:
+def provenance(
+    *, overrides: list[str], seed: int, data_files: list[Path], device=None, precision: str | None = None
+) -> dict:
+    """The record; ``device``, ``precision`` and ``threads`` are what the run resolved its ``auto`` (or
+    null) settings to, which the config alone does not say."""
     return {
         "overrides": overrides,
+        "device": None if device is None else str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads() if device is not None and device.type == "cpu" else None,
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
         "versions": versions(),

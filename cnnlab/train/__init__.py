@@ -88,7 +88,7 @@ def train(
         run.ctx.on_step = step_hook(run)
         if not resumed and dist.is_main:
             record = provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files,
-                                device=dist.device)  # fmt: skip
+                                device=dist.device, precision=run.ctx.precision)  # fmt: skip
             folder.write_provenance(record)
         try:
             start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})

@@ -7,7 +7,6 @@ import logging
 
 import torch
 from omegaconf import DictConfig
-from rich.console import Console
 from torch import nn
 
 from cnnlab.build import (
@@ -36,6 +35,7 @@ from cnnlab.engine.tracker import MetricTracker
 from cnnlab.engine.tta import tta_views
 from cnnlab.models.whiten import fit_to_data
 from cnnlab.run.layout import RunDir
+from cnnlab.run.log import make_console
 from cnnlab.run.metrics import MetricsWriter
 from cnnlab.train.state import Run
 
@@ -102,7 +102,7 @@ def build_run(
     if tc.summary:
         from cnnlab.models.layer_table import format_layer_table, layer_table
 
-        Console(stderr=True).print(
+        make_console(stderr=True).print(
             format_layer_table(layer_table(model, (data.channels, data.image_size, data.image_size)))
         )
     n_params = sum(p.numel() for p in model.parameters())

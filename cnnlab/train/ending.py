@@ -6,15 +6,13 @@ from __future__ import annotations
 import logging
 import time
 
-from rich.console import Console
-
 from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
 from cnnlab.engine.interrupt import SignalGuard
 from cnnlab.engine.loop import score
 from cnnlab.engine.tracker import is_better
 from cnnlab.run.layout import SWA_WEIGHTS
 from cnnlab.run.load import Predictor, weights_of
-from cnnlab.run.log import result_table
+from cnnlab.run.log import make_console, result_table
 from cnnlab.run.loggers import uses_tensorboard
 from cnnlab.train.state import Run
 
@@ -97,10 +95,13 @@ def finish(
     summary.update(run.notes)
     run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)
-    if test is not None:
+    if test is not None and tracker.best_epoch:
         log.info("test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
                  test.accuracy, test.loss, tracker.best_epoch)  # fmt: skip
-    Console(stderr=not rich, force_terminal=False).print(result_table(summary, run.folder.path))
+    elif test is not None:  # no epoch improved on trainer.monitor: the last epoch's weights were scored
+        log.info("test accuracy %.4f (loss %.4f) with the last weights (epoch %d): no epoch improved %s, "
+                 "so there is no best.pt", test.accuracy, test.loss, epoch, tc.monitor)  # fmt: skip
+    make_console(stderr=not rich).print(result_table(summary, run.folder.path))
     if data.test is not None and not data.test_labeled:
         log.info("the test split has no labels: write a submission with `cnnlab predict run=%s`", run.folder)
     if tc.evaluate and tc.report:  # report/: curves, and the evaluation report when the test split has labels

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from cnnlab.build import build_model, check
-from cnnlab.commands.common import open_run, wide_console
+from cnnlab.commands.common import open_run
 from cnnlab.commands.compress import config as configs
 from cnnlab.commands.compress.distill import Distill
 from cnnlab.commands.compress.measure import describe, latencies
@@ -32,6 +32,7 @@ from cnnlab.engine.prune import apply_masks, copy_channels, kept_channels, magni
 from cnnlab.errors import ConfigError
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import LoadedRun, load_run, read_checkpoint_config, run_data
+from cnnlab.run.log import make_console
 from cnnlab.run.workspace import claim
 from cnnlab.train import Callback, train
 
@@ -202,7 +203,7 @@ def finish(cfg: DictConfig, folder: RunDir, rows: list[dict], *, seconds: float)
         table.add_row(r["run"], f"{r['accuracy']:.4f}", f"{r['elements']:,}", f"{r['nonzero']:,}",
                       f"{r['file_kb']:.1f}", f"{r['gzip_kb']:.1f}", f"{r['latency_ms']:.3f}",
                       f"{rows[0]['latency_ms'] / r['latency_ms']:.2f}x")  # fmt: skip
-    wide_console().print(table)
+    make_console().print(table)
     print(f"original: {cfg.run}\n{cfg.method}: {folder.path}\nwrote {folder.compression}")
 
 

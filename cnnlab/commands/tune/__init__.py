@@ -25,6 +25,7 @@ from cnnlab.commands.tune.storage import check as storage_check
 from cnnlab.commands.tune.study import check_options, continued_args, create, exists, key_of, load, where
 from cnnlab.commands.tune.trial import SAMPLED, Plan, compose_trial, with_sampled
 from cnnlab.commands.tune.workers import run_workers
+from cnnlab.config import override_quoted
 from cnnlab.engine import distributed
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.io import write_json
@@ -74,7 +75,7 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
         args = continued_args(folder, args, trust_config=trust)
     elif folder.path.is_dir() and any(p.name != LOCK for p in folder.path.iterdir()):
         raise ConfigError(f"{folder} holds files but no study ({where(folder)}); choose a new tune.dir.")
-    args = [*args, f"tune.dir={folder.path}"]
+    args = [*args, f"tune.dir={override_quoted(str(folder.path))}"]
     cfg = compose_tune(args)
     if exists(folder):
         check_config(cfg, where(folder), trust_config=trust)
