@@ -128,11 +128,30 @@ def test_filters_before_training_are_the_seeded_initialisation(make_cfg, tmp_pat
 
 
 def test_predictions_only_wrong(lenet_run):
+    """The 2-epoch LeNet makes mistakes on the tiny test split (counted here as viz counts them): the
+    figure shows them, six to a row."""
+    from cnnlab.run.load import Predictor, labeled_test, run_data
+
+    run = load_run(lenet_run)
+    x, y = labeled_test(run_data(run.cfg, torch.device("cpu")), lenet_run, "test")
+    wrong = int((Predictor.of(run, torch.device("cpu")).probs(x).argmax(1) != y.cpu()).sum())
+    assert wrong >= 6  # else the run below would not test a full row
     path = draw("what=predictions", f"run={lenet_run}", "only=wrong", "count=12")
-    if path is not None:  # the tiny run may make no mistakes at all
-        assert path.name == "predictions_wrong.png"
-        width, _ = png_size(path)
-        assert width == 6 * 1.8 * DPI
+    assert path.name == "predictions_wrong.png"
+    width, _ = png_size(path)
+    assert width == 6 * 1.8 * DPI
+
+
+def test_predictions_only_wrong_without_mistakes_draws_nothing(lenet_run, monkeypatch):
+    from cnnlab.run.load import Predictor, labeled_test, run_data
+
+    run = load_run(lenet_run)
+    _, y = labeled_test(run_data(run.cfg, torch.device("cpu")), lenet_run, "test")
+    perfect = torch.nn.functional.one_hot(y.cpu(), len(run.classes)).float()
+    monkeypatch.setattr(Predictor, "probs", lambda self, x: perfect)  # every test image right
+    (lenet_run / "report" / "predictions_wrong.png").unlink(missing_ok=True)
+    assert draw("what=predictions", f"run={lenet_run}", "only=wrong", "count=12") is None
+    assert not (lenet_run / "report" / "predictions_wrong.png").exists()
 
 
 def test_augment_from_a_run_and_without_one(lenet_run, tmp_path):

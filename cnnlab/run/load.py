@@ -12,15 +12,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnlab.build import build_model, has_conv
+from cnnlab.build import build_model, uses_channels_last
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import DataBundle, build_data
-from cnnlab.engine.checkpoint import load_checkpoint, load_safetensors
 from cnnlab.engine.device import resolve_precision
 from cnnlab.engine.infer import view_log_probs
 from cnnlab.engine.tta import CHOICES as TTA_CHOICES
 from cnnlab.engine.tta import parse_tta, tta_views
 from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.run.checkpoints import read_checkpoint, read_state
 from cnnlab.run.layout import BEST, RunDir
 from cnnlab.run.record import RunRecord
 from cnnlab.run.trust import check_config
@@ -84,30 +84,9 @@ def checkpoint_path(run_dir: Path, ckpt: str | Path | None = None, name: str = B
     return path
 
 
-def weights_of(state: dict) -> dict:
-    """The weights that scored the checkpoint's monitored value: the EMA's when it was better."""
-    return state["ema"]["module"] if state.get("weights") == "ema" else state["model"]
-
-
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dict, RunRecord]:
-    """The weights to use and the record of a ``.pt`` or ``.safetensors`` checkpoint, checked."""
-    if path.suffix == ".safetensors":
-        tensors, metadata = load_safetensors(path)
-        return tensors, RunRecord.from_metadata(metadata, path)
-    state = load_checkpoint(path, map_location=device)
-    record = RunRecord.from_state(state, path)
-    try:
-        weights = weights_of(state)
-    except (KeyError, TypeError):
-        weights = None
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{path} holds no model weights; use the checkpoint cnnlab train wrote.")
-    return weights, record
-
-
 def read_checkpoint_config(path: Path) -> str:
     """The resolved config (YAML) a checkpoint was written with, e.g. to check a resume against it."""
-    state = load_checkpoint(path)
+    state = read_state(path)
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, str):
         raise CheckpointError(f"{path} holds no config; it is not a checkpoint written by cnnlab train.")
@@ -162,8 +141,14 @@ def load_run(
         image_size=record.image_size,
     )
     load_state_strict(model, weights, path)
-    model.to(device).eval()
+    memory_format = torch.channels_last if run_channels_last(model, record) else torch.preserve_format
+    model.to(device, memory_format=memory_format).eval()
     return LoadedRun(run_dir=Path(run_dir), checkpoint_path=path, record=record, cfg=cfg, model=model)
+
+
+def run_channels_last(model: nn.Module, record: RunRecord) -> bool:
+    """Whether the run computed in channels_last (its ``trainer.channels_last``, auto by default)."""
+    return uses_channels_last(model, OmegaConf.select(record.cfg, "trainer.channels_last", default=None))
 
 
 def run_data(cfg: DictConfig, device: torch.device, *, data_root: str | Path | None = None) -> DataBundle:
@@ -227,10 +212,10 @@ class Predictor:
         self.batch_size = batch_size or int(
             OmegaConf.select(record.cfg, "trainer.eval_batch_size", default=1000)
         )
-        channels_last = has_conv(model)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.pipeline = BatchPipeline(record.mean, record.std, device, channels_last=channels_last)
+        # The run's memory format for the batches; the model's own is left as it is (at the end of
+        # training it is the live model, already in the run's format; load_run builds it in that format).
+        self.channels_last = run_channels_last(model, record)
+        self.pipeline = BatchPipeline(record.mean, record.std, device, channels_last=self.channels_last)
         self.views = tta_views(self.tta, record.image_size)
 
     @classmethod

@@ -17,7 +17,7 @@ from cnnlab.build import (
     build_model,
     build_optimizer,
     build_schedule,
-    has_conv,
+    uses_channels_last,
 )
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.mmap import HostLoader
@@ -35,6 +35,7 @@ from cnnlab.engine.swa import WeightAverage
 from cnnlab.engine.tracker import MetricTracker
 from cnnlab.engine.tta import tta_views
 from cnnlab.models.whiten import fit_to_data
+from cnnlab.run.checkpoints import RunCheckpoints
 from cnnlab.run.layout import RunDir
 from cnnlab.run.metrics import MetricsWriter
 from cnnlab.train.state import Run
@@ -88,7 +89,7 @@ def build_run(
     )
     model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
     freezer = Freezer(model, tc.get("freeze_epochs", 0))  # after SyncBatchNorm replaced BatchNorm modules
-    channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
+    channels_last = uses_channels_last(model, tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if channels_last:  # batches sliced from channels_last images come out channels_last: no copy per step
         store_channels_last(data)
@@ -150,9 +151,21 @@ def build_run(
         cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
         optimizer=optimizer, schedule=schedule, ctx=ctx,
         tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
-        config_yaml=config_yaml, freezer=freezer, pseudo=build_pseudo(cfg, data),
-        swa=WeightAverage(model, tc.swa_start) if tc.swa_start else None,
+        config_yaml=config_yaml, freezer=freezer, parts=build_parts(cfg, data, model, ctx),
+        files=RunCheckpoints(folder, epoch_weights=bool(tc.epoch_checkpoints)),
     )  # fmt: skip
+
+
+def build_parts(cfg: DictConfig, data: DataBundle, model: nn.Module, ctx: StepContext) -> dict:
+    """The features with a state of their own that are on, under their name in ``last.pt``."""
+    tc = cfg.trainer
+    parts = {
+        "ema": ctx.ema,
+        "lookahead": ctx.lookahead,
+        "swa": WeightAverage(model, tc.swa_start) if tc.swa_start else None,
+        "pseudo": build_pseudo(cfg, data),
+    }
+    return {name: part for name, part in parts.items() if part is not None}
 
 
 def store_channels_last(data: DataBundle) -> None:

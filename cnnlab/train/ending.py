@@ -8,12 +8,9 @@ import time
 
 from rich.console import Console
 
-from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
 from cnnlab.engine.interrupt import SignalGuard
 from cnnlab.engine.loop import score
-from cnnlab.engine.tracker import is_better
-from cnnlab.run.layout import SWA_WEIGHTS
-from cnnlab.run.load import Predictor, weights_of
+from cnnlab.run.load import Predictor
 from cnnlab.run.log import result_table
 from cnnlab.run.loggers import uses_tensorboard
 from cnnlab.train.state import Run
@@ -33,17 +30,15 @@ def average_weights(run: Run, epoch: int) -> bool:
         return False
     model = swa.recompute_bn(run.ctx.pipeline(xb, train=False) for xb, _ in run.data.train)
     val = score(model, run.data.val, run.ctx)
-    value = float(val["loss"] if tc.monitor == "val_loss" else val["acc"])
-    run.notes.update(swa_epochs=swa.count, swa_val_acc=float(val["acc"]), swa_val_loss=float(val["loss"]))
-    better = is_better(value, tracker.best, tc.mode)
+    value = tracker.value(val)  # the same monitored value as every epoch's, never another metric
+    run.notes.update(swa_epochs=swa.count, swa_val_acc=float(val["acc"]), swa_val_loss=float(val["loss"]),
+                     swa_value=value)  # fmt: skip
+    better = tracker.beats_best(value)
     log.info("swa: the mean of epochs %d-%d scores %s %.4f (best single epoch %.4f)%s", swa.start, epoch,
              tc.monitor, value, tracker.best, ", kept as best.pt" if better else "")  # fmt: skip
     if run.dist.is_main:  # kept either way, for evaluate/predict ckpt=<run>/checkpoints/swa.safetensors
-        metadata = run.record(epoch, "swa").to_metadata()
-        save_safetensors(model.state_dict(), metadata, run.folder.checkpoint(SWA_WEIGHTS))
-    if better and run.dist.is_main:
-        save_checkpoint({**run.checkpoint(epoch, "swa"), "model": model.state_dict()}, run.folder.best)
-        save_safetensors(model.state_dict(), metadata, run.folder.best_safetensors)
+        best_states = run.states() if better else None
+        run.files.save_average(model.state_dict(), run.record(epoch, "swa"), best_states=best_states)
     if better:
         tracker.best, tracker.best_epoch = value, epoch
     return better
@@ -64,9 +59,8 @@ def finish(
     # The last epoch's raw weights are the best ones and still in the model: no need to read best.pt.
     in_memory = not swa_best and best_row.get("weights") == "raw" and tracker.best_epoch == epoch
     if run.folder.best.exists() and not in_memory:
-        best = load_checkpoint(run.folder.best, map_location=dist.device)
-        best_weights = best.get("weights", "raw")
-        run.model.load_state_dict(weights_of(best))
+        weights, best_weights = run.files.read_best(map_location=dist.device)
+        run.model.load_state_dict(weights)
     test = None
     if tc.evaluate and data.test is not None and data.test_labeled:
         from cnnlab.report.evaluate import Scored

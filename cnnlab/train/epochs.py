@@ -10,14 +10,11 @@ import time
 import torch
 
 from cnnlab.engine import distributed
-from cnnlab.engine.checkpoint import save_checkpoint, save_safetensors
 from cnnlab.engine.device import compile_mode
 from cnnlab.engine.infer import view_log_probs
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
 from cnnlab.engine.loop import EpochState, optimizer_steps, score, train_one_epoch
-from cnnlab.engine.tracker import is_better
 from cnnlab.models.whiten import frozen_parameters
-from cnnlab.run.load import weights_of
 from cnnlab.run.log import EpochProgress
 from cnnlab.train.state import Callback, Run
 
@@ -130,16 +127,8 @@ def cut_to_max_steps(run: Run, epoch: int, steps_per_epoch: int) -> bool:
 
 
 def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
-    """``last.pt`` every epoch; on a new best also ``best.pt`` and ``best.safetensors`` (the better
-    weights alone, with the record as metadata)."""
-    ckpt = run.checkpoint(epoch, weights)
-    if is_best:
-        metadata = run.record(epoch, weights).to_metadata()
-        save_safetensors(weights_of(ckpt), metadata, run.folder.best_safetensors)
-    if run.cfg.trainer.epoch_checkpoints:  # for checkpoint averaging: cnnlab export average=[...]
-        metadata = run.record(epoch, weights).to_metadata()
-        save_safetensors(weights_of(ckpt), metadata, run.folder.epoch_weights(epoch))
-    save_checkpoint(ckpt, *((run.folder.best,) if is_best else ()), run.folder.last)  # one serialisation
+    """``last.pt`` every epoch, ``best.pt`` on a new best (see :class:`RunCheckpoints`)."""
+    run.files.save_epoch(run.states(), run.record(epoch, weights), is_best=is_best)
 
 
 def pseudo_round(run: Run, epoch: int, weights: str) -> str | None:
@@ -172,7 +161,7 @@ def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, sign
         state.loss_sum, state.correct, seen = run.dist.totals(state.loss_sum, state.correct, state.seen)
         state.seen = int(seen)
     if run.dist.is_main:
-        save_checkpoint(run.checkpoint(epoch - 1, weights, partial=state), run.folder.last)
+        run.files.save_partial(run.states(partial=state), run.record(epoch - 1, weights))
     name = signal.Signals(signum or signal.SIGTERM).name
     raise Interrupted(
         f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved in "
@@ -185,19 +174,17 @@ def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, sign
 def score_epoch(run: Run, epoch: int, lr: float, stats: dict) -> tuple[dict, float, str]:
     """Score the raw (and EMA) weights on the validation split; return the metrics row, the monitored
     value of the better weights and which they were ("raw" or "ema")."""
-    tc = run.cfg.trainer
     t1 = time.perf_counter()
     val = score(run.model, run.data.val, run.ctx)
     row = {
         "epoch": epoch, "lr": lr, **stats, **{f"val_{k}": v for k, v in val.items()},
         "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
     }  # fmt: skip
-    value, weights = row[tc.monitor], "raw"
+    scored = {"raw": val}
     if run.ctx.ema is not None:
-        ema_val = score(run.ctx.ema.module, run.data.val, run.ctx)
-        row.update({f"ema_val_{k}": v for k, v in ema_val.items()})
-        if is_better(row[f"ema_{tc.monitor}"], value, tc.mode):
-            value, weights = row[f"ema_{tc.monitor}"], "ema"
+        scored["ema"] = score(run.ctx.ema.module, run.data.val, run.ctx)
+        row.update({f"ema_val_{k}": v for k, v in scored["ema"].items()})
+    weights, value = run.tracker.pick(scored)  # the one rule for "better"
     row["weights"] = weights
     row["eval_s"] = time.perf_counter() - t1
     return row, value, weights
