@@ -35,21 +35,32 @@ def test_the_monitored_value_is_read_off_one_scored_result():
 def test_swa_is_compared_on_the_monitored_metric(make_cfg, tmp_path, monkeypatch, swa_acc, swa_f1, kept):
     """With trainer.monitor=val_macro_f1 the SWA average is kept as best.pt when its macro F1 beats the
     best epoch's, whatever its accuracy says."""
-    from cnnlab.train import ending
+    from cnnlab.engine.infer import Scorer
+    from cnnlab.engine.swa import WeightAverage
 
-    real_score = ending.score
+    real_score = Scorer.score
 
-    def score_average(model, loader, ctx):  # the average's validation, with the two metrics apart
-        out = real_score(model, loader, ctx)
-        return {**out, "acc": torch.tensor(swa_acc), "macro_f1": swa_f1}
+    def score(self, model, loader):  # the average's validation, with the two metrics apart
+        out = real_score(self, model, loader)
+        if not isinstance(model, WeightAverage) and any(model is a.averaged.module for a in averages):
+            out = {**out, "acc": torch.tensor(swa_acc), "macro_f1": swa_f1}
+        return out
 
-    monkeypatch.setattr(ending, "score", score_average)
+    averages = []
+    real_init = WeightAverage.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        averages.append(self)
+
+    monkeypatch.setattr(Scorer, "score", score)
+    monkeypatch.setattr(WeightAverage, "__init__", init)
     run = tmp_path / "run"
     summary = train(make_cfg(*FAST, "trainer.swa_start=2", "trainer.monitor=val_macro_f1"), run)
     rows = read_metrics(run)
     best_epoch_f1 = max(float(r["val_macro_f1"]) for r in rows)
     assert best_epoch_f1 < 1.0  # else the case below would be a tie
-    assert summary["swa_value"] == swa_f1
+    assert len(averages) == 1 and summary["swa_value"] == swa_f1
     assert (summary["best_weights"] == "swa") is kept
     assert summary["best_value"] == (swa_f1 if kept else pytest.approx(best_epoch_f1, abs=1e-6))
     assert (read_state(run / "checkpoints" / "best.pt")["weights"] == "swa") is kept

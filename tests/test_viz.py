@@ -127,28 +127,31 @@ def test_filters_before_training_are_the_seeded_initialisation(make_cfg, tmp_pat
     torch.testing.assert_close(initial.weight, trained.weight, atol=1e-6, rtol=0)
 
 
-def test_predictions_only_wrong(lenet_run):
-    """The 2-epoch LeNet makes mistakes on the tiny test split (counted here as viz counts them): the
-    figure shows them, six to a row."""
+def fixed_predictions(monkeypatch, run_dir, wrong: int) -> None:
+    """The run's Predictor made to get exactly ``wrong`` test images wrong (the first ones)."""
     from cnnlab.run.load import Predictor, labeled_test, run_data
 
-    run = load_run(lenet_run)
-    x, y = labeled_test(run_data(run.cfg, torch.device("cpu")), lenet_run, "test")
-    wrong = int((Predictor.of(run, torch.device("cpu")).probs(x).argmax(1) != y.cpu()).sum())
-    assert wrong >= 6  # else the run below would not test a full row
+    run = load_run(run_dir)
+    _, y = labeled_test(run_data(run.cfg, torch.device("cpu")), run_dir, "test")
+    predicted = y.cpu().clone()
+    predicted[:wrong] = (predicted[:wrong] + 1) % len(run.classes)
+    probs = torch.nn.functional.one_hot(predicted, len(run.classes)).float()
+    monkeypatch.setattr(Predictor, "probs", lambda self, x: probs)
+
+
+def test_predictions_only_wrong(lenet_run, monkeypatch):
+    """The mistakes alone, six to a row (the tiny run itself may make none: they are fixed here)."""
+    fixed_predictions(monkeypatch, lenet_run, wrong=8)
     path = draw("what=predictions", f"run={lenet_run}", "only=wrong", "count=12")
     assert path.name == "predictions_wrong.png"
-    width, _ = png_size(path)
+    width, height = png_size(path)
     assert width == 6 * 1.8 * DPI
+    fixed_predictions(monkeypatch, lenet_run, wrong=3)  # one row instead of two: a shorter figure
+    assert png_size(draw("what=predictions", f"run={lenet_run}", "only=wrong", "count=12"))[1] < height
 
 
 def test_predictions_only_wrong_without_mistakes_draws_nothing(lenet_run, monkeypatch):
-    from cnnlab.run.load import Predictor, labeled_test, run_data
-
-    run = load_run(lenet_run)
-    _, y = labeled_test(run_data(run.cfg, torch.device("cpu")), lenet_run, "test")
-    perfect = torch.nn.functional.one_hot(y.cpu(), len(run.classes)).float()
-    monkeypatch.setattr(Predictor, "probs", lambda self, x: perfect)  # every test image right
+    fixed_predictions(monkeypatch, lenet_run, wrong=0)
     (lenet_run / "report" / "predictions_wrong.png").unlink(missing_ok=True)
     assert draw("what=predictions", f"run={lenet_run}", "only=wrong", "count=12") is None
     assert not (lenet_run / "report" / "predictions_wrong.png").exists()

@@ -4,9 +4,9 @@ Keras/Lightning semantics).
 
 Every comparison of weights goes through here: the best epoch and best.pt, the raw weights against
 their EMA, the SWA average against the best epoch, the value an Optuna pruner is told and the summary's
-``best_value``. A scored result is what :func:`cnnlab.engine.loop.score` returns (``loss``, ``acc`` and,
-with a class-balanced monitor, ``macro_f1`` and ``balanced_acc``); ``trainer.monitor`` names one of
-them with a ``val_`` prefix.
+``best_value``. A scored result is what :meth:`cnnlab.engine.infer.Scorer.score` returns (``loss``,
+``acc`` and, with a class-balanced monitor, ``macro_f1`` and ``balanced_acc``); ``trainer.monitor``
+names one of them with a ``val_`` prefix.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 
 def monitored(scored: dict, monitor: str) -> float:
     """The value of ``monitor`` (``val_acc``, ``val_loss``, ``val_macro_f1``, ``val_balanced_acc``) in
-    one scored result (a :func:`~cnnlab.engine.loop.score` dict, without the ``val_`` prefix)."""
+    one scored result (a :meth:`~cnnlab.engine.infer.Scorer.score` dict, without the ``val_`` prefix)."""
     return float(scored[monitor.removeprefix("val_")])
 
 

@@ -16,7 +16,7 @@ from cnnlab.build import build_model, uses_channels_last
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine.device import resolve_precision
-from cnnlab.engine.infer import view_log_probs
+from cnnlab.engine.infer import Scorer
 from cnnlab.engine.tta import CHOICES as TTA_CHOICES
 from cnnlab.engine.tta import parse_tta, tta_views
 from cnnlab.errors import CheckpointError, ConfigError, DataError
@@ -200,40 +200,59 @@ class Predictor:
         tta=RUN,
         precision: str = RUN,
         batch_size: int | None = None,
+        scorer: Scorer | None = None,
     ):
+        """``scorer``: the run's own, as it validated (the end of training hands it over); else one is
+        set up from the record."""
         check_tta(tta)
         self.model, self.record, self.device = model, record, device
         self.tta = record.tta if tta == RUN else tta
-        if precision == RUN:
-            precision = record.precision or str(
-                OmegaConf.select(record.cfg, "trainer.precision", default="32")
-            )
-        self.precision = resolve_precision(str(precision), device)
-        self.batch_size = batch_size or int(
-            OmegaConf.select(record.cfg, "trainer.eval_batch_size", default=1000)
-        )
-        # The run's memory format for the batches; the model's own is left as it is (at the end of
-        # training it is the live model, already in the run's format; load_run builds it in that format).
-        self.channels_last = run_channels_last(model, record)
-        self.pipeline = BatchPipeline(record.mean, record.std, device, channels_last=self.channels_last)
-        self.views = tta_views(self.tta, record.image_size)
+        self.scorer = scorer or run_scorer(model, record, device, tta=self.tta, precision=precision,
+                                           batch_size=batch_size)  # fmt: skip
+
+    @property
+    def pipeline(self):
+        return self.scorer.pipeline
+
+    @property
+    def precision(self) -> str:
+        return self.scorer.precision
+
+    @property
+    def batch_size(self) -> int:
+        return self.scorer.batch_size
+
+    @property
+    def channels_last(self) -> bool:
+        return bool(self.scorer.pipeline.channels_last)
 
     @classmethod
     def of(cls, run: LoadedRun, device: torch.device, **kwargs) -> Predictor:
         return cls(run.model, run.record, device, **kwargs)
 
     def batches(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        for i in range(0, len(x), self.batch_size):
-            yield x[i : i + self.batch_size]
+        return self.scorer.batches(x)
 
     @torch.no_grad()
     def log_probs(self, xb: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (float32, on the device) of one uint8 batch, averaged over the TTA views."""
         self.model.eval()
-        return view_log_probs(self.model, xb.to(self.device), pipeline=self.pipeline, device=self.device,
-                              precision=self.precision, views=self.views)  # fmt: skip
+        return self.scorer.log_probs(self.model, xb)
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``(N, classes)`` in float32 on the CPU, in input order."""
-        out = [self.log_probs(xb).exp().cpu() for xb in self.batches(x)]
-        return torch.cat(out) if out else torch.empty(0, len(self.record.classes))
+        if not len(x):
+            return torch.empty(0, len(self.record.classes))
+        return self.scorer.probs(self.model, x)
+
+
+def run_scorer(model: nn.Module, record: RunRecord, device: torch.device, *, tta, precision: str = RUN,
+               batch_size: int | None = None) -> Scorer:  # fmt: skip
+    """The scorer of a run read back: its precision (unless ``precision``), memory format
+    (``trainer.channels_last``; the model's own is left as it is), ``tta`` and ``eval_batch_size``."""
+    if precision == RUN:
+        precision = record.precision or str(OmegaConf.select(record.cfg, "trainer.precision", default="32"))
+    batch_size = batch_size or int(OmegaConf.select(record.cfg, "trainer.eval_batch_size", default=1000))
+    pipeline = BatchPipeline(record.mean, record.std, device, channels_last=run_channels_last(model, record))
+    return Scorer(pipeline, device, resolve_precision(str(precision), device),
+                  views=tta_views(tta, record.image_size), batch_size=batch_size)  # fmt: skip

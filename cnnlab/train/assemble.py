@@ -8,7 +8,6 @@ import logging
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from torch import nn
 
 from cnnlab.build import (
     build_adversary,
@@ -21,23 +20,20 @@ from cnnlab.build import (
 )
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.mmap import HostLoader
-from cnnlab.data.pseudo import PseudoLabels, read_pool
 from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.device import compile_mode, configure_cuda, resolve_precision
-from cnnlab.engine.ema import ModelEMA
-from cnnlab.engine.finetune import Freezer
+from cnnlab.engine.infer import Scorer
 from cnnlab.engine.interrupt import SignalGuard
-from cnnlab.engine.lookahead import Lookahead
 from cnnlab.engine.loop import StepContext, optimizer_steps
 from cnnlab.engine.metrics import BALANCED_MONITORS
-from cnnlab.engine.swa import WeightAverage
 from cnnlab.engine.tracker import MetricTracker
 from cnnlab.engine.tta import tta_views
 from cnnlab.models.whiten import fit_to_data
 from cnnlab.run.checkpoints import RunCheckpoints
 from cnnlab.run.layout import RunDir
 from cnnlab.run.metrics import MetricsWriter
+from cnnlab.train.parts import build_parts
 from cnnlab.train.state import Run
 
 log = logging.getLogger("cnnlab")
@@ -88,7 +84,6 @@ def build_run(
         cfg.model, in_channels=data.channels, num_classes=len(data.classes), image_size=data.image_size
     )
     model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
-    freezer = Freezer(model, tc.get("freeze_epochs", 0))  # after SyncBatchNorm replaced BatchNorm modules
     channels_last = uses_channels_last(model, tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if channels_last:  # batches sliced from channels_last images come out channels_last: no copy per step
@@ -136,36 +131,26 @@ def build_run(
         criterion=build_criterion(cfg, train_labels=data.train.y, num_classes=len(data.classes)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
         grad_clip=tc.grad_clip,
-        ema=ModelEMA(model, tc.ema) if tc.ema else None,
-        lookahead=build_lookahead(model, tc, steps_per_epoch, schedule.total_steps),
         accumulate=tc.accumulate,
         dist=dist,
-        eval_views=tta_views(tc.tta, data.image_size),
-        balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0,
+        scorer=Scorer(pipeline, device, precision, views=tta_views(tc.tta, data.image_size),
+                      batch_size=tc.eval_batch_size, dist=dist,
+                      balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0),
         adversary=build_adversary(cfg.augmentation, mean=pipeline.mean, std=pipeline.std),
-    )
+    )  # fmt: skip
+    parts = build_parts(
+        cfg, model=model, data=data, ctx=ctx, schedule=schedule
+    )  # may set ctx.ema, ctx.lookahead
     log.info("optimizer %s (%s)", type(optimizer).__name__, optimizer_kernels(optimizer))
     metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
-                            balanced=bool(ctx.balanced_classes), enabled=dist.is_main)  # fmt: skip
+                            balanced=bool(ctx.scorer.balanced_classes), enabled=dist.is_main)  # fmt: skip
     return Run(
         cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
         optimizer=optimizer, schedule=schedule, ctx=ctx,
         tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
-        config_yaml=config_yaml, freezer=freezer, parts=build_parts(cfg, data, model, ctx),
+        config_yaml=config_yaml, parts=parts,
         files=RunCheckpoints(folder, epoch_weights=bool(tc.epoch_checkpoints)),
     )  # fmt: skip
-
-
-def build_parts(cfg: DictConfig, data: DataBundle, model: nn.Module, ctx: StepContext) -> dict:
-    """The features with a state of their own that are on, under their name in ``last.pt``."""
-    tc = cfg.trainer
-    parts = {
-        "ema": ctx.ema,
-        "lookahead": ctx.lookahead,
-        "swa": WeightAverage(model, tc.swa_start) if tc.swa_start else None,
-        "pseudo": build_pseudo(cfg, data),
-    }
-    return {name: part for name, part in parts.items() if part is not None}
 
 
 def store_channels_last(data: DataBundle) -> None:
@@ -178,27 +163,6 @@ def store_channels_last(data: DataBundle) -> None:
         loader.x = loader.x.contiguous(memory_format=torch.channels_last)
 
 
-def build_lookahead(model: nn.Module, tc: DictConfig, steps_per_epoch: int, total_steps: int):
-    la = tc.lookahead
-    if not la.every:
-        return None
-    return Lookahead(model, every=la.every, alpha=la.alpha, power=la.power,
-                     start_step=la.start_epoch * steps_per_epoch, total_steps=total_steps)  # fmt: skip
-
-
 def optimizer_kernels(optimizer: torch.optim.Optimizer) -> str:
     group = optimizer.param_groups[0]
     return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
-
-
-def build_pseudo(cfg: DictConfig, data: DataBundle) -> PseudoLabels | None:
-    """The unlabeled pool of ``trainer.pseudo_label`` (None when off)."""
-    pl = cfg.trainer.pseudo_label
-    if pl.data is None:
-        return None
-    pool = read_pool(str(pl.data), test=data.test, channels=data.channels, size=data.image_size,
-                     num_workers=cfg.dataset.num_workers or 1)  # fmt: skip
-    if pl.data == "test" and data.test_labeled:
-        log.warning("pseudo-labelling the labeled test split (its labels unused): the test accuracy is no "
-                    "longer that of unseen images")  # fmt: skip
-    return PseudoLabels(pl, pool, data.train)

@@ -1,5 +1,6 @@
-"""The end of a run (:func:`finish`): the SWA average's turn, the test split scored once with the best
-weights, summary.json, and the same probabilities handed to the report."""
+"""The end of a run (:func:`finish`): the parts' last turn (the SWA average), the test split scored once
+with the best weights and the run's own scorer, summary.json, and the same probabilities handed to the
+report."""
 
 from __future__ import annotations
 
@@ -9,39 +10,12 @@ import time
 from rich.console import Console
 
 from cnnlab.engine.interrupt import SignalGuard
-from cnnlab.engine.loop import score
 from cnnlab.run.load import Predictor
 from cnnlab.run.log import result_table
 from cnnlab.run.loggers import uses_tensorboard
 from cnnlab.train.state import Run
 
 log = logging.getLogger("cnnlab")
-
-
-def average_weights(run: Run, epoch: int) -> bool:
-    """SWA: recompute the BatchNorm statistics of the averaged weights on the training images and
-    validate them; when they beat the best epoch they become ``best.pt`` (weights ``swa``): return
-    whether they did."""
-    swa, tracker, tc = run.swa, run.tracker, run.cfg.trainer
-    if swa is None:
-        return False
-    if swa.count == 0:
-        log.warning("swa: no epoch reached trainer.swa_start=%d; nothing averaged", swa.start)
-        return False
-    model = swa.recompute_bn(run.ctx.pipeline(xb, train=False) for xb, _ in run.data.train)
-    val = score(model, run.data.val, run.ctx)
-    value = tracker.value(val)  # the same monitored value as every epoch's, never another metric
-    run.notes.update(swa_epochs=swa.count, swa_val_acc=float(val["acc"]), swa_val_loss=float(val["loss"]),
-                     swa_value=value)  # fmt: skip
-    better = tracker.beats_best(value)
-    log.info("swa: the mean of epochs %d-%d scores %s %.4f (best single epoch %.4f)%s", swa.start, epoch,
-             tc.monitor, value, tracker.best, ", kept as best.pt" if better else "")  # fmt: skip
-    if run.dist.is_main:  # kept either way, for evaluate/predict ckpt=<run>/checkpoints/swa.safetensors
-        best_states = run.states() if better else None
-        run.files.save_average(model.state_dict(), run.record(epoch, "swa"), best_states=best_states)
-    if better:
-        tracker.best, tracker.best_epoch = value, epoch
-    return better
 
 
 def finish(
@@ -51,13 +25,14 @@ def finish(
     """Score the best weights on the test split once (rank 0), write summary.json, and hand the same
     images and probabilities to the report; print the summary; return it."""
     cfg, tc, dist, tracker, data = run.cfg, run.cfg.trainer, run.dist, run.tracker, run.data
-    swa_best = average_weights(run, epoch)  # every rank: validation sums over all of them
+    # Every rank: validation sums over all of them. A part may replace best.pt (the SWA average).
+    replaced = any([part.on_fit_end(run, epoch) for part in run.parts.values()])
     dist.barrier()  # rank 0 has written best.pt (run directories are on a shared file system)
     if not dist.is_main:
         return {"status": "finished", "best_value": tracker.best}
     best_weights = "raw"
     # The last epoch's raw weights are the best ones and still in the model: no need to read best.pt.
-    in_memory = not swa_best and best_row.get("weights") == "raw" and tracker.best_epoch == epoch
+    in_memory = not replaced and best_row.get("weights") == "raw" and tracker.best_epoch == epoch
     if run.folder.best.exists() and not in_memory:
         weights, best_weights = run.files.read_best(map_location=dist.device)
         run.model.load_state_dict(weights)
@@ -67,7 +42,7 @@ def finish(
 
         n = data.test.num_samples  # trainer.limit_eval_batches applies to the test split too
         record = run.record(tracker.best_epoch, best_weights)
-        predictor = Predictor(run.model, record, dist.device, precision=run.ctx.precision)
+        predictor = Predictor(run.model, record, dist.device, scorer=run.ctx.scorer)  # as it validated
         test = Scored.score(predictor, data.test.x[:n], data.test.y[:n], checkpoint=run.folder.best)
     summary = {
         "status": "finished",
@@ -86,8 +61,6 @@ def finish(
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
     if best_weights == "swa":
         summary["best_val_acc"] = run.notes["swa_val_acc"]
-    if run.pseudo is not None:  # images added per round (pseudo_labels.csv has the classes)
-        run.notes["pseudo_labels"] = [r["added"] for r in run.pseudo.history]
     summary.update(run.notes)
     run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)

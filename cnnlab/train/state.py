@@ -10,14 +10,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnlab.data.pseudo import PseudoLabels
 from cnnlab.data.registry import DataBundle
 from cnnlab.engine import distributed
-from cnnlab.engine.finetune import Freezer
 from cnnlab.engine.loop import EpochState, StepContext
 from cnnlab.engine.rng import rng_state, set_rng_state
 from cnnlab.engine.schedulers import Schedule
-from cnnlab.engine.swa import WeightAverage
 from cnnlab.engine.tracker import MetricTracker
 from cnnlab.errors import CheckpointError
 from cnnlab.run.checkpoints import RunCheckpoints
@@ -25,6 +22,7 @@ from cnnlab.run.layout import RunDir
 from cnnlab.run.load import load_state_strict
 from cnnlab.run.metrics import MetricsWriter
 from cnnlab.run.record import RunRecord
+from cnnlab.train.parts import Part
 
 log = logging.getLogger("cnnlab")
 RESUME_KEYS = ("model", "epoch", "rng", "pipeline_rng", "global_step")  # with every part's name
@@ -59,11 +57,8 @@ class Run:
     tracker: MetricTracker
     metrics: MetricsWriter
     config_yaml: str
-    freezer: Freezer  # trainer.freeze_epochs: the backbone frozen for the first epochs
     files: RunCheckpoints  # the checkpoint files of ``folder``: the only writer of .pt and .safetensors
-    # The features that are on and have a state of their own, by their name in last.pt: ema, lookahead
-    # (both also in ``ctx``: the step updates them), swa (trainer.swa_start), pseudo (trainer.pseudo_label).
-    parts: dict = field(default_factory=dict)
+    parts: dict[str, Part] = field(default_factory=dict)  # the features that are on (cnnlab.train.parts)
     callbacks: tuple[Callback, ...] = ()
     notes: dict = field(default_factory=dict)  # added to summary.json (SWA, pseudo-labels)
 
@@ -75,19 +70,11 @@ class Run:
             config=self.config_yaml, epoch=epoch, weights=weights, precision=self.ctx.precision,
         )  # fmt: skip
 
-    @property
-    def swa(self) -> WeightAverage | None:
-        return self.parts.get("swa")
-
-    @property
-    def pseudo(self) -> PseudoLabels | None:
-        return self.parts.get("pseudo")
-
     def stateful(self) -> dict:
         """Everything ``last.pt`` holds, by name: the training core, then the features that are on."""
         core = {"optimizer": self.optimizer, "scheduler": self.schedule, "scaler": self.ctx.scaler,
                 "tracker": self.tracker}  # fmt: skip
-        return {**core, **self.parts}
+        return {**core, **{name: part for name, part in self.parts.items() if part.has_state}}
 
     def states(self, partial: EpochState | None = None) -> dict:
         """The states of every part (plain tensors and values), for :class:`RunCheckpoints`; at an
