@@ -81,8 +81,7 @@ def fit(
                 is_best = run.tracker.update(value, epoch)
                 run.metrics.write(row)
                 best_row = row if is_best else best_row
-                if dist.is_main:  # rank 0 alone writes checkpoints
-                    save_epoch(run, epoch, weights, is_best=is_best)
+                save_epoch(run, epoch, weights, is_best=is_best)
                 log_epoch(row, tc.max_epochs, ema=ctx.ema is not None, is_best=is_best)
                 for line in filter(None, said):
                     log.info("%s", line)
@@ -116,8 +115,11 @@ def cut_to_max_steps(run: Run, epoch: int, steps_per_epoch: int) -> bool:
 
 
 def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
-    """``last.pt`` every epoch, ``best.pt`` on a new best (see :class:`RunCheckpoints`)."""
-    run.files.save_epoch(run.states(), run.record(epoch, weights), is_best=is_best)
+    """``last.pt`` every epoch, ``best.pt`` on a new best (see :class:`RunCheckpoints`): every rank
+    hands over its state, rank 0 alone writes."""
+    states = run.states()
+    if run.dist.is_main:
+        run.files.save_epoch(states, run.record(epoch, weights), is_best=is_best)
 
 
 def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
@@ -125,8 +127,9 @@ def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, sign
     if run.dist.enabled:
         state.loss_sum, state.correct, seen = run.dist.totals(state.loss_sum, state.correct, state.seen)
         state.seen = int(seen)
+    states = run.states(partial=state)  # every rank: its random streams are gathered
     if run.dist.is_main:
-        run.files.save_partial(run.states(partial=state), run.record(epoch - 1, weights))
+        run.files.save_partial(states, run.record(epoch - 1, weights))
     name = signal.Signals(signum or signal.SIGTERM).name
     raise Interrupted(
         f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved in "

@@ -78,14 +78,19 @@ class Run:
 
     def states(self, partial: EpochState | None = None) -> dict:
         """The states of every part (plain tensors and values), for :class:`RunCheckpoints`; at an
-        epoch's end the lookahead's weights are the slow copy."""
+        epoch's end the lookahead's weights are the slow copy. Under DDP every rank calls it (each
+        rank's random streams are gathered: dropout and augmentation draw differently per rank)."""
+        streams = self.dist.gather(
+            {"rng": rng_state(), "pipeline_rng": self.ctx.pipeline.generator.get_state()}
+        )
         states = {
             "model": self.model.state_dict(),
             **{name: part.state_dict() for name, part in self.stateful().items()},
-            "rng": rng_state(),
-            "pipeline_rng": self.ctx.pipeline.generator.get_state(),
+            **streams[0],  # rank 0's (a single process's) streams
             "global_step": self.metrics.global_step,
         }
+        if self.dist.enabled:
+            states["rank_streams"] = streams
         if partial is not None:
             states["partial"] = partial.state_dict()
         return states
@@ -106,8 +111,10 @@ class Run:
         try:
             for name, part in parts.items():
                 part.load_state_dict(resumed[name])
-            set_rng_state(resumed["rng"])
-            self.ctx.pipeline.generator.set_state(resumed["pipeline_rng"])
+            streams = resumed.get("rank_streams") or [resumed]
+            own = streams[self.dist.rank] if len(streams) == self.dist.world_size else resumed
+            set_rng_state(own["rng"])
+            self.ctx.pipeline.generator.set_state(own["pipeline_rng"])
             partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(

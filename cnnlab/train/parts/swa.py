@@ -37,8 +37,8 @@ class SwaPart(Part):
         better = tracker.beats_best(value)
         log.info("swa: the mean of epochs %d-%d scores %s %.4f (best single epoch %.4f)%s", swa.start, epoch,
                  tracker.monitor, value, tracker.best, ", kept as best.pt" if better else "")  # fmt: skip
+        best_states = run.states() if better else None  # every rank (see Run.states)
         if run.dist.is_main:  # kept either way, for evaluate/predict ckpt=<run>/checkpoints/swa.safetensors
-            best_states = run.states() if better else None
             run.files.save_average(model.state_dict(), run.record(epoch, "swa"), best_states=best_states)
         if better:
             tracker.best, tracker.best_epoch = value, epoch
