@@ -221,6 +221,11 @@ def train_one_epoch(
         if state.interrupted:
             break
     totals.fold_into(state, ctx.device, first_step)
+    return epoch_stats(state, ctx, epoch=epoch, lr=schedule.lr)
+
+
+def epoch_stats(state: EpochState, ctx: StepContext, *, epoch: int, lr: float) -> dict:
+    """The epoch's statistics over all ranks (one sync); a DivergedError when the loss is not finite."""
     state.grad_norm = float(state.grad_norm)
     total_loss, total_correct, seen = ctx.dist.totals(state.loss_sum, state.correct, state.seen)  # one sync
     train_loss = total_loss / max(seen, 1)
@@ -228,7 +233,7 @@ def train_one_epoch(
         bad = int(state.first_bad_step)
         raise DivergedError(
             f"Training diverged in epoch {epoch} at step {bad + 1 if bad >= 0 else '?'}: the loss became "
-            f"{'nan' if math.isnan(train_loss) else 'inf'} with learning rate {schedule.lr:.3g}; "
+            f"{'nan' if math.isnan(train_loss) else 'inf'} with learning rate {lr:.3g}; "
             "lower optimizer.lr or set trainer.grad_clip."
         )
     return {

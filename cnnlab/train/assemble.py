@@ -8,6 +8,7 @@ import logging
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
+from torch import nn
 
 from cnnlab.build import (
     build_adversary,
@@ -83,6 +84,61 @@ def build_run(
     model = build_model(
         cfg.model, in_channels=data.channels, num_classes=len(data.classes), image_size=data.image_size
     )
+    model, channels_last = place_model(model, cfg, data, dist, resumed=resumed)
+    train_model = distributed.wrap(model, dist)
+    describe(model, cfg, data, dist, precision=precision, channels_last=channels_last)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # distinct dropout masks per rank; weights come from rank 0
+
+    augment = build_augment_from(cfg.augmentation, channels=data.channels, image_size=data.image_size)
+    pipeline = BatchPipeline(
+        data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed + dist.rank
+    )
+    optimizer = build_optimizer(model, cfg.optimizer)
+    steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
+    schedule = build_schedule(
+        optimizer, cfg.scheduler, steps_per_epoch=steps_per_epoch, max_epochs=tc.max_epochs, mode=tc.mode,
+        max_steps=tc.max_steps,
+    )  # fmt: skip
+    ctx = build_step(cfg, data, pipeline, dist, precision)
+    parts = build_parts(cfg, model=model, data=data, ctx=ctx, schedule=schedule)  # sets ctx.ema, lookahead
+    log.info("optimizer %s (%s)", type(optimizer).__name__, optimizer_kernels(optimizer))
+    metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
+                            balanced=bool(ctx.scorer.balanced_classes), enabled=dist.is_main)  # fmt: skip
+    return Run(
+        cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
+        optimizer=optimizer, schedule=schedule, ctx=ctx,
+        tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
+        config_yaml=config_yaml, parts=parts,
+        files=RunCheckpoints(folder, epoch_weights=bool(tc.epoch_checkpoints)),
+    )  # fmt: skip
+
+
+def build_step(cfg: DictConfig, data: DataBundle, pipeline: BatchPipeline, dist: distributed.Dist,
+               precision: str) -> StepContext:  # fmt: skip
+    """What a step needs besides model and batch, and the run's one :class:`Scorer`."""
+    tc, device = cfg.trainer, dist.device
+    return StepContext(
+        device=device,
+        precision=precision,
+        pipeline=pipeline,
+        criterion=build_criterion(cfg, train_labels=data.train.y, num_classes=len(data.classes)),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
+        grad_clip=tc.grad_clip,
+        accumulate=tc.accumulate,
+        dist=dist,
+        scorer=Scorer(pipeline, device, precision, views=tta_views(tc.tta, data.image_size),
+                      batch_size=tc.eval_batch_size, dist=dist,
+                      balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0),
+        adversary=build_adversary(cfg.augmentation, mean=pipeline.mean, std=pipeline.std),
+    )  # fmt: skip
+
+
+def place_model(model: nn.Module, cfg: DictConfig, data: DataBundle, dist: distributed.Dist, *,
+                resumed: bool) -> tuple[nn.Module, bool]:  # fmt: skip
+    """The model on its device in the run's memory format (the splits too), SyncBatchNorm'd, fitted to
+    the data (data-initialised layers) and compiled as asked; returns it and whether it is channels_last."""
+    tc, device = cfg.trainer, dist.device
     model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
     channels_last = uses_channels_last(model, tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -94,7 +150,13 @@ def build_run(
         fit_to_data(model, data.train.head(FIT_IMAGES), lambda x: plain(x, train=False))
     if compile_mode(tc.compile):  # in place, so state_dict keys, EMA copies and checkpoints stay the model's
         model.compile(mode=compile_mode(tc.compile))
-    train_model = distributed.wrap(model, dist)
+    return model, channels_last
+
+
+def describe(model: nn.Module, cfg: DictConfig, data: DataBundle, dist: distributed.Dist, *, precision: str,
+             channels_last: bool) -> None:  # fmt: skip
+    """Log the model, device and data-parallel setting (and print the layer table with trainer.summary)."""
+    tc, device = cfg.trainer, dist.device
     if tc.summary:
         from cnnlab.models.layer_table import format_layer_table, layer_table
 
@@ -112,45 +174,6 @@ def build_run(
             dist.world_size, distributed.resolve_backend(str(tc.backend), device), tc.batch_size,
             tc.batch_size // dist.world_size, ", SyncBatchNorm" if tc.sync_batchnorm else "",
         )  # fmt: skip
-        torch.manual_seed(cfg.seed + dist.rank)  # distinct dropout masks per rank; weights come from rank 0
-
-    augment = build_augment_from(cfg.augmentation, channels=data.channels, image_size=data.image_size)
-    pipeline = BatchPipeline(
-        data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed + dist.rank
-    )
-    optimizer = build_optimizer(model, cfg.optimizer)
-    steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
-    schedule = build_schedule(
-        optimizer, cfg.scheduler, steps_per_epoch=steps_per_epoch, max_epochs=tc.max_epochs, mode=tc.mode,
-        max_steps=tc.max_steps,
-    )  # fmt: skip
-    ctx = StepContext(
-        device=device,
-        precision=precision,
-        pipeline=pipeline,
-        criterion=build_criterion(cfg, train_labels=data.train.y, num_classes=len(data.classes)),
-        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
-        grad_clip=tc.grad_clip,
-        accumulate=tc.accumulate,
-        dist=dist,
-        scorer=Scorer(pipeline, device, precision, views=tta_views(tc.tta, data.image_size),
-                      batch_size=tc.eval_batch_size, dist=dist,
-                      balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0),
-        adversary=build_adversary(cfg.augmentation, mean=pipeline.mean, std=pipeline.std),
-    )  # fmt: skip
-    parts = build_parts(
-        cfg, model=model, data=data, ctx=ctx, schedule=schedule
-    )  # may set ctx.ema, ctx.lookahead
-    log.info("optimizer %s (%s)", type(optimizer).__name__, optimizer_kernels(optimizer))
-    metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
-                            balanced=bool(ctx.scorer.balanced_classes), enabled=dist.is_main)  # fmt: skip
-    return Run(
-        cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
-        optimizer=optimizer, schedule=schedule, ctx=ctx,
-        tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
-        config_yaml=config_yaml, parts=parts,
-        files=RunCheckpoints(folder, epoch_weights=bool(tc.epoch_checkpoints)),
-    )  # fmt: skip
 
 
 def store_channels_last(data: DataBundle) -> None:

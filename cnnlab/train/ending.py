@@ -59,9 +59,7 @@ def finish(
     }
     if best_weights == "ema":
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
-    if best_weights == "swa":
-        summary["best_val_acc"] = run.notes["swa_val_acc"]
-    summary.update(run.notes)
+    summary.update(run.notes)  # the parts' own (SWA: its scores, and best_val_acc when it became best)
     run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)
     if test is not None:

@@ -72,21 +72,8 @@ def fit(
                     progress.stop()
                 if state.interrupted:
                     save_interrupted(run, epoch, weights, state, guard.signum)
-                for part in parts:
-                    part.on_train_end(run, epoch)
-                row, value, weights = score_epoch(run, epoch, lr, stats)
-                said = [part.on_epoch_end(run, epoch, row) for part in parts]  # saved with the epoch
-                row["seconds"] = time.perf_counter() - t0
-                run.schedule.step_epoch(value)
-                is_best = run.tracker.update(value, epoch)
-                run.metrics.write(row)
-                best_row = row if is_best else best_row
-                save_epoch(run, epoch, weights, is_best=is_best)
-                log_epoch(row, tc.max_epochs, ema=ctx.ema is not None, is_best=is_best)
-                for line in filter(None, said):
-                    log.info("%s", line)
-                for cb in run.callbacks:
-                    cb.on_epoch_end(run, row, value)
+                row, is_best = close_epoch(run, epoch, lr, stats, t0)
+                best_row, weights = row if is_best else best_row, row["weights"]
                 stop_reason = "max_steps" if last_steps else "early_stop" if run.tracker.should_stop else None
                 if stop_reason:
                     break
@@ -100,6 +87,28 @@ def fit(
         log.info("early stop: %s did not improve by more than %g for %d epochs (best %.4f at epoch %d)",
                  tc.monitor, tc.min_delta, tracker.wait, tracker.best, tracker.best_epoch)  # fmt: skip
     return stop_reason, epoch, best_row
+
+
+def close_epoch(run: Run, epoch: int, lr: float, stats: dict, started: float) -> tuple[dict, bool]:
+    """After an epoch's steps: the parts' hooks around validation, the schedule, the tracker (best
+    epoch, early stopping), metrics.csv, the checkpoints, the log and the callbacks, in that order;
+    return the epoch's metrics row and whether it is the best so far."""
+    parts = run.parts.values()
+    for part in parts:
+        part.on_train_end(run, epoch)
+    row, value, weights = score_epoch(run, epoch, lr, stats)
+    said = [part.on_epoch_end(run, epoch, row) for part in parts]  # before last.pt, which saves it
+    row["seconds"] = time.perf_counter() - started
+    run.schedule.step_epoch(value)
+    is_best = run.tracker.update(value, epoch)
+    run.metrics.write(row)
+    save_epoch(run, epoch, weights, is_best=is_best)
+    log_epoch(row, run.cfg.trainer.max_epochs, ema=run.ctx.ema is not None, is_best=is_best)
+    for line in filter(None, said):
+        log.info("%s", line)
+    for cb in run.callbacks:
+        cb.on_epoch_end(run, row, value)
+    return row, is_best
 
 
 def cut_to_max_steps(run: Run, epoch: int, steps_per_epoch: int) -> bool:

@@ -42,6 +42,7 @@ class SwaPart(Part):
             run.files.save_average(model.state_dict(), run.record(epoch, "swa"), best_states=best_states)
         if better:
             tracker.best, tracker.best_epoch = value, epoch
+            run.notes["best_val_acc"] = run.notes["swa_val_acc"]  # the summary's, of the weights kept
         return better
 
     def state_dict(self) -> dict:
