@@ -1,6 +1,8 @@
-"""Read a run back and score with it: ``load_run`` rebuilds the model from the checkpoint's own record,
-and ``Predictor`` is the one scoring path (normalisation, memory format, the run's test-time
-augmentation, precision and batching) that predict, evaluate, viz and the end of training share."""
+"""Read a run back and score with it: ``load_run`` rebuilds the model from the checkpoint's own record
+(files read by :mod:`cnnlab.run.checkpoints`), and ``Predictor`` scores it through a
+:class:`~cnnlab.engine.infer.Scorer` set up from the record (``run_scorer``: normalisation, the run's
+memory format, test-time augmentation, precision and batching) or, at the end of training, the run's
+own; predict, evaluate, viz and compress share it."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """``train(cfg, run_dir) -> summary``: the whole run, top to bottom, independent of the CLI.
 
-:func:`~cnnlab.train.assemble.build_run` builds every part once (:class:`~cnnlab.train.state.Run`),
-:func:`~cnnlab.train.epochs.fit` runs the epochs, :func:`~cnnlab.train.ending.finish` scores the best
-weights on the test split once and hands the same probabilities to the report.
+:func:`~cnnlab.train.assemble.build_run` builds every part once (:class:`~cnnlab.train.state.Run`;
+each training feature is a part of :mod:`cnnlab.train.parts`), :func:`~cnnlab.train.epochs.fit` runs
+the epochs and calls the parts' hooks, :func:`~cnnlab.train.ending.finish` scores the best weights on
+the test split once and hands the same probabilities to the report. Checkpoint files are written and
+read by :mod:`cnnlab.run.checkpoints` alone.
 """
 
 from __future__ import annotations
