@@ -38,6 +38,7 @@ class MetricTracker:
         self.best = -math.inf if mode == "max" else math.inf
         self.best_epoch = 0
         self.wait = 0
+        self.best_scores: dict[str, float] = {}  # the best epoch's accuracies, exact, for the summary
 
     def value(self, scored: dict) -> float:
         """The monitored value of one scored result."""
@@ -56,10 +57,12 @@ class MetricTracker:
     def improved(self, value: float) -> bool:
         return is_better(value, self.best, self.mode, self.min_delta)
 
-    def update(self, value: float, epoch: int) -> bool:
-        """Record the epoch's value; True when it is a new best (save the best checkpoint)."""
+    def update(self, value: float, epoch: int, scores: dict | None = None) -> bool:
+        """Record the epoch's value; True when it is a new best (save the best checkpoint). ``scores``:
+        the epoch's accuracies, kept with the best (metrics.csv holds them to six digits only)."""
         if self.improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best_scores = {k: float(v) for k, v in (scores or {}).items()}
             return True
         self.wait += 1
         return False
@@ -74,7 +77,13 @@ class MetricTracker:
         return self.patience is not None and self.wait >= self.patience
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "best_scores": self.best_scores,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.best_scores = dict(state.get("best_scores", {}))  # absent from runs of earlier versions

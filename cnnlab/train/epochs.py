@@ -100,7 +100,7 @@ def close_epoch(run: Run, epoch: int, lr: float, stats: dict, started: float) ->
     said = [part.on_epoch_end(run, epoch, row) for part in parts]  # before last.pt, which saves it
     row["seconds"] = time.perf_counter() - started
     run.schedule.step_epoch(value)
-    is_best = run.tracker.update(value, epoch)
+    is_best = run.tracker.update(value, epoch, {k: v for k, v in row.items() if k.endswith("acc")})
     run.metrics.write(row)
     save_epoch(run, epoch, weights, is_best=is_best)
     log_epoch(row, run.cfg.trainer.max_epochs, ema=run.ctx.ema is not None, is_best=is_best)

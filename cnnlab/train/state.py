@@ -124,7 +124,8 @@ class Run:
         self.metrics.global_step = resumed["global_step"]
         if partial is not None and not self.dist.is_main:  # the saved sums are all ranks': count once
             partial.loss_sum, partial.correct, partial.seen = 0.0, 0, 0
-        best_row = self.metrics.resume(resumed["epoch"], self.tracker.best_epoch)
+        from_csv = self.metrics.resume(resumed["epoch"], self.tracker.best_epoch)  # also drops later rows
+        best_row = self.tracker.best_scores or from_csv
         if self.dist.is_main:
             self.folder.status_file.unlink(missing_ok=True)  # the interruption record is history now
         where = (
