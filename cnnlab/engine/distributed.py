@@ -97,7 +97,7 @@ class Dist:
         if not self.enabled:
             return [obj]
         out = [None] * self.world_size
-        td.all_gather_object(out, _convert(obj, torch.Tensor, lambda t: t.numpy()))
+        td.all_gather_object(out, _convert(obj, torch.Tensor, lambda t: t.detach().cpu().numpy()))
         return [_convert(o, np.ndarray, torch.from_numpy) for o in out]
 
     def barrier(self) -> None:

@@ -79,14 +79,16 @@ class Run:
     def states(self, partial: EpochState | None = None) -> dict:
         """The states of every part (plain tensors and values), for :class:`RunCheckpoints`; at an
         epoch's end the lookahead's weights are the slow copy. Under DDP every rank calls it (each
-        rank's random streams are gathered: dropout and augmentation draw differently per rank)."""
-        streams = self.dist.gather(
-            {"rng": rng_state(), "pipeline_rng": self.ctx.pipeline.generator.get_state()}
-        )
+        rank's random streams and BatchNorm statistics are gathered: they differ per rank)."""
+        own = {"rng": rng_state(), "pipeline_rng": self.ctx.pipeline.generator.get_state()}
+        if self.dist.enabled:  # BatchNorm statistics are rank-local between DDP's broadcasts from rank 0
+            own["buffers"] = dict(self.model.named_buffers())
+        streams = self.dist.gather(own)
         states = {
             "model": self.model.state_dict(),
             **{name: part.state_dict() for name, part in self.stateful().items()},
-            **streams[0],  # rank 0's (a single process's) streams
+            "rng": streams[0]["rng"],  # rank 0's (a single process's) streams
+            "pipeline_rng": streams[0]["pipeline_rng"],
             "global_step": self.metrics.global_step,
         }
         if self.dist.enabled:
@@ -115,6 +117,9 @@ class Run:
             own = streams[self.dist.rank] if len(streams) == self.dist.world_size else resumed
             set_rng_state(own["rng"])
             self.ctx.pipeline.generator.set_state(own["pipeline_rng"])
+            with torch.no_grad():
+                for name, buffer in self.model.named_buffers() if "buffers" in own else ():
+                    buffer.copy_(own["buffers"][name])
             partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
