@@ -143,8 +143,7 @@ def load_run(
         image_size=record.image_size,
     )
     load_state_strict(model, weights, path)
-    memory_format = torch.channels_last if run_channels_last(model, record) else torch.preserve_format
-    model.to(device, memory_format=memory_format).eval()
+    model.to(device).eval()
     return LoadedRun(run_dir=Path(run_dir), checkpoint_path=path, record=record, cfg=cfg, model=model)
 
 
@@ -230,7 +229,13 @@ class Predictor:
 
     @classmethod
     def of(cls, run: LoadedRun, device: torch.device, **kwargs) -> Predictor:
-        return cls(run.model, run.record, device, **kwargs)
+        """The scorer of a run read back by a command, whose model is the command's own: it is put in
+        the run's memory format here (the format its batches come in). A model handed to the
+        constructor, such as the live model at the end of training, keeps its format."""
+        predictor = cls(run.model, run.record, device, **kwargs)
+        if predictor.channels_last:
+            run.model.to(memory_format=torch.channels_last)
+        return predictor
 
     def batches(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         return self.scorer.batches(x)
