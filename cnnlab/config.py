@@ -129,7 +129,7 @@ class TorchvisionConfig(ModelConfig):
     name: str = "torchvision"
     arch: str = "resnet18"  # any name of torchvision.models.list_models(module=torchvision.models)
     stem: str = "auto"  # auto | imagenet | cifar (ResNet families only)
-    weights: str | None = None  # a local file; nothing is downloaded
+    weights: str | None = None  # a local file, or a name of torchvision's weights (DEFAULT, IMAGENET1K_V1)
     input_size: int | None = None  # the size the network sees; null: the images', raised to its minimum
 
 
@@ -138,7 +138,7 @@ class TimmConfig(ModelConfig):
     _target_: str = "cnnlab.models.timm_net.TimmNet"
     name: str = "timm"
     arch: str = "resnet18"  # any name of timm.list_models()
-    weights: str | None = None  # a local file; nothing is downloaded
+    weights: str | None = None  # a local file, or a pretrained tag (DEFAULT, a1_in1k, ...)
     input_size: int | None = None  # the size the network sees; null: the images'
 
 
@@ -366,6 +366,9 @@ class LoggerConfig:
     wandb: WandbLoggerConfig | None = None
 
 
+SLURM_DEFAULTS = {"partition": None, "time": 240, "cpus_per_task": None, "gpus_per_node": None, "mem": None}
+
+
 @dataclass
 class TuneConfig:
     """``cnnlab tune``: an Optuna study whose trials are cnnlab runs (see conf/tune.yaml)."""
@@ -384,6 +387,14 @@ class TuneConfig:
     # the study folder; a folder that holds a study continues it
     dir: str = "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
     report: bool = False  # write the optimisation history, parameter importances and intermediate values
+    # where the study lives: null (SQLite in tune.dir), an SQLAlchemy URL (postgresql://user@host/db) or a
+    # journal file (journal:<path>, <path>.log) that workers on several machines share
+    storage: str | None = None
+    study: str = "cnnlab"  # the study's name in tune.storage: workers given the same one join it
+    launcher: str = "local"  # local (tune.n_jobs processes here) | slurm (one Slurm job per worker)
+    # launcher=slurm: each worker job's parameters (submitit's SlurmExecutor ones; null: Slurm's default;
+    # others with +tune.slurm.<name>=..., e.g. +tune.slurm.account=lab)
+    slurm: dict[str, Any] = field(default_factory=lambda: dict(SLURM_DEFAULTS))
 
 
 @dataclass

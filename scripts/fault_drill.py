@@ -24,6 +24,7 @@ from pathlib import Path
 import drill_hostile as hostile
 import drill_inputs as inputs
 import drill_runs as runs
+import drill_scale
 from drill_kit import Case, Drill, Result, judge
 
 DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
@@ -213,6 +214,8 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     ("run named $\\foo$: viz and runs html=true", hostile.dollar_names_viz_runs),
     ("class named =1+2: submission cell", hostile.formula_class_submission),
     ("kill -9 of tune n_jobs=2: workers and lock", hostile.orphaned_workers),
+    # beyond one machine: weights by name, a shared study's storage
+    *drill_scale.CASES,
 ]
 
 

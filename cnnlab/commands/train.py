@@ -164,13 +164,16 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     """
     if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
-    if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
-        return distributed.hydra_overrides(args), contextlib.nullcontext()
+    trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
+    if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder; a resume
+        # composes the run's own config on every rank (each loads last.pt: the folder is shared)
+        return distributed.hydra_overrides(
+            resume_arguments(args, trust_config=trust)
+        ), contextlib.nullcontext()
     tuning = [a for a in args if a.lstrip("+~").split("=")[0].split(".")[0] in ("tune", "hparams_search")]
     if tuning:  # a trial's resume replays its preset's tune=<name> from the run folder, not from here
         search = " ".join(a.replace("hparams_search=", "tune=") for a in tuning)
         raise ConfigError(f"{tuning[0]} is a search setting: run the search with cnnlab tune {search}.")
-    trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
     args = distributed.hydra_overrides(resume_arguments(args, trust_config=trust))
     if "-m" in args or "--multirun" in args:
         return _prepare_sweep(args)

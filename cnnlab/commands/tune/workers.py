@@ -32,7 +32,6 @@ from cnnlab.commands.tune.trial import Plan, ask, run_trial, settle
 from cnnlab.engine.interrupt import Interrupted
 from cnnlab.errors import CnnlabError
 from cnnlab.run import lock
-from cnnlab.run.layout import StudyDir
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -43,7 +42,7 @@ def open_study(plan: Plan, index: int):
     stream of values."""
     tune = OmegaConf.create(plan.tune)
     sampler = make_sampler(tune, tune.seed + plan.first_trial + 1000 * index)
-    return load(StudyDir(plan.folder), sampler=sampler, pruner=make_pruner(tune, plan.max_epochs))
+    return load(plan.study_dir, sampler=sampler, pruner=make_pruner(tune, plan.max_epochs))
 
 
 def share(plan: Plan, index: int) -> tuple[str, int | None]:
@@ -72,6 +71,16 @@ def take(slots, limit: int) -> bool:
             return False
         slots.value += 1
         return True
+
+
+def start_hydra() -> None:
+    """A worker in a new process (spawned, or a Slurm job) composes trials with cnnlab's config."""
+    from hydra import initialize_config_module
+
+    from cnnlab.config import register_configs
+
+    register_configs()
+    initialize_config_module("cnnlab.conf", version_base="1.3")
 
 
 def die_with_parent(parent: int) -> None:
@@ -103,12 +112,7 @@ def _detach(dup) -> int:
 def spawned(plan: Plan, index: int, slots, parent: int, lock_fd: int | None) -> None:
     """A spawned worker: compose with cnnlab's config, work, and exit with the code the CLI would."""
     die_with_parent(parent)
-    from hydra import initialize_config_module
-
-    from cnnlab.config import register_configs
-
-    register_configs()
-    initialize_config_module("cnnlab.conf", version_base="1.3")
+    start_hydra()
     held = lock.inherited(Path(plan.folder), lock_fd) if lock_fd is not None else contextlib.nullcontext()
     try:
         with held:
@@ -122,7 +126,13 @@ def spawned(plan: Plan, index: int, slots, parent: int, lock_fd: int | None) -> 
 
 def run_workers(plan: Plan) -> None:
     """The trials an earlier command left running, then the command's new trials with ``plan.n_jobs``
-    workers; a signal stops them all and is raised as :class:`Interrupted` once each has saved its trial."""
+    workers; a signal stops them all and is raised as :class:`Interrupted` once each has saved its trial.
+    With ``tune.launcher=slurm`` the workers are Slurm jobs (:mod:`.slurm`)."""
+    if plan.tune["launcher"] == "slurm":
+        from cnnlab.commands.tune.slurm import run_slurm_workers
+
+        run_slurm_workers(plan)
+        return
     settle(open_study(plan, 0), plan, share(plan, 0))  # before any worker asks for a new trial
     context = multiprocessing.get_context("spawn")
     slots = context.Value("i", 0)
