@@ -154,6 +154,12 @@ def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def uses_channels_last(model: nn.Module, setting) -> bool:
+    """Whether a run computes in channels_last: ``trainer.channels_last``, or for null (auto) whether the
+    model has convolutions. Training and every scorer of the run decide it here."""
+    return has_conv(model) if setting is None else bool(setting)
+
+
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
     """Any ``torch.optim`` class (``_target_``), weight decay off for biases and norms unless asked, with
     the kernels ``implementation`` names (see :func:`cnnlab.engine.optim.implementation_kwargs`); with

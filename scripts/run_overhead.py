@@ -31,7 +31,7 @@ PARTS = {  # module attribute -> label, in the order a run meets them
     "store_channels_last": "channels_last copy of the splits", "fit_to_data": "fit the whitening layer",
     "build_optimizer": "build the optimizer", "build_schedule": "build the schedule",
     "MetricsWriter": "metrics writer", "provenance": "provenance (git, data hash)",
-    "save_epoch": "checkpoints (best, safetensors, last)", "load_checkpoint": "load best.pt",
+    "save_epoch": "checkpoints (best, safetensors, last)", "read_best": "load best.pt",
     "write_summary": "summary.json", "close": "close the writers",
     "result_table": "summary table",
     "train_one_epoch": "(epochs: training)", "score_epoch": "(epochs: validation)",
@@ -63,6 +63,7 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
     import cnnlab.train as train_module
     from cnnlab.config import register_configs
     from cnnlab.report.evaluate import Scored
+    from cnnlab.run.checkpoints import RunCheckpoints
     from cnnlab.run.layout import RunDir
     from cnnlab.run.metrics import MetricsWriter
     from cnnlab.train import assemble, ending, epochs
@@ -82,6 +83,7 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
                 setattr(module, name, import_dynamo_then(timed) if name == "build_optimizer" else timed)
     Scored.score = classmethod(timer(TEST_PASS, Scored.score.__func__))
     RunDir.write_summary = timer(PARTS["write_summary"], RunDir.write_summary)
+    RunCheckpoints.read_best = timer(PARTS["read_best"], RunCheckpoints.read_best)
     MetricsWriter.close = timer(PARTS["close"], MetricsWriter.close)
     register_configs()
     initialize_config_module("cnnlab.conf", version_base="1.3")

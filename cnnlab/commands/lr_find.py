@@ -65,7 +65,8 @@ def main(cfg: DictConfig) -> dict:
     if device.type == "cpu":
         configure_cpu(cfg.trainer.threads)
     run = build_run(cfg, RunDir(Path.cwd()), Dist(device=device), config_yaml="", resumed=False)
-    run.freezer.at_epoch(1)  # trainer.freeze_epochs: the rates the run's first epoch would see
+    for part in run.parts.values():  # trainer.freeze_epochs: the rates the run's first epoch would see
+        part.on_epoch_start(run, 1)
     ctx = replace(run.ctx, ema=None, on_step=None, should_stop=None)
     log.info("lr_find: %d steps from %g to %g (%s)", options.steps, options.start_lr, options.end_lr,
              OmegaConf.to_container(cfg.optimizer)["_target_"])  # fmt: skip

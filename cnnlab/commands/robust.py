@@ -43,10 +43,7 @@ def robustness(cfg) -> list[dict]:
     for eps in eps_list:
         adversary = Adversary(attack, eps, predictor.pipeline.mean, predictor.pipeline.std, steps=cfg.steps,
                               step_size=cfg.step_size)  # fmt: skip
-        clean, robust = robust_accuracy(
-            run.model, x, y, adversary, pipeline=predictor.pipeline, precision=predictor.precision,
-            batch_size=predictor.batch_size,
-        )  # fmt: skip
+        clean, robust = robust_accuracy(run.model, x, y, adversary, predictor.scorer)
         steps = 1 if attack == "fgsm" else adversary.steps
         step_size = adversary.eps if attack == "fgsm" else adversary.step_size or 2.5 * adversary.eps / steps
         rows.append({"attack": attack, "eps": adversary.eps, "steps": steps, "step_size": step_size,

@@ -22,7 +22,7 @@ from cnnlab.commands.common import open_run, writing_into
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
 from cnnlab.errors import ConfigError, did_you_mean
-from cnnlab.report import attribution, layers
+from cnnlab.report import attribution, files, layers
 from cnnlab.report.curves import curves_figure, read_curves
 from cnnlab.report.embeddings import embeddings_figure, unnormalised
 from cnnlab.report.figures import (
@@ -138,11 +138,11 @@ def curves(cfg, run, device) -> Drawing:
     folder = RunDir(run.run_dir)
     rows = read_curves(folder)
     return Drawing(curves_figure(rows, f"Training curves: {run_label(folder.path)} ({len(rows)} epochs)"),
-                   "curves.png")  # fmt: skip
+                   files.CURVES)  # fmt: skip
 
 
 def filters(cfg, run, device) -> Drawing:
-    return Drawing(layers.filters_figure(run), "filters.png")
+    return Drawing(layers.filters_figure(run), files.FILTERS)
 
 
 def feature_maps(cfg, run, device) -> Drawing:
@@ -153,13 +153,13 @@ def feature_maps(cfg, run, device) -> Drawing:
     pred = int(p.argmax())
     true = f"true {label}, " if label else ""
     title = f"Feature maps of {source}: {true}predicted {run.classes[pred]} (p={float(p[pred]):.2f})"
-    return Drawing(layers.feature_maps_figure(stages, image, title), "feature_maps.png")
+    return Drawing(layers.feature_maps_figure(stages, image, title), files.FEATURE_MAPS)
 
 
 def kernels(cfg, run, device) -> Drawing:
     image, _, source = layers.pick_image(_one_image(cfg), run, device, cfg.data_root)
     fig = layers.kernels_figure(image, cfg.kernels.custom, f"Hand-made 2-D kernels applied to {source}")
-    return Drawing(fig, "kernels.png")
+    return Drawing(fig, files.KERNELS)
 
 
 def predictions(cfg, run, device) -> Drawing | None:
@@ -177,7 +177,7 @@ def predictions(cfg, run, device) -> Drawing | None:
     what = "mistakes" if cfg.only == "wrong" else "predictions"
     title = f"Test {what} of {run_label(run.run_dir)}: predicted (true); {int(wrong.sum())} of {len(y)} wrong"
     fig = grid_figure(x[chosen.to(x.device)].cpu(), titles, colors=colors, cols=6, title=title)
-    name = "predictions_wrong.png" if cfg.only == "wrong" else "predictions.png"
+    name = files.figure("predictions", wrong=cfg.only == "wrong")
     return Drawing(fig, name, f" ({int(wrong.sum())} of {len(y)} test images wrong)")
 
 
@@ -229,7 +229,7 @@ def augment(cfg, run, device) -> Drawing:
     ops = ", ".join(name for name, _ in policy.ops) if policy else "no ops"
     image_grid(right, after, titles, cols=cols, title=f"after ({ops})")
     if run is not None:
-        return Drawing(fig, "augment.png")
+        return Drawing(fig, files.AUGMENT)
     return Drawing(fig, str(cfg.out) if cfg.out else f"augment_{dataset.name}_{aug.name}.png")
 
 
@@ -267,8 +267,7 @@ def _explain(cfg, run, device, kind: str) -> Drawing | None:
     which = "most confident mistakes" if cfg.only == "wrong" else f"{len(x)} images"
     fig = overlay_figure(x, maps, titles, colors=colors, label=label,
                          title=f"{what}: {which} of {run_label(run.run_dir)}")  # fmt: skip
-    name = f"{kind}_wrong" if cfg.only == "wrong" else kind
-    return Drawing(fig, f"{name}.png")
+    return Drawing(fig, files.figure(kind, wrong=cfg.only == "wrong"))
 
 
 def _explained_images(cfg, run, device):

@@ -21,6 +21,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as td
 from torch import nn
@@ -89,9 +90,29 @@ class Dist:
         td.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
+    def gather(self, obj) -> list:
+        """Every rank's ``obj`` (plain values, lists, dicts and CPU tensors), in rank order, on every
+        rank (``[obj]`` for one process). Tensors travel as NumPy arrays: gloo's object gather fails to
+        unpickle tensor storages."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        td.all_gather_object(out, _convert(obj, torch.Tensor, lambda t: t.detach().cpu().numpy()))
+        return [_convert(o, np.ndarray, torch.from_numpy) for o in out]
+
     def barrier(self) -> None:
         if self.enabled:
             td.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+
+def _convert(obj, kind, fn):
+    if isinstance(obj, kind):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _convert(v, kind, fn) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_convert(v, kind, fn) for v in obj)
+    return obj
 
 
 def check_backend(name: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cnnlab.io import write_text
 from cnnlab.report.curves import write_overlay
+from cnnlab.report.files import CAPTIONS
 from cnnlab.report.htmlparts import (
     esc,
     figure,
@@ -35,25 +36,6 @@ from cnnlab.report.htmlparts import (
 from cnnlab.run.layout import METRICS, REPORT_METRICS, SWEEP_CURVES, SWEEP_PAGE, RunDir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Known figures, in the order they are shown, with their captions; other images follow by name.
-FIGURES = {
-    "curves.png": "Training curves: loss, accuracy and learning rate per epoch",
-    "confusion_matrix.png": "Confusion matrix on the test split (rows true, columns predicted)",
-    "reliability.png": "Reliability diagram: accuracy against confidence",
-    "misclassified.png": "The most confident mistakes, predicted (true)",
-    "predictions.png": "Test predictions, predicted (true)",
-    "predictions_wrong.png": "Test mistakes, predicted (true)",
-    "gradcam.png": "Grad-CAM: where the network looks for the predicted class",
-    "gradcam_wrong.png": "Grad-CAM of the most confident mistakes",
-    "saliency.png": "Saliency: the pixels the predicted class is most sensitive to",
-    "saliency_wrong.png": "Saliency of the most confident mistakes",
-    "embeddings.png": "t-SNE of the penultimate-layer features, by class",
-    "embeddings_augment.png": "t-SNE of clean and augmented views of the same images",
-    "augment.png": "One training batch before and after augmentation",
-    "filters.png": "First-layer filters before and after training",
-    "feature_maps.png": "Feature maps of one image, layer by layer",
-    "kernels.png": "Hand-made kernels applied to one image",
-}
 
 
 def write_run_page(run_dir: Path) -> Path:
@@ -139,11 +121,11 @@ def evaluation_section(run_dir: Path) -> str:
 def figures_section(run_dir: Path) -> str:
     report = RunDir(run_dir).report
     images = [p for p in report.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and regular_file(p)]
-    order = list(FIGURES)
+    order = list(CAPTIONS)
     images.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
     if not images:
         return problem("report/ holds no figures yet (cnnlab viz <what> run=... adds them)")
-    return "".join(figure(href(p, report), FIGURES.get(p.name, p.name)) for p in images)
+    return "".join(figure(href(p, report), CAPTIONS.get(p.name, p.name)) for p in images)
 
 
 def epochs_section(run_dir: Path) -> str:

@@ -1,8 +1,10 @@
 """``train(cfg, run_dir) -> summary``: the whole run, top to bottom, independent of the CLI.
 
-:func:`~cnnlab.train.assemble.build_run` builds every part once (:class:`~cnnlab.train.state.Run`),
-:func:`~cnnlab.train.epochs.fit` runs the epochs, :func:`~cnnlab.train.ending.finish` scores the best
-weights on the test split once and hands the same probabilities to the report.
+:func:`~cnnlab.train.assemble.build_run` builds every part once (:class:`~cnnlab.train.state.Run`;
+each training feature is a part of :mod:`cnnlab.train.parts`), :func:`~cnnlab.train.epochs.fit` runs
+the epochs and calls the parts' hooks, :func:`~cnnlab.train.ending.finish` scores the best weights on
+the test split once and hands the same probabilities to the report. Checkpoint files are written and
+read by :mod:`cnnlab.run.checkpoints` alone.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.build import check, seed_everything
 from cnnlab.engine import distributed
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.device import compile_error, compile_mode, configure_cpu, raised_by_compile
 from cnnlab.engine.interrupt import Interrupted, SignalGuard, StopRequested
+from cnnlab.run.checkpoints import read_state
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import read_checkpoint_config
 from cnnlab.run.log import setup_logging, use_rich
@@ -67,7 +69,7 @@ def train(
         resumed = None
         if cfg.resume:
             check_resumable(read_checkpoint_config(folder.last), config_yaml, folder.path)
-            resumed = load_checkpoint(folder.last)
+            resumed = read_state(folder.last)
         rich = use_rich(tc.progress) and dist.is_main
         if dist.is_main:
             setup_logging(folder.path, rich=rich)

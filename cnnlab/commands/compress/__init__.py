@@ -27,9 +27,9 @@ from cnnlab.commands.compress import config as configs
 from cnnlab.commands.compress.distill import Distill
 from cnnlab.commands.compress.measure import describe, latencies
 from cnnlab.data.loader import BatchPipeline
-from cnnlab.engine.checkpoint import save_checkpoint, save_safetensors
 from cnnlab.engine.prune import apply_masks, copy_channels, kept_channels, magnitude_masks, sparsity
 from cnnlab.errors import ConfigError
+from cnnlab.run.checkpoints import RunCheckpoints
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import LoadedRun, load_run, read_checkpoint_config, run_data
 from cnnlab.run.log import make_console
@@ -97,9 +97,7 @@ def write_model_run(folder: RunDir, cfg: DictConfig, model: torch.nn.Module, tea
     record = dataclasses.replace(teacher.record, config=config_yaml, model_name=str(cfg.model.name),
                                  weights="raw", precision="32")  # fmt: skip
     with claim(folder, resume=False):
-        state = model.state_dict()
-        save_checkpoint({**record.to_state(), "model": state}, folder.best)
-        save_safetensors(state, record.to_metadata(), folder.best_safetensors)
+        RunCheckpoints(folder).save_model(model.state_dict(), record)
 
 
 def prune_model(cfg: DictConfig, teacher: LoadedRun, folder: RunDir) -> None:
