@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import time
 import traceback
@@ -26,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cnnlab.build import check
 from cnnlab.config import register_configs
 from cnnlab.engine import distributed
+from cnnlab.engine.threads import check_threads, cpu_share
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run import lock
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir
@@ -41,19 +41,20 @@ log = logging.getLogger("cnnlab")
 
 
 def job_resources(
-    *, n_jobs: int | None, job_num: int, device: str, threads: int | None, cpu_count: int, gpu_count: int
-) -> tuple[str, int | None]:
+    *, n_jobs: int | None, job_num: int, device: str, threads, cpu_count: int, gpu_count: int
+) -> tuple[str, int | str | None]:
     """The device and CPU thread count for one of ``n_jobs`` jobs running at once on this machine.
 
-    Each job gets a fair share of the cores (``cpu_count // n_jobs``) unless trainer.threads is set,
-    so parallel jobs do not oversubscribe the CPU. With several GPUs, job k takes GPU k mod count:
+    Each job gets a fair share of the CPUs it may use (``cpu_count // n_jobs``) unless trainer.threads
+    is a number, so parallel jobs do not oversubscribe the CPU (and do not time each other's load).
+    With several GPUs, job k takes GPU k mod count:
     jobs started together have consecutive numbers, so with n_jobs <= GPUs each has its own.
     """
     if not n_jobs or n_jobs == 1:
         return device, threads
     if n_jobs < 0:  # joblib's convention: -1 is one job per core, -2 all cores but one, ...
         n_jobs = max(cpu_count + 1 + n_jobs, 1)
-    if threads is None:
+    if check_threads(threads) is None:
         threads = max(cpu_count // n_jobs, 1)
     if device in ("auto", "cuda") and gpu_count > 1:
         device = f"cuda:{job_num % gpu_count}"
@@ -102,7 +103,7 @@ def train_job(cfg: DictConfig) -> float | None:
             job_num=hc.job.num,
             device=str(cfg.trainer.device),
             threads=cfg.trainer.threads,
-            cpu_count=os.cpu_count() or 1,
+            cpu_count=cpu_share().usable,
             gpu_count=torch.cuda.device_count(),
         )
     main = distributed.is_main_process()

@@ -2,14 +2,14 @@
 processes for more (threads would share torch's thread count, the global RNGs and the logging setup).
 
 Every worker asks the shared study for its next trial until the command's ``tune.n_trials`` are taken
-(a counter shared by the workers) or ``tune.timeout`` has passed. Worker k trains on ``cores // n_jobs``
-threads unless ``trainer.threads`` is set, and with several GPUs on GPU k mod count.
+(a counter shared by the workers) or ``tune.timeout`` has passed. Worker k trains on ``cpus // n_jobs``
+threads (of the CPUs it may use) unless ``trainer.threads`` is a number, and with several GPUs on GPU
+k mod count.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import sys
 import time
@@ -22,6 +22,7 @@ from cnnlab.commands.tune.space import parse_space
 from cnnlab.commands.tune.study import load, make_pruner, make_sampler
 from cnnlab.commands.tune.trial import Plan, ask, run_trial, settle
 from cnnlab.engine.interrupt import Interrupted
+from cnnlab.engine.threads import cpu_share
 from cnnlab.errors import CnnlabError
 from cnnlab.run.layout import StudyDir
 
@@ -38,7 +39,7 @@ def open_study(plan: Plan, index: int):
 def share(plan: Plan, index: int) -> tuple[str, int | None]:
     """Worker ``index``'s device and CPU threads."""
     return job_resources(n_jobs=plan.n_jobs, job_num=index, device=plan.device, threads=plan.threads,
-                         cpu_count=os.cpu_count() or 1, gpu_count=torch.cuda.device_count())  # fmt: skip
+                         cpu_count=cpu_share().usable, gpu_count=torch.cuda.device_count())  # fmt: skip
 
 
 def work(plan: Plan, index: int, slots) -> None:
