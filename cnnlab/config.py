@@ -20,6 +20,15 @@ from omegaconf.errors import InterpolationResolutionError
 
 from cnnlab.errors import ConfigError
 
+HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+               "--resolve", "--package", "-p")  # fmt: skip
+
+
+def hydra_prints(args: list[str]) -> bool:
+    """Whether Hydra only prints something and exits (help, the composed config, completion): the
+    commands then skip their checks, and ``cnnlab train --help`` answers without importing torch."""
+    return any(a.split("=")[0] in HYDRA_FLAGS for a in args)
+
 
 @dataclass
 class SubmissionConfig:

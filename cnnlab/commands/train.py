@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.build import check
-from cnnlab.config import register_configs
+from cnnlab.config import hydra_prints, register_configs
 from cnnlab.engine import distributed
 from cnnlab.engine.threads import check_threads, cpu_share
 from cnnlab.errors import CnnlabError, ConfigError
@@ -137,10 +137,6 @@ def train_job(cfg: DictConfig) -> float | None:
     return summary["best_value"]
 
 
-HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
-               "--resolve", "--package", "-p")  # fmt: skip
-
-
 def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
     """Before Hydra writes anything: replay a resumed run's overrides (checked), compose the config and
     run every option check, refuse a changed resume, pin the run (or sweep) folder and claim it.
@@ -149,7 +145,7 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     (``hydra.output_subdir=null``): it would write ``.hydra/`` into a folder before the job could refuse
     it. The job writes ``.hydra/`` once it has claimed its folder.
     """
-    if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
+    if hydra_prints(args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
     if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
         return distributed.hydra_overrides(args), contextlib.nullcontext()

@@ -143,8 +143,9 @@ class ThreadChooser:
     Between probes the median of the last ``window`` steps is watched; a ratio to the chosen count's
     median beyond ``drift`` (either way) probes again, but not within ``min_gap`` seconds of the last
     probe (hysteresis). A load that went away may speed the chosen count up only a little, so a probe
-    also runs every ``recheck`` seconds, spaced out further when probes cost more than ``budget`` of
-    the time (each probe's cost is the time its steps took beyond the best count's).
+    also runs every ``recheck`` seconds. Probes are spaced out further when they cost more than
+    ``budget`` of the time: a probe's cost is the time its steps took beyond the chosen count's, and
+    the next one waits at least cost / budget seconds.
     """
 
     candidates: list[int]
@@ -155,7 +156,7 @@ class ThreadChooser:
     probe_steps: int = 5
     tie: float = 0.05
     give_up: float = 3.0
-    window: int = 15
+    window: int = 9
     drift: float = 1.5
     min_gap: float = 10.0
     recheck: float = 120.0
@@ -171,7 +172,7 @@ class ThreadChooser:
         self._recent: deque[float] = deque(maxlen=self.window)
         self._baseline = 0.0
         self._probe_end = 0.0
-        self._next_recheck = self.recheck
+        self._next_recheck, self._quiet = self.recheck, self.min_gap
         self._queue: list[int] | None = None
         # summary.json's "threads": the count in use (during a probe, the one being timed) and the choices
         self.record: dict = {"threads": 0, "choices": self.history}
@@ -223,13 +224,14 @@ class ThreadChooser:
 
     def _probe_step(self, dt: float, now: float) -> None:
         self._cost, self._count = self._cost + dt, self._count + 1
-        if self._skipped < self.warmup:
+        best = min(self._results.values(), default=None)
+        hopeless = best is not None and dt > self.give_up * best  # a warm-up step too
+        if self._skipped < self.warmup and not hopeless:
             self._skipped += 1
             return
         self._times.append(dt)
-        best = min(self._results.values(), default=None)
-        hopeless = best is not None and (
-            dt > self.give_up * best or sum(t > best for t in self._times) > self.probe_steps // 2
+        hopeless = hopeless or (
+            best is not None and sum(t > best for t in self._times) > self.probe_steps // 2
         )
         if len(self._times) < self.probe_steps and not hopeless:
             return
@@ -244,7 +246,8 @@ class ThreadChooser:
         best = min(self._results.values())
         chosen = min(n for n, t in self._results.items() if t <= best * (1 + self.tie))
         overhead = max(self._cost - self._count * self._results[chosen], 0.0)
-        self._next_recheck = max(self.recheck, overhead / self.budget)
+        self._quiet = max(self.min_gap, overhead / self.budget)
+        self._next_recheck = max(self.recheck, self._quiet)
         self._switch(chosen)
         self._queue, self._baseline, self._probe_end = None, self._results[chosen], now
         self._recent.clear()
@@ -259,7 +262,7 @@ class ThreadChooser:
     def _watch(self, dt: float, now: float) -> None:
         self._recent.append(dt)
         since = now - self._probe_end
-        if len(self._recent) == self._recent.maxlen and since >= self.min_gap:
+        if len(self._recent) == self._recent.maxlen and since >= self._quiet:
             ratio = statistics.median(self._recent) / max(self._baseline, 1e-12)
             if ratio > self.drift or ratio < 1 / self.drift:
                 self._begin_probe(f"step time drifted {ratio:.2f}x")
