@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import multiprocessing
 import os
 import statistics
@@ -52,13 +53,8 @@ def one_run(setting: str, steps: int, folder: Path, extra: list[str]) -> tuple[f
     with (folder / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     seconds = sum(float(r["data_s"]) + float(r["compute_s"]) for r in rows)
-    used = ""
-    summary = (folder / "summary.json").read_text()
-    if '"threads"' in summary:
-        import json
-
-        used = str(json.loads(summary)["threads"]["threads"])
-    return seconds, used
+    summary = json.loads((folder / "summary.json").read_text())
+    return seconds, str(summary.get("threads", {}).get("threads", ""))
 
 
 def measure(load: int, settings: list[str], rounds: int, steps: int, extra: list[str]) -> dict:
@@ -100,8 +96,9 @@ def main() -> None:
         med = {s: statistics.median(v) for s, v in result["times"].items()}
         best = min(fixed, key=med.get) if fixed else None
         rows.append((load, med, best, result["ended"]))
+    usable = len(os.sched_getaffinity(0))
     print(f"\ntraining seconds, 2 epochs x {args.steps} steps, median of {args.rounds} "
-          f"(whole run {time.time() - started:.0f} s); CPUs usable: {len(os.sched_getaffinity(0))}")  # fmt: skip
+          f"(whole run {time.time() - started:.0f} s); CPUs usable: {usable}")  # fmt: skip
     head = "| busy processes | " + " | ".join(f"threads={s}" for s in settings) + " | best fixed |"
     head += "".join(f" {s} / best |" for s in settings if not s.isdigit())
     print(head)

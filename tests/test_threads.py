@@ -70,7 +70,7 @@ def test_check_threads_auto(value):
 def test_check_threads_numbers_and_errors():
     assert check_threads(3) == 3 and check_threads("2") == 2
     for bad in (0, -1, "many", 1.5, True):
-        with pytest.raises(ConfigError, match="trainer.threads"):
+        with pytest.raises(ConfigError, match=r"trainer\.threads"):
             check_threads(bad)
 
 

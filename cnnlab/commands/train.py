@@ -16,26 +16,24 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab.build import check
 from cnnlab.config import hydra_prints, register_configs
-from cnnlab.engine import distributed
+from cnnlab.engine import ranks
 from cnnlab.engine.threads import check_threads, cpu_share
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run import lock
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir
-from cnnlab.run.load import read_checkpoint_config
 from cnnlab.run.log import setup_logging, use_rich
-from cnnlab.run.metrics import failure_status
 from cnnlab.run.resume import check_resumable, resume_arguments
 from cnnlab.run.trust import check_config
 from cnnlab.run.workspace import check_fresh, claim
-from cnnlab.train import train
+
+# torch and the trainer load when a job runs or a composed config is checked, not on import: an
+# override Hydra refuses is answered without them (cnnlab.cli imports this module to prepare a run).
 
 log = logging.getLogger("cnnlab")
 
@@ -68,6 +66,8 @@ def error_line(exc: BaseException) -> str:
 
 
 def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict:
+    from cnnlab.run.metrics import failure_status
+
     record = {
         "status": failure_status(exc),
         "error": error_line(exc),
@@ -89,13 +89,18 @@ def train_job(cfg: DictConfig) -> float | None:
     tasks trains data-parallel, a requeued job resumes from its own ``last.pt``, and SIGUSR2 (time limit
     or preemption) checkpoints and then hands over to submitit, which requeues the job.
     """
+    import torch
+
+    from cnnlab.engine import distributed
+    from cnnlab.train import train
+
     hc = HydraConfig.get()
     folder = RunDir(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
     config_yaml = OmegaConf.to_yaml(cfg)  # as composed, before this job sets its share of the machine
     distributed.export_submitit_env()
     requeue = distributed.requeue_handler()
-    if (sweep or distributed.in_submitit()) and folder.is_unfinished():
+    if (sweep or ranks.in_submitit()) and folder.is_unfinished():
         cfg.resume = str(folder)  # a requeued job, or a sweep run again: the job's own earlier attempt
     if sweep:
         cfg.trainer.device, cfg.trainer.threads = job_resources(
@@ -106,7 +111,7 @@ def train_job(cfg: DictConfig) -> float | None:
             cpu_count=cpu_share().usable,
             gpu_count=torch.cuda.device_count(),
         )
-    main = distributed.is_main_process()
+    main = ranks.is_main_process()
     with claim(folder, resume=bool(cfg.resume), writer=main):
         if (
             main and not cfg.resume
@@ -147,14 +152,14 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     """
     if hydra_prints(args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
-    if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
-        return distributed.hydra_overrides(args), contextlib.nullcontext()
+    if not ranks.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
+        return ranks.hydra_overrides(args), contextlib.nullcontext()
     tuning = [a for a in args if a.lstrip("+~").split("=")[0].split(".")[0] in ("tune", "hparams_search")]
     if tuning:  # a trial's resume replays its preset's tune=<name> from the run folder, not from here
         search = " ".join(a.replace("hparams_search=", "tune=") for a in tuning)
         raise ConfigError(f"{tuning[0]} is a search setting: run the search with cnnlab tune {search}.")
     trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
-    args = distributed.hydra_overrides(resume_arguments(args, trust_config=trust))
+    args = ranks.hydra_overrides(resume_arguments(args, trust_config=trust))
     if "-m" in args or "--multirun" in args:
         return _prepare_sweep(args)
     cfg = _compose([a for a in args if a not in ("-m", "--multirun")])
@@ -163,6 +168,9 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
         del cfg["hydra"]
     if mode == RunMode.MULTIRUN:
         return _prepare_sweep(args)
+    from cnnlab.build import check
+    from cnnlab.run.load import read_checkpoint_config
+
     check(cfg)
     folder = RunDir(run_dir)
     if cfg.resume:

@@ -24,7 +24,7 @@ from cnnlab.commands.tune.study import check_options, continued_args, create, ke
 from cnnlab.commands.tune.trial import SAMPLED, Plan, compose_trial, with_sampled
 from cnnlab.commands.tune.workers import run_workers
 from cnnlab.config import hydra_prints
-from cnnlab.engine import distributed
+from cnnlab.engine import ranks
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.io import write_json
 from cnnlab.run import lock
@@ -61,7 +61,7 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     replays its overrides), check every option and every corner of the search space, claim the folder."""
     if hydra_prints(args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
-    if distributed.env_world_size() > 1:
+    if ranks.env_world_size() > 1:
         raise ConfigError("cnnlab tune runs its trials itself; start it without torchrun.")
     trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
     args = fold_search_args(args)
