@@ -1,4 +1,4 @@
-"""Where a preset's time inside ``train()`` outside its epochs goes, part by part (wall and CPU seconds).
+"""Where a preset's time before its first step and inside ``train()`` outside its epochs goes, part by part.
 
     CNNLAB_DATA=../shared/datasets python scripts/run_overhead.py                      # fast_mnist, 3 runs
     python scripts/run_overhead.py --preset fast_fashion_mnist --repeats 5 --threads 1
@@ -9,6 +9,8 @@ schedule, fitting data-initialised layers, provenance, checkpoints, the test pas
 the summary and closing the writers. ``torch._dynamo``'s import, which the first ``torch.optim``
 optimizer triggers (any script using torch.optim pays it), is timed apart. The epochs are metrics.csv's
 ``seconds`` (training and validation); "outside the epochs" is summary.json's seconds less those.
+Before train(): the imports (hydra and the config schema, torch, the trainer's modules) and composing the
+config, as ``cnnlab train`` meets them; then train()'s start to the end of the first optimizer step.
 Prints the median of each part over the repeats, wall and CPU (process) time: on a machine shared with
 other jobs CPU time is the steadier figure. The epochs' own parts are listed in parentheses.
 """
@@ -41,6 +43,19 @@ EPOCHS = ("(epochs: training)", "(epochs: validation)")
 TEST_PASS = "test pass"  # noqa: S105 (a label, not a password)
 
 
+class _Block:
+    """``with _Block(times, label):`` adds the block's wall and CPU seconds to ``times[label]``."""
+
+    def __init__(self, times: dict, label: str):
+        self.times, self.label = times, label
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        self.times[self.label] = [time.perf_counter() - self.wall, time.process_time() - self.cpu]
+
+
 def child(preset: str, threads: int, extra: list[str]) -> None:
     """One run, in this process; prints a JSON line of timings."""
     times: dict[str, list[float]] = {}
@@ -57,15 +72,22 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
 
         return timed
 
-    import torch  # noqa: F401  (imported by the CLI before train() too)
-    from hydra import compose, initialize_config_module
+    def part(label: str) -> _Block:
+        """Time a block before train(): the imports and the config, in the order the command meets them."""
+        return _Block(times, label)
 
-    import cnnlab.train as train_module
-    from cnnlab.config import register_configs
-    from cnnlab.report.evaluate import Scored
-    from cnnlab.run.layout import RunDir
-    from cnnlab.run.metrics import MetricsWriter
-    from cnnlab.train import assemble, ending, epochs
+    with part("before train(): import hydra, omegaconf, cnnlab.config"):
+        from hydra import compose, initialize_config_module
+
+        from cnnlab.config import register_configs
+    with part("before train(): import torch"):
+        import torch  # noqa: F401
+    with part("before train(): import the trainer (cnnlab.train)"):
+        import cnnlab.train as train_module
+        from cnnlab.report.evaluate import Scored
+        from cnnlab.run.layout import RunDir
+        from cnnlab.run.metrics import MetricsWriter
+        from cnnlab.train import assemble, ending, epochs
 
     def import_dynamo_then(fn):
         def build(*args, **kwargs):
@@ -83,13 +105,21 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
     Scored.score = classmethod(timer(TEST_PASS, Scored.score.__func__))
     RunDir.write_summary = timer(PARTS["write_summary"], RunDir.write_summary)
     MetricsWriter.close = timer(PARTS["close"], MetricsWriter.close)
-    register_configs()
-    initialize_config_module("cnnlab.conf", version_base="1.3")
-    overrides = [f"+experiment={preset}", "trainer.progress=plain", *extra]
-    cfg = compose("train", overrides=overrides + ([f"trainer.threads={threads}"] if threads else []))
+    with part("before train(): compose the config"):
+        register_configs()
+        initialize_config_module("cnnlab.conf", version_base="1.3")
+        overrides = [f"+experiment={preset}", "trainer.progress=plain", *extra]
+        cfg = compose("train", overrides=overrides + ([f"trainer.threads={threads}"] if threads else []))
     run = Path(tempfile.mkdtemp(prefix="cnnlab-overhead-")) / "run"
     wall, cpu = time.perf_counter(), time.process_time()
-    summary = train_module.train(cfg, run)
+
+    class FirstStep(train_module.Callback):
+        def on_step(self, run) -> None:
+            if "train() start to the first step's end" not in times:
+                times["train() start to the first step's end"] = [time.perf_counter() - wall,
+                                                                   time.process_time() - cpu]  # fmt: skip
+
+    summary = train_module.train(cfg, run, callbacks=(FirstStep(),))
     times["train() in all"] = [time.perf_counter() - wall, time.process_time() - cpu]
     with (run / "metrics.csv").open() as f:
         epochs = sum(float(r["seconds"]) for r in csv.DictReader(f))
