@@ -11,6 +11,8 @@ optimizer triggers (any script using torch.optim pays it), is timed apart. The e
 ``seconds`` (training and validation); "outside the epochs" is summary.json's seconds less those.
 Before train(): the imports (hydra and the config schema, torch, the trainer's modules) and composing the
 config, as ``cnnlab train`` meets them; then train()'s start to the end of the first optimizer step.
+``--startup N`` times instead, in alternation, ``import torch`` alone and the commands that answer
+before training (``cnnlab train --help``, a refused override), wall and CPU.
 Prints the median of each part over the repeats, wall and CPU (process) time: on a machine shared with
 other jobs CPU time is the steadier figure. The epochs' own parts are listed in parentheses.
 """
@@ -21,6 +23,7 @@ import argparse
 import csv
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -130,8 +133,38 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
     )
 
 
+CNNLAB = str(Path(sys.executable).with_name("cnnlab"))
+STARTUP = {  # label -> command; run in alternation, in fresh processes
+    "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+    "cnnlab train --help": [CNNLAB, "train", "--help"],
+    "cnnlab train model=lenett (refused)": [CNNLAB, "train", "model=lenett"],
+}
+
+
+def startup(repeats: int) -> None:
+    """Wall and CPU seconds (the child's user + system time) of commands that end before training."""
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in STARTUP}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for label, cmd in STARTUP.items():
+                before, wall = os.times(), time.perf_counter()
+                subprocess.run(cmd, capture_output=True, cwd=tmp, check=False)
+                after = os.times()
+                cpu = (after.children_user - before.children_user) + (
+                    after.children_system - before.children_system
+                )
+                results[label].append((time.perf_counter() - wall, cpu))
+    print(f"start-up, {repeats} rounds in alternation (medians)")
+    print(f"  {'command':46s} {'wall s':>7s} {'CPU s':>7s}")
+    for label, runs in results.items():
+        wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        print(f"  {label:46s} {wall:7.3f} {cpu:7.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--startup", type=int, default=0, metavar="N",
+                        help="instead: time N rounds of commands that end before training")  # fmt: skip
     parser.add_argument("--preset", default="fast_mnist")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="trainer.threads (0: the preset's)")
@@ -140,6 +173,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args.preset, args.threads, args.overrides)
+        return
+    if args.startup:
+        startup(args.startup)
         return
     runs = []
     for _ in range(args.repeats):
