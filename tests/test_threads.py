@@ -221,3 +221,21 @@ def test_a_run_records_the_threads_it_used(make_cfg, tmp_path):
     assert stored["cpu"]["threads_setting"] == "auto"
     assert stored["cpu"]["usable_cpus"] == used["usable_cpus"]
     assert f"threads: using {used['threads']} (" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_counts_the_busy_machine_cannot_hold_are_not_timed():
+    busy = FakeMachine({1: 0.020, 2: 0.500})
+    chooser = chooser_on(busy, running=lambda: 2)  # this process's thread and one other task
+    busy.run(chooser, 20)
+    assert busy.set_calls == [1] and chooser.current == 1
+    assert "1 other tasks running: counts above 1 not timed" in chooser.history[0]["reason"]
+    idle = FakeMachine({1: 0.020, 2: 0.011})
+    chooser = chooser_on(idle, running=lambda: 1)  # only this process
+    idle.run(chooser, 20)
+    assert chooser.current == 2
+
+
+def test_runnable_tasks_reads_proc_stat(tmp_path):
+    stat = write(tmp_path / "stat", "cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n")
+    assert threads_mod.runnable_tasks(stat) == 3
+    assert threads_mod.runnable_tasks(tmp_path / "missing") is None

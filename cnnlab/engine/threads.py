@@ -116,6 +116,18 @@ def cpu_share(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> CpuS
     return CpuShare(affinity=affinity, quota=cgroup_cpus(root, self_cgroup))
 
 
+def runnable_tasks(stat: Path = Path("/proc/stat")) -> int | None:
+    """The tasks running or ready to run on the machine now (Linux's ``procs_running``), None elsewhere."""
+    try:
+        with stat.open() as f:
+            for line in f:
+                if line.startswith("procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def candidates(usable: int) -> list[int]:
     """The counts worth timing, fewest first: 1, then doubling up to ``usable`` (few probes on big hosts).
 
@@ -138,7 +150,8 @@ class ThreadChooser:
     of its steps are slower than the best median so far (its median cannot win), or at once when one
     step takes ``give_up`` times the best: a probe of a count the machine cannot serve (two threads
     beside another busy process on two cores ran 5-14x slower) costs a step or two, not a whole probe.
-    Counts within ``tie`` of the best: the fewest wins.
+    Counts within ``tie`` of the best: the fewest wins. Counts above the CPUs that other processes leave
+    free at the probe's start (``running``: the machine's runnable tasks) are not timed at all.
 
     Between probes the median of the last ``window`` steps is watched; a ratio to the chosen count's
     median beyond ``drift`` (either way) probes again, but not within ``min_gap`` seconds of the last
@@ -161,6 +174,7 @@ class ThreadChooser:
     min_gap: float = 10.0
     recheck: float = 120.0
     budget: float = 0.02
+    running: Callable[[], int | None] = lambda: None  # runnable tasks on the machine (None: unknown)
     why: str = "first steps"  # what the first choice says; with one candidate, why it is the only one
     share: CpuShare | None = None
     setting: str = "auto"  # trainer.threads as given
@@ -211,9 +225,21 @@ class ThreadChooser:
 
     # probing
     def _begin_probe(self, reason: str) -> None:
-        self._reason, self._queue, self._results = reason, list(self.candidates), {}
-        self._cost, self._count = 0.0, 0
+        others = self._other_tasks()
+        room = max(max(self.candidates) - others, 1)
+        self._queue = [n for n in self.candidates if n <= room] or [min(self.candidates)]
+        if len(self._queue) < len(self.candidates):
+            reason += f"; {others} other tasks running: counts above {room} not timed"
+        self._reason, self._results, self._cost, self._count = reason, {}, 0.0, 0
         self._switch(self._queue[0])
+
+    def _other_tasks(self) -> int:
+        """Runnable tasks of other processes now: the machine's (median of a few readings) less this
+        process's threads in use. A count that the free CPUs cannot hold is not worth a probe step."""
+        readings = [self.running() for _ in range(5)]
+        if any(r is None for r in readings):
+            return 0
+        return max(int(statistics.median(readings)) - max(self.current, 1), 0)
 
     def _switch(self, n: int) -> None:
         self._times: list[float] = []
@@ -291,5 +317,6 @@ def configure_threads(
         why = "trainer.deterministic=true" if deterministic else f"{processes} processes"
         return ThreadChooser([n], torch.set_num_threads, report=report, why=f"{why}; {share.describe()}",
                              share=share)  # fmt: skip
-    return ThreadChooser(candidates(share.usable), torch.set_num_threads, report=report,
-                         why=f"timed on the first steps; {share.describe()}", share=share)  # fmt: skip
+    why = f"timed on the first steps; {share.describe()}"
+    return ThreadChooser(candidates(share.usable), torch.set_num_threads, report=report, share=share,
+                         running=runnable_tasks, why=why)  # fmt: skip
