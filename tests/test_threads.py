@@ -192,6 +192,8 @@ def test_configure_explicit_and_deterministic_win(monkeypatch):
         assert not det.measuring and torch.get_num_threads() == 4
         shared = threads_mod.configure_threads("auto", processes=2, report=lambda s: None)
         assert shared.current == 2
+        untimed = threads_mod.configure_threads("auto", timed=False, report=lambda s: None)
+        assert not untimed.measuring and untimed.current == 4
         auto = threads_mod.configure_threads("auto", report=lambda s: None)
         assert auto.measuring and auto.candidates == [1, 2, 4]
     finally:

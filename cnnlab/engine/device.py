@@ -127,11 +127,14 @@ def configure_cuda(device: torch.device, *, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = not deterministic
 
 
-def configure_cpu(threads, *, deterministic: bool = False, processes: int = 1) -> ThreadChooser:
+def configure_cpu(
+    threads, *, deterministic: bool = False, processes: int = 1, timed: bool = True
+) -> ThreadChooser:
     """Thread count (``trainer.threads``, see :mod:`cnnlab.engine.threads`: call the chooser's ``on_step``
     after every optimizer step), denormal flushing (a sigmoid LeNet once ran 6x slower on denormals) and
     the heap (:func:`keep_freed_memory`)."""
-    chooser = configure_threads(threads, deterministic=deterministic, processes=processes, report=log.info)
+    chooser = configure_threads(threads, deterministic=deterministic, processes=processes, timed=timed,
+                                report=log.info)  # fmt: skip
     torch.set_flush_denormal(True)
     keep_freed_memory()
     return chooser

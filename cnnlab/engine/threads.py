@@ -298,13 +298,14 @@ class ThreadChooser:
 
 
 def configure_threads(
-    setting, *, deterministic: bool = False, processes: int = 1, report=print
+    setting, *, deterministic: bool = False, processes: int = 1, timed: bool = True, report=print
 ) -> ThreadChooser:
     """Set torch's CPU thread count for a run; return the chooser (its ``on_step`` after every step).
 
     An explicit ``trainer.threads=N`` is obeyed. ``auto`` measures, except where the count must not
     change during the run: with ``trainer.deterministic=true`` (a different count changes the last bits
-    of the results) and for several processes on one machine (torchrun), which take an equal share each.
+    of the results) and for several processes on one machine (torchrun), which take an equal share each;
+    and without ``timed`` (a command with no training steps to time: predict, evaluate).
     """
     import torch
 
@@ -312,9 +313,15 @@ def configure_threads(
     if fixed is not None:
         return ThreadChooser([fixed], torch.set_num_threads, report=report, why="trainer.threads",
                              share=share, setting=str(fixed))  # fmt: skip
-    if processes > 1 or deterministic:
+    if processes > 1 or deterministic or not timed:
         n = max(share.usable // max(processes, 1), 1)
-        why = "trainer.deterministic=true" if deterministic else f"{processes} processes"
+        why = (
+            "trainer.deterministic=true"
+            if deterministic
+            else f"{processes} processes"
+            if timed
+            else "untimed"
+        )
         return ThreadChooser([n], torch.set_num_threads, report=report, why=f"{why}; {share.describe()}",
                              share=share)  # fmt: skip
     why = f"timed on the first steps; {share.describe()}"
