@@ -214,7 +214,8 @@ def test_set_num_threads_takes_effect_mid_run():
 def test_a_run_records_the_threads_it_used(make_cfg, tmp_path):
     from cnnlab.train import train
 
-    cfg = make_cfg("trainer.max_epochs=1", "trainer.batch_size=8", "trainer.report=false")  # 45 steps
+    cfg = make_cfg("trainer.threads=auto", "trainer.max_epochs=1", "trainer.batch_size=8",
+                   "trainer.report=false")  # 45 steps  # fmt: skip
     summary = train(cfg, tmp_path / "run")
     used = summary["threads"]
     assert used["threads"] >= 1 and used["usable_cpus"] >= used["threads"]
