@@ -32,6 +32,7 @@ from cnnlab.engine.lookahead import check_lookahead
 from cnnlab.engine.losses import build_loss, check_loss, loss_node
 from cnnlab.engine.optim import implementation_kwargs, param_groups
 from cnnlab.engine.schedulers import Schedule, build_scheduler, check_schedule
+from cnnlab.engine.threads import check_threads
 from cnnlab.engine.tta import parse_tta
 from cnnlab.errors import CnnlabError, ConfigError, did_you_mean
 from cnnlab.models.sizes import check_image_size
@@ -72,6 +73,7 @@ def check(cfg: DictConfig) -> None:
     check_decay(cfg.trainer.ema)
     check_lookahead(**cfg.trainer.lookahead)
     check_compile(cfg.trainer.compile)
+    check_threads(cfg.trainer.threads)
     parse_tta(cfg.trainer.tta)
     check_backend(str(cfg.trainer.backend))
     check_tips(cfg)

@@ -129,6 +129,24 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def train_help() -> str:
+    """``cnnlab train --help``: the config groups and their options, read from ``conf/``.
+
+    Hydra's own help copies the whole config store once per group (seconds); this reads file names.
+    """
+    root = importlib.resources.files("cnnlab.conf")
+    skip = ("hydra", "tune")  # Hydra's own groups; the search spaces of cnnlab tune
+    groups = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in skip and p.name[0] != "_")
+    lines = [f"  {g}: {', '.join(group_options(g))}" for g in groups if group_options(g)]
+    return (
+        "usage: cnnlab train [group=option ...] [key=value ...]    (-m sweeps: optimizer.lr=1e-3,1e-2)\n\n"
+        "config groups (group=option; the presets: +experiment=<name>):\n"
+        + "\n".join(lines)
+        + "\n\nevery option with its value: cnnlab train [overrides] --cfg job\n"
+        "Hydra's flags and launchers: cnnlab train --hydra-help; every command: cnnlab --help\n"
+    )
+
+
 def hydra_error_message(exc: Exception) -> str | None:
     """One sentence for Hydra's composition errors, with a suggestion for a misspelt key or choice."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -261,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cnnlab {__version__}")
         return
     command, rest = argv[0], argv[1:]
+    if command == "train" and {"--help", "-h"} & set(rest):
+        print(train_help())
+        return
     apps = {}
     for name, (config_name, target, positional) in TOOLS.items():
         apps[name] = functools.partial(_hydra_app, config_name, target)
@@ -276,13 +297,13 @@ def main(argv: list[str] | None = None) -> None:
     # Let exceptions reach us so user errors print as one sentence, not as Hydra's traceback dump.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        from cnnlab.config import hydra_prints
+
         check_numbers(rest)
         claim = contextlib.nullcontext()
-        if command in (
-            "train",
-            "tune",
-            "lr_find",
-        ):  # every check before Hydra starts; train and tune claim a folder
+        # Every check before Hydra starts; train and tune claim a folder. Not for Hydra's own flags
+        # (--help, --cfg...), which print and exit: they answer without importing torch.
+        if command in ("train", "tune", "lr_find") and not hydra_prints(rest):
             prepare = importlib.import_module(f"cnnlab.commands.{command}").prepare
             rest, claim = prepare(rest)
         sys.argv = [f"cnnlab {command}", *rest]

@@ -21,6 +21,15 @@ from omegaconf.errors import InterpolationResolutionError
 
 from cnnlab.errors import ConfigError
 
+HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+               "--resolve", "--package", "-p")  # fmt: skip
+
+
+def hydra_prints(args: list[str]) -> bool:
+    """Whether Hydra only prints something and exits (help, the composed config, completion): the
+    commands then skip their checks, and ``cnnlab train --help`` answers without importing torch."""
+    return any(a.split("=")[0] in HYDRA_FLAGS for a in args)
+
 
 @dataclass
 class SubmissionConfig:
@@ -301,7 +310,9 @@ class TrainerConfig:
     # torch.compile the model in place: false | true (= default) | default | reduce-overhead (CUDA graphs)
     # | max-autotune | max-autotune-no-cudagraphs (no gain measured on CPUs, 5-40 s compile)
     compile: Any = False
-    threads: int | None = None  # None: all cores (fastest when idle); 1 when other jobs share the cores
+    # auto: time the candidate counts (up to the CPUs this process may use) on the first steps, keep the
+    # fastest, time again when the step time drifts (cnnlab.engine.threads) | a whole number: that many
+    threads: Any = "auto"
     backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
     monitor: str = "val_acc"  # val_acc | val_loss | val_macro_f1 | val_balanced_acc
@@ -582,7 +593,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.val_split must be between 0 and 1 (exclusive), got {split}.")
     for key in (
         "patience",
-        "threads",
         "limit_train_batches",
         "limit_eval_batches",
         "overfit_batches",

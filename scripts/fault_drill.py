@@ -69,6 +69,10 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
         inputs.config_error("optimizer.weight_decay=-1", expect="weight_decay must be 0 or more"),
     ),
     ("lr nan", inputs.config_error("optimizer.lr=nan", expect="optimizer.lr=nan is not a finite number")),
+    (
+        "threads many",
+        inputs.config_error("trainer.threads=many", expect="trainer.threads=many is not a thread"),
+    ),
     ("seed of 20 digits", inputs.config_error("seed=99999999999999999999", expect="is too large")),
     (
         "max_epochs of 5,000 digits",

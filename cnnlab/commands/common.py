@@ -21,7 +21,7 @@ def open_run(cfg) -> tuple[LoadedRun, torch.device]:
         raise ConfigError("No run given; pass run=<a directory written by cnnlab train>.")
     device = resolve_device(str(cfg.get("device") or "auto"))
     if device.type == "cpu":
-        configure_cpu(None)
+        configure_cpu("auto", timed=False)  # the usable CPUs (affinity, cgroup quota)
     run = load_run(cfg.run, ckpt=cfg.get("ckpt"), device=device, trust_config=bool(cfg.get("trust_config")))
     return run, device
 

@@ -76,8 +76,9 @@ def train(
         else:
             distributed.worker_logging(dist.rank)
         seed_everything(cfg.seed)
+        threads = None
         if dist.device.type == "cpu":
-            configure_cpu(tc.threads)
+            threads = configure_cpu(tc.threads, deterministic=tc.deterministic, processes=dist.world_size)
         torch.autograd.set_detect_anomaly(tc.detect_anomaly)
         if torch.are_deterministic_algorithms_enabled() != bool(tc.deterministic):
             # Set either way (the flag is global), but only on a change: the call imports torch._inductor.
@@ -87,10 +88,11 @@ def train(
         run.callbacks = tuple(callbacks)
         for cb in run.callbacks:
             cb.on_start(run)
-        run.ctx.on_step = step_hook(run)
+        run.ctx.on_step = step_hook(run, threads)
         if not resumed and dist.is_main:
             record = provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files,
-                                device=dist.device, precision=run.ctx.precision)  # fmt: skip
+                                device=dist.device, precision=run.ctx.precision,
+                                threads=threads and threads.setup)  # fmt: skip
             folder.write_provenance(record)
         try:
             start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})

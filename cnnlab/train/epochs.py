@@ -10,6 +10,7 @@ import time
 from cnnlab.engine.device import compile_mode
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
 from cnnlab.engine.loop import EpochState, optimizer_steps, train_one_epoch
+from cnnlab.engine.threads import ThreadChooser
 from cnnlab.models.whiten import frozen_parameters
 from cnnlab.run.log import EpochProgress
 from cnnlab.train.state import Callback, Run
@@ -17,10 +18,14 @@ from cnnlab.train.state import Callback, Run
 log = logging.getLogger("cnnlab")
 
 
-def step_hook(run: Run):
-    """What runs after every optimizer step: count it, log the learning rate, the callbacks; and, with
-    trainer.compile, say how long the first step took (compiling)."""
+def step_hook(run: Run, threads: ThreadChooser | None = None):
+    """What runs after every optimizer step: count it, log the learning rate, the callbacks, time it for
+    ``trainer.threads=auto`` (summary.json's ``threads``); and, with trainer.compile, say how long the
+    first step took (compiling)."""
     stepped = [cb for cb in run.callbacks if type(cb).on_step is not Callback.on_step]
+    if threads is not None:
+        run.notes["threads"] = threads.record
+        stepped += [threads] if threads.measuring else []
     optimizer, metrics = run.optimizer, run.metrics
     started, first = time.perf_counter(), [bool(compile_mode(run.cfg.trainer.compile))]
 

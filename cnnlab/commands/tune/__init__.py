@@ -18,15 +18,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.build import check
-from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed
+from cnnlab.commands.train import SweepFailed
 from cnnlab.commands.tune.slurm import check as check_launcher
 from cnnlab.commands.tune.space import corners, parse_space
 from cnnlab.commands.tune.storage import check as storage_check
 from cnnlab.commands.tune.study import check_options, continued_args, create, exists, key_of, load, where
 from cnnlab.commands.tune.trial import SAMPLED, Plan, compose_trial, with_sampled
 from cnnlab.commands.tune.workers import run_workers
-from cnnlab.config import override_quoted
-from cnnlab.engine import distributed
+from cnnlab.config import hydra_prints, override_quoted
+from cnnlab.engine import ranks
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.io import write_json
 from cnnlab.run import lock
@@ -63,9 +63,9 @@ def _escape(text: str) -> str:
 def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
     """Before Hydra runs the tune: fold search params, pin the study folder (continuing the study there
     replays its overrides), check every option and every corner of the search space, claim the folder."""
-    if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
+    if hydra_prints(args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
-    if distributed.env_world_size() > 1:
+    if ranks.env_world_size() > 1:
         raise ConfigError("cnnlab tune runs its trials itself; start it without torchrun.")
     trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
     args = fold_search_args(args)

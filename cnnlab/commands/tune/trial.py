@@ -38,7 +38,7 @@ class Plan:
     tune: dict  # the tune options
     max_epochs: int  # the trials' trainer.max_epochs (the hyperband pruner's budget)
     device: str  # trainer.device and trainer.threads as given; each worker takes its share
-    threads: int | None
+    threads: int | str | None
     first_trial: int  # how many trials the study had when this command started
     deadline: float | None  # time.time() after which no new trial starts
 

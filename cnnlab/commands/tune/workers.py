@@ -6,8 +6,9 @@ elsewhere it checks its parent between trials), and it shares the study folder's
 the parent's descriptor, so the folder stays locked while any worker still writes it.
 
 Every worker asks the shared study for its next trial until the command's ``tune.n_trials`` are taken
-(a counter shared by the workers) or ``tune.timeout`` has passed. Worker k trains on ``cores // n_jobs``
-threads unless ``trainer.threads`` is set, and with several GPUs on GPU k mod count.
+(a counter shared by the workers) or ``tune.timeout`` has passed. Worker k trains on ``cpus // n_jobs``
+threads (of the CPUs it may use) unless ``trainer.threads`` is a number, and with several GPUs on GPU
+k mod count.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cnnlab.commands.tune.space import parse_space
 from cnnlab.commands.tune.study import load, make_pruner, make_sampler
 from cnnlab.commands.tune.trial import Plan, ask, run_trial, settle
 from cnnlab.engine.interrupt import Interrupted
+from cnnlab.engine.threads import cpu_share
 from cnnlab.errors import CnnlabError
 from cnnlab.run import lock
 
@@ -48,7 +50,7 @@ def open_study(plan: Plan, index: int):
 def share(plan: Plan, index: int) -> tuple[str, int | None]:
     """Worker ``index``'s device and CPU threads."""
     return job_resources(n_jobs=plan.n_jobs, job_num=index, device=plan.device, threads=plan.threads,
-                         cpu_count=os.cpu_count() or 1, gpu_count=torch.cuda.device_count())  # fmt: skip
+                         cpu_count=cpu_share().usable, gpu_count=torch.cuda.device_count())  # fmt: skip
 
 
 def work(plan: Plan, index: int, slots, parent: int | None = None) -> None:
