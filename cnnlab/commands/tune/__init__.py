@@ -19,19 +19,24 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.build import check
-from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed, hydra_quoted
+from cnnlab.commands.train import SweepFailed
 from cnnlab.commands.tune.design import Design, check_param, new_design, trial_config
+from cnnlab.commands.tune.slurm import check as check_launcher
 from cnnlab.commands.tune.space import as_overrides, corners, parse_space
-from cnnlab.commands.tune.study import check_options, continued_design, create, key_of, load
+from cnnlab.commands.tune.storage import check as storage_check
+from cnnlab.commands.tune.study import check_options, continued_design, create, exists, key_of, load, where
 from cnnlab.commands.tune.trial import Plan
 from cnnlab.commands.tune.workers import run_workers
-from cnnlab.engine import distributed
+from cnnlab.config import hydra_prints, override_quoted
+from cnnlab.engine import ranks
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.io import write_json
 from cnnlab.run import lock
 from cnnlab.run.layout import LOCK, SWEEP_SUMMARY, StudyDir
 from cnnlab.run.stored import stored_config
 from cnnlab.run.trust import trusted
+
+SUMMARY_WAIT_S = 60  # how long a shared study's worker waits for another to finish writing the summary
 
 
 def fold_search_args(args: list[str]) -> list[str]:
@@ -65,26 +70,41 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     """Before Hydra runs the tune: fold search params, pin the study folder, make the study's design
     (a new one from this command; a stored one read as data, :mod:`.design`), check every option and
     every corner of the search space, claim the folder. Hydra composes only what is typed now."""
-    if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
+    if hydra_prints(args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
-    if distributed.env_world_size() > 1:
+    if ranks.env_world_size() > 1:
         raise ConfigError("cnnlab tune runs its trials itself; start it without torchrun.")
     if "-m" in args or "--multirun" in args:
         raise ConfigError("cnnlab tune runs its own trials; drop -m.")
     args = fold_search_args(args)
-    folder = StudyDir(compose_tune(args).tune.dir)
-    args = [*(a for a in args if key_of(a) != "tune.dir"), f"tune.dir={hydra_quoted(folder.path)}"]
+    folder = study_dir(compose_tune(args).tune, given_dir=any(key_of(a) == "tune.dir" for a in args))
+    args = [*(a for a in args if key_of(a) != "tune.dir"), f"tune.dir={override_quoted(str(folder.path))}"]
     now = compose_tune(args)
-    if folder.holds_study():
+    if exists(folder):
         design = continued_design(folder, now, compose_tune([]), args, trust=trusted(args))
     elif folder.path.is_dir() and any(p.name != LOCK for p in folder.path.iterdir()):
-        raise ConfigError(f"{folder} holds files but no study (study.db); choose a new tune.dir.")
+        raise ConfigError(f"{folder} holds files but no study ({where(folder)}); choose a new tune.dir.")
     else:
         design = new_design(now, parse_space(now.tune.params), args)
-    check_search(design, folder.db if folder.holds_study() else "tune.params")
-    lock.check_free(folder.path, what="tune")
+    check_search(design, where(folder) if exists(folder) else "tune.params")
     _designs[:] = [design]
+    if folder.shared:  # workers share the folder; each trial folder has its own writer
+        return args, contextlib.nullcontext()
+    lock.check_free(folder.path, what="tune")
     return args, lock.hold(folder.path, what="tune")
+
+
+def study_dir(tune: DictConfig, *, given_dir: bool = True) -> StudyDir:
+    """The study folder and where its study lives; a shared study needs its shared folder named."""
+    if tune.storage is None:
+        return StudyDir(tune.dir, name=tune.study)
+    if not given_dir:
+        raise ConfigError(
+            "tune.storage shares a study between workers: give them all the same tune.dir=<folder> (on a "
+            "file system they share) for the trials' run folders."
+        )
+    storage_check(tune.storage)
+    return StudyDir(tune.dir, storage=tune.storage, name=tune.study)
 
 
 def compose_tune(args: list[str]) -> DictConfig:
@@ -106,6 +126,7 @@ def check_search(design: Design, source: Path | str) -> None:
     check_options(base.tune, base.trainer)
     for key, text in design.space.items():
         check_param(key, text, source)
+    check_launcher(base.tune)
     with initialize_config_module("cnnlab.conf", version_base="1.3"):
         for values in corners(design.distributions()):
             try:
@@ -117,11 +138,11 @@ def check_search(design: Design, source: Path | str) -> None:
 
 def main(cfg: DictConfig) -> None:
     """The study in ``tune.dir``: create or continue it, run the trials, print the table and the best."""
-    folder = StudyDir(cfg.tune.dir)
+    folder = study_dir(cfg.tune)
     design = _designs.pop()
-    base = stored_config(design.base, folder.db)  # the study's settings, with this command's changes
-    with lock.hold(folder.path, what="tune"):
-        study = load(folder) if folder.holds_study() else create(folder, base.tune, base.trainer, design)
+    base = stored_config(design.base, where(folder))  # the study's settings, with this command's changes
+    with contextlib.nullcontext() if folder.shared else lock.hold(folder.path, what="tune"):
+        study = load(folder) if exists(folder) else create(folder, base.tune, base.trainer, design)
         first = len(study.trials)
         timeout = base.tune.timeout
         plan = Plan(folder=str(folder.path), design=design, tune=OmegaConf.to_container(base.tune),
@@ -131,7 +152,20 @@ def main(cfg: DictConfig) -> None:
         tune = base.tune
         print(f"study {folder}: {first} trials so far; {tune.n_trials} more, {tune.n_jobs} at a time")
         run_workers(plan)
-        conclude(folder, base, first)
+        with summary_turn(folder):
+            conclude(folder, base, first)
+
+
+def summary_turn(folder: StudyDir) -> contextlib.AbstractContextManager:
+    """The folder's lock while the summary is written: a local study holds it all along; workers of a
+    shared study take turns (each writes the summary of every trial finished so far)."""
+    if not folder.shared:
+        return contextlib.nullcontext()
+    for _ in range(SUMMARY_WAIT_S * 2):
+        if not lock.is_locked(folder.path):
+            break
+        time.sleep(0.5)
+    return lock.hold(folder.path, what="tune")
 
 
 def conclude(folder: StudyDir, cfg: DictConfig, first: int) -> None:

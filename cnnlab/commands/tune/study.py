@@ -1,10 +1,11 @@
 """The Optuna study of a ``cnnlab tune`` folder: its options, sampler, pruner and SQLite storage, and
 the design a continued study reads back as data.
 
-The study lives in ``<folder>/study.db`` under one name. It keeps its design (:mod:`.design`: base
-config and search space), so ``cnnlab tune tune.dir=<folder>`` continues it with the same objective and
-settings; only :data:`MAY_CHANGE` (how many more trials, how long, how many at once, where and how
-loudly they run) may be given again with other values.
+The study lives in ``<folder>/study.db``, or in ``tune.storage`` under the name ``tune.study``
+(:mod:`.storage`). It keeps its design (:mod:`.design`: base config and search space), so
+``cnnlab tune tune.dir=<folder>`` continues it with the same objective and settings; only
+:data:`MAY_CHANGE` (how many more trials, how long, how many at once, where and how loudly they run) may
+be given again with other values.
 """
 
 from __future__ import annotations
@@ -16,20 +17,23 @@ import optuna
 from omegaconf import DictConfig
 from optuna.distributions import distribution_to_json
 
+from cnnlab.commands.tune import storage as storage_module
 from cnnlab.commands.tune.design import BASE, OVERRIDES, PINNED, SPACE, Design, read_design
 from cnnlab.commands.tune.space import parse_space
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.run.layout import StudyDir
 from cnnlab.run.resume import flatten, typed_keys
 
-STUDY_NAME = "cnnlab"
+STUDY_NAME = "cnnlab"  # tune.study's default
 SAMPLERS = ("tpe", "random", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("auto", "maximize", "minimize")
 MAY_CHANGE = (
     "tune.dir", "tune.n_trials", "tune.timeout", "tune.n_jobs", "tune.report", "trainer.threads",
-    "trainer.device", "trainer.progress", "trust_config",
+    "trainer.device", "trainer.progress", "trust_config", "tune.storage", "tune.study", "tune.launcher",
 )  # fmt: skip
+NOT_STORED = ("tune.dir", "tune.storage", "tune.study", "tune.launcher")  # where the study and its workers
+# run: never stored in it (neither is tune.slurm.<parameter>), so each worker says its own
 
 
 def check_options(tune: DictConfig, trainer: DictConfig) -> None:
@@ -85,8 +89,18 @@ def make_pruner(tune: DictConfig, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def storage(folder: StudyDir) -> optuna.storages.RDBStorage:
-    """The study's SQLite database; parallel trials wait up to a minute for each other's writes."""
+def where(folder: StudyDir) -> str:
+    """Where the study of ``folder`` lives, for messages."""
+    if folder.shared:
+        return f"the study {folder.name} in {storage_module.describe(folder.storage)}"
+    return str(folder.db)
+
+
+def storage(folder: StudyDir) -> optuna.storages.BaseStorage:
+    """``tune.storage`` (see :mod:`.storage`), or the folder's SQLite database, where parallel trials
+    wait up to a minute for each other's writes."""
+    if folder.shared:
+        return storage_module.open_storage(folder.storage)
     try:
         return optuna.storages.RDBStorage(folder.storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
     except Exception as exc:  # not a database, a database of something else, an unwritable folder
@@ -96,24 +110,41 @@ def storage(folder: StudyDir) -> optuna.storages.RDBStorage:
         ) from None
 
 
+def exists(folder: StudyDir) -> bool:
+    """The study of ``folder`` has been created (by this machine or, shared, by any worker)."""
+    if folder.shared:
+        return storage_module.has_study(storage(folder), folder.name)
+    return folder.holds_study()
+
+
 def load(folder: StudyDir, **kwargs) -> optuna.Study:
     try:
-        return optuna.load_study(study_name=STUDY_NAME, storage=storage(folder), **kwargs)
+        return optuna.load_study(study_name=folder.name, storage=storage(folder), **kwargs)
     except KeyError:
         raise DataError(
-            f"{folder.db} holds no study named {STUDY_NAME}; it was not written by cnnlab tune: "
-            "choose another tune.dir."
+            f"{where(folder)} does not exist; it was not written by cnnlab tune: choose another "
+            f"{'tune.study' if folder.shared else 'tune.dir'}."
         ) from None
 
 
 def create(folder: StudyDir, tune: DictConfig, trainer: DictConfig, design: Design) -> optuna.Study:
     """A new study in ``folder`` that keeps its design (base config, search space) as data."""
     folder.path.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=STUDY_NAME, storage=storage(folder), direction=direction(tune, trainer)
-    )
-    for key, value in ((BASE, design.base), (SPACE, design.space), (PINNED, design.pinned),
-                       (OVERRIDES, design.record)):  # fmt: skip
+    try:
+        study = optuna.create_study(
+            study_name=folder.name, storage=storage(folder), direction=direction(tune, trainer)
+        )
+    except optuna.exceptions.DuplicatedStudyError:  # another worker created it since this one looked
+        raise ConfigError(
+            f"another worker created {where(folder)} at the same moment; run the command again to join it."
+        ) from None
+    record = [a for a in design.record if not _where(key_of(a))]
+    for key, value in (
+        (BASE, design.base),
+        (SPACE, design.space),
+        (PINNED, design.pinned),
+        (OVERRIDES, record),
+    ):
         study.set_user_attr(key, value)
     return study
 
@@ -122,14 +153,22 @@ def key_of(arg: str) -> str:
     return arg.lstrip("+~").split("=", 1)[0]
 
 
+def may_change(key: str) -> bool:
+    return key in MAY_CHANGE or key.split(".")[:2] == ["tune", "slurm"]
+
+
+def _where(key: str) -> bool:
+    return key in NOT_STORED or key.split(".")[:2] == ["tune", "slurm"]
+
+
 def continued_design(folder: StudyDir, now: DictConfig, default: DictConfig, args: list[str], *,
                      trust: bool) -> Design:  # fmt: skip
     """The design of the study in ``folder`` (read as data) with this command's :data:`MAY_CHANGE`
     values on top; anything else typed now must agree with the study."""
-    design = read_design(load(folder).user_attrs, folder.db, trust=trust)
+    design = read_design(load(folder).user_attrs, where(folder), trust=trust)
     keys = {k for k in typed_keys(now, default, args) if not k.startswith("tune.params")}
     flat_base, flat_now = flatten(design.base), flatten(now)
-    changed = sorted(k for k in keys if k not in MAY_CHANGE and flat_base.get(k) != flat_now.get(k))
+    changed = sorted(k for k in keys if not may_change(k) and flat_base.get(k) != flat_now.get(k))
     params = now.tune.params
     if changed or (params and {k: distribution_to_json(d) for k, d in parse_space(params).items()}
                    != design.space):  # fmt: skip
@@ -140,7 +179,7 @@ def continued_design(folder: StudyDir, now: DictConfig, default: DictConfig, arg
             "study in another tune.dir."
         )
     base = copy.deepcopy(design.base)
-    for key in sorted(keys & set(MAY_CHANGE)):
+    for key in sorted(k for k in keys if may_change(k)):
         *parents, last = key.split(".")
         node = base
         for part in parents:
