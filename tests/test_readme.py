@@ -1,12 +1,14 @@
-"""Every command in README.md's code blocks runs, so the examples cannot rot.
+"""Every command in the code blocks of README.md and of every docs/*.md page runs, so the examples
+cannot rot.
 
 Each ``cnnlab ...``, ``python -m cnnlab ...`` and ``torchrun ... -m cnnlab ...`` line is taken from the
-``bash`` blocks, shrunk (tiny data the test writes, one epoch of two batches, sweeps of at most two
-values and one Optuna trial) and run; placeholders (``<run dir>``, ``outputs/2026-11-22/12-00-00``,
-``run=...``) become a run this test trained. Commands that need what is not here (several GPUs or nodes
-under torchrun, a SLURM cluster) and the local submitit launcher (run in tests/test_distributed.py)
-compose their config with ``--cfg job`` instead, so a misspelt option still fails. All of them run in
-one Python process, one after another, to pay torch's start-up once.
+fenced ``bash`` blocks (indented blocks, the measurement commands above the tables, are not run),
+shrunk (tiny data the test writes, one epoch of two batches, sweeps of at most two values and one Optuna
+trial) and run; placeholders (``<run dir>``, ``outputs/2026-11-22/12-00-00``, ``run=...``) become a run
+this test trained. Commands that need what a test machine lacks (COMPOSE_ONLY names each marker and
+why) compose their config with ``--cfg job`` instead, so a misspelt option still fails; no command is
+skipped silently. All of them run in one Python process, one after another, to pay torch's start-up
+once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from tests.test_data_cifar import zip_tree
 from tests.test_data_folders import write, write_food11
 from tests.test_predict import write_digit_csv
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHRINK = {
     "trainer.max_epochs": "1",
     "trainer.limit_train_batches": "2",
@@ -37,7 +40,14 @@ SHRINK = {
     "trainer.report": "false",
     "trainer.threads": "1",
 }
-COMPOSE_ONLY = ("torchrun", "hydra/launcher=slurm", "hydra/launcher=submitit_local", "tracking_uri=http")
+# A command holding one of these only composes its config (``--cfg job``): what it needs is not on a test
+# machine, or it is run for real by another test.
+COMPOSE_ONLY = {
+    "torchrun": "several GPUs or nodes; 2 CPU processes under torchrun run in tests/test_distributed.py",
+    "hydra/launcher=slurm": "a SLURM cluster",
+    "hydra/launcher=submitit_local": "run for real (a 2-job sweep) in tests/test_distributed.py",
+    "tracking_uri=http": "an MLflow tracking server",
+}
 EPOCH_OPTIONS = ("swa_start", "pseudo_label", "freeze_epochs")  # these need the command's own epochs
 SHRUNK_TOOLS = {"train": {}, "tune": {"tune.n_trials": "2"}, "lr_find": {"lr_find.steps": "10"}}
 PLACEHOLDERS = [  # (pattern, replacement), in this order
@@ -83,11 +93,19 @@ for i, argv in enumerate(json.loads(sys.argv[1])):
 """
 
 
-def readme_commands() -> list[tuple[int, str, str]]:
-    """(line number, command, comment) of every cnnlab command in the README's bash blocks, continuation
-    lines joined. A comment ``# cnnlab: error: ...`` shows the error the command is meant to give."""
+def doc_commands() -> list[tuple[str, str, str]]:
+    """(``file:line``, command, comment) of every cnnlab command in the bash blocks of README.md and
+    docs/*.md, continuation lines joined. A comment ``# cnnlab: error: ...`` shows the error the command
+    is meant to give."""
+    return [
+        (f"{page.relative_to(ROOT)}:{line}", *rest) for page in DOCS for line, *rest in page_commands(page)
+    ]
+
+
+def page_commands(page: Path) -> list[tuple[int, str, str]]:
+    """(line number, command, comment) of every cnnlab command in one page's bash blocks."""
     commands, block, joined, start = [], False, "", 0
-    for number, line in enumerate(README.read_text().splitlines(), 1):
+    for number, line in enumerate(page.read_text().splitlines(), 1):
         if line.startswith("```"):
             block = line.strip() == "```bash"
             continue
@@ -145,7 +163,7 @@ def shrink(words: list[str]) -> list[str]:
 
 
 def write_data(root: Path) -> None:
-    """What the README's commands read: $CNNLAB_DATA with tiny MNIST, Fashion-MNIST and a CIFAR-10
+    """What the documented commands read: $CNNLAB_DATA with tiny MNIST, Fashion-MNIST and a CIFAR-10
     zip; a Food-11 folder; the input images, test.csv and cat.jpg of the predict and viz examples; an
     image folder ``photos``."""
     write_tiny_idx(root / "datasets" / "fashion_mnist", 200, 50)
@@ -177,9 +195,9 @@ def holds(code: int, err: str, comment: str) -> bool:
 
 
 @pytest.mark.slow  # about a minute on 2 idle cores: CI runs it
-def test_every_readme_command_runs(tmp_path):
-    commands = readme_commands()
-    assert len(commands) > 40, "the README's code blocks were not found"
+def test_every_documented_command_runs(tmp_path):
+    commands = doc_commands()
+    assert len(commands) > 100, "the code blocks of README.md and docs/ were not found"
     write_data(tmp_path)
     # The runs the placeholders name: one with augmentation (viz augment, embeddings augment=true), a report,
     # and ten epochs with SWA and epoch checkpoints (evaluate ckpt=...swa.safetensors, export average=).
@@ -207,8 +225,8 @@ def test_every_readme_command_runs(tmp_path):
     assert len(codes) == len(setup) + len(commands), proc.stderr[-3000:]
     assert codes[: len(setup)] == [0] * len(setup), outputs[0][-3000:]
     failed = [
-        f"README line {line}: {command}\n  ran: {' '.join(argv)}\n  exit {code}: {err.strip()[-1500:]}"
-        for (line, command, comment), argv, code, err in zip(
+        f"{where}: {command}\n  ran: {' '.join(argv)}\n  exit {code}: {err.strip()[-1500:]}"
+        for (where, command, comment), argv, code, err in zip(
             commands, argvs, codes[len(setup) :], outputs[len(setup) :], strict=False
         )
         if not holds(code, err, comment)
@@ -217,8 +235,10 @@ def test_every_readme_command_runs(tmp_path):
 
 
 def test_commands_are_extracted_and_shrunk():
-    commands = {command: comment for _, command, comment in readme_commands()}
+    commands = {command: comment for _, command, comment in doc_commands()}
     assert "cnnlab train" in commands and "cnnlab runs outputs" in commands
+    pages = {where.split(":")[0] for where, _, _ in doc_commands()}
+    assert {"README.md", "docs/train.md", "docs/predict.md", "docs/distributed.md"} <= pages
     assert commands["cnnlab train optimizer=sgd optimizer.momentum=2"].startswith("cnnlab: error: ")
     slurm = next(c for c in commands if "hydra/launcher=slurm" in c)
     assert "\\" not in slurm and slurm.endswith("optimizer.lr=0.05,0.1,0.2")  # continuation lines joined
