@@ -255,3 +255,15 @@ def test_commands_are_extracted_and_shrunk():
     assert to_argv("torchrun --nproc_per_node=4 -m cnnlab train +experiment=x")[0] == [
         "train", "+experiment=x", "--cfg", "job",
     ]  # fmt: skip
+
+
+def test_readme_is_a_first_screen_and_no_page_speaks_of_how_it_was_built():
+    readme = DOCS[0].read_text()
+    assert len(readme.splitlines()) <= 250
+    first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in first_block.splitlines()] == ["make train", "make test"]
+    history = re.compile(
+        r"\bissues? \d+|\.\./shared|/work/|gpu-kit|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b"
+    )
+    found = [f"{page.name}: {m.group()}" for page in DOCS for m in history.finditer(page.read_text())]
+    assert not found, found
