@@ -13,6 +13,7 @@ once.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -48,6 +49,7 @@ COMPOSE_ONLY = {
     "hydra/launcher=submitit_local": "run for real (a 2-job sweep) in tests/test_distributed.py",
     "tracking_uri=http": "an MLflow tracking server",
 }
+TRACKERS = ("mlflow", "wandb")  # optional extras: without one, its commands must say how to install it
 EPOCH_OPTIONS = ("swa_start", "pseudo_label", "freeze_epochs")  # these need the command's own epochs
 SHRUNK_TOOLS = {"train": {}, "tune": {"tune.n_trials": "2"}, "lr_find": {"lr_find.steps": "10"}}
 PLACEHOLDERS = [  # (pattern, replacement), in this order
@@ -187,10 +189,23 @@ def write_data(root: Path) -> None:
             write(root / "photos" / "train" / label / f"{i}.png", seed=i, shape=(16, 16))
 
 
-def holds(code: int, err: str, comment: str) -> bool:
-    """A command meant to fail (its comment is the error line) exits 2 with that line; others exit 0."""
+def missing_tracker(command: str) -> str | None:
+    """The tracker a command logs to whose optional extra is not installed here (CI installs both); a
+    command that only composes its config never imports it."""
+    if any(marker in command for marker in COMPOSE_ONLY):
+        return None
+    logger = re.search(r"logger=\[([^\]]*)\]", command)
+    names = logger.group(1).split(",") if logger else []
+    return next((n for n in TRACKERS if n in names and importlib.util.find_spec(n) is None), None)
+
+
+def holds(code: int, err: str, comment: str, command: str = "") -> bool:
+    """A command meant to fail (its comment is the error line) exits 2 with that line; one that logs to a
+    tracker whose extra is missing exits 2 saying which package to install; others exit 0."""
     if comment.startswith("cnnlab: error:"):
         return code == 2 and comment in err
+    if tracker := missing_tracker(command):
+        return code == 2 and f"needs the {tracker} package, which is not installed" in err
     return code == 0
 
 
@@ -230,7 +245,7 @@ def test_every_documented_command_runs(tmp_path):
         for (where, command, comment), argv, code, err in zip(
             commands, argvs, codes[len(setup) :], outputs[len(setup) :], strict=False
         )
-        if not holds(code, err, comment)
+        if not holds(code, err, comment, command)
     ]
     assert not failed, "\n".join(failed)
 
@@ -253,6 +268,18 @@ def test_commands_are_extracted_and_shrunk():
         "out=e.csv",
     ]
     assert to_argv("python -m cnnlab train ...")[0][0] == "train"
+
+
+def test_a_tracker_command_without_its_extra_must_say_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # neither extra installed
+    assert missing_tracker("cnnlab train 'logger=[csv,wandb]'") == "wandb"
+    assert (
+        missing_tracker("cnnlab train 'logger=[csv,mlflow]' logger.mlflow.tracking_uri=http://x:5000") is None
+    )
+    assert missing_tracker("cnnlab train trainer.max_epochs=1") is None
+    error = "cnnlab: error: logger wandb needs the wandb package, which is not installed: pip install ..."
+    assert holds(2, error, "", "cnnlab train 'logger=[csv,wandb]'")
+    assert not holds(0, "", "", "cnnlab train 'logger=[csv,wandb]'")
     assert to_argv("torchrun --nproc_per_node=4 -m cnnlab train +experiment=x")[0] == [
         "train", "+experiment=x", "--cfg", "job",
     ]  # fmt: skip
