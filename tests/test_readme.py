@@ -54,7 +54,8 @@ EPOCH_OPTIONS = ("swa_start", "pseudo_label", "freeze_epochs")  # these need the
 SHRUNK_TOOLS = {"train": {}, "tune": {"tune.n_trials": "2"}, "lr_find": {"lr_find.steps": "10"}}
 PLACEHOLDERS = [  # (pattern, replacement), in this order
     (r"\[<runA>,<runB>\]", "[run,run2]"),
-    (r"<run dir>|<run>|<dir>|outputs/2026-11-2\d/\d\d-\d\d-\d\d", "run"),
+    (r"resume=<run dir>", "resume=resumable"),  # a one-epoch run; each resume asks for one more epoch
+    (r"<run dir>|<run>|<dir>|<a colleague's run>|outputs/2026-11-2\d/\d\d-\d\d-\d\d", "run"),
     (r"\.\.\./checkpoints/", "run/checkpoints/"),
     (r"run=\.\.\.", "run=run"),
     (r"multirun/2026-11-22/12-00-00-123456", "multirun"),  # every sweep so far: a folder of runs too
@@ -74,8 +75,12 @@ from cnnlab.cli import main
 from pathlib import Path
 def latest():  # sweep and study folders are named multirun/<date>/<time>: the newest sorts last
     return str(max((p for p in Path("multirun").glob("*/*") if p.is_dir()), default="multirun"))
+resumes = 0
 for i, argv in enumerate(json.loads(sys.argv[1])):
     argv = [a.replace("@LATEST@", latest()) for a in argv]
+    if "trainer.max_epochs=@MORE_EPOCHS@" in argv:  # the one-epoch run "resumable", one epoch more each time
+        resumes += 1
+        argv = [a.replace("@MORE_EPOCHS@", str(1 + resumes)) for a in argv]
     try:
         main(argv)
         code = 0
@@ -135,6 +140,8 @@ def to_argv(command: str) -> tuple[list[str], bool]:
     words = words[words.index("cnnlab") + 1 :] if words[0] != "cnnlab" else words[1:]
     if words[0] not in SHRUNK_TOOLS or {"--cfg", "--help"} & set(words):
         return words, False
+    if "resume=resumable" in words:  # a resumed run keeps its own (shrunk) settings
+        return [*words, "trainer.max_epochs=@MORE_EPOCHS@"], False
     if compose_only:  # one job of the sweep, composed and printed
         words = [first_of_sweep(w) for w in words if w not in ("-m", "--multirun")]
         return [*words, "--cfg", "job"], True
@@ -167,7 +174,7 @@ def shrink(words: list[str]) -> list[str]:
 def write_data(root: Path) -> None:
     """What the documented commands read: $CNNLAB_DATA with tiny MNIST, Fashion-MNIST and a CIFAR-10
     zip; a Food-11 folder; the input images, test.csv and cat.jpg of the predict and viz examples; an
-    image folder ``photos``."""
+    image folder ``photos`` (train/<class>/) and a flat one, ``pets`` (<class>/)."""
     write_tiny_idx(root / "datasets" / "fashion_mnist", 200, 50)
     write_tiny_idx(root / "datasets" / "mnist", 200, 50)
     for split, n in (("train", 10), ("test", 2)):  # CIFAR-10's ten classes, a few 32x32 images each
@@ -184,7 +191,9 @@ def write_data(root: Path) -> None:
     write(root / "cat.jpg", seed=9, shape=(28, 28))
     for arch in ("resnet18", "mobilenet_v3_small"):  # torchvision's files, as the model.weights examples name
         torch.save(getattr(torchvision.models, arch)().state_dict(), root / f"{arch}.pth")
-    for label in ("cat", "dog"):  # an image folder (photos/train/<class>/), enough for a validation split
+    for label in ("cat", "dog"):  # image folders, enough for a validation split
+        for i in range(10):
+            write(root / "pets" / label / f"{i}.png", seed=i, shape=(16, 16))
         for i in range(10):
             write(root / "photos" / "train" / label / f"{i}.png", seed=i, shape=(16, 16))
 
@@ -230,6 +239,7 @@ def test_every_documented_command_runs(tmp_path):
     setup = [
         [w if w != "trainer.report=false" else "trainer.report=true" for w in run],
         shrink(["train", "hydra.run.dir=run2"]),
+        shrink(["train", "hydra.run.dir=resumable"]),
     ]
     argvs = [to_argv(command)[0] for _, command, _ in commands]
     env = cli_env({"CNNLAB_DATA": str(tmp_path / "datasets"), "CNNLAB_CACHE": str(tmp_path / "cache")})
@@ -268,6 +278,14 @@ def test_commands_are_extracted_and_shrunk():
         "out=e.csv",
     ]
     assert to_argv("python -m cnnlab train ...")[0][0] == "train"
+    assert to_argv("cnnlab train resume=<run dir> trust_config=true")[0] == [
+        "train", "resume=resumable", "trust_config=true", "trainer.max_epochs=@MORE_EPOCHS@",
+    ]  # fmt: skip
+    assert to_argv("cnnlab predict run=<a colleague's run> trust_config=true")[0] == [
+        "predict",
+        "run=run",
+        "trust_config=true",
+    ]
 
 
 def test_a_tracker_command_without_its_extra_must_say_how_to_install_it(monkeypatch):
