@@ -51,7 +51,7 @@ class Drill:
         return path
 
     def cli(self, *args: str, cwd: Path, signal_at: tuple[str, int, str] | None = None, preexec=None,
-            env: dict[str, str] | None = None):  # fmt: skip
+            env: dict[str, str] | None = None, timeout: float = 600):  # fmt: skip
         """``cnnlab <args>`` (with ``env`` added to the environment), or with a real signal sent when
         ``module.function`` is called."""
         env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
@@ -60,7 +60,7 @@ class Drill:
         if signal_at is not None:
             head = ["-c", SIGNAL_AT, signal_at[0], str(signal_at[1]), signal_at[2]]
         return subprocess.run([sys.executable, *head, *args], cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=600, preexec_fn=preexec)  # fmt: skip
+                              text=True, timeout=timeout, preexec_fn=preexec)  # fmt: skip
 
     def idx(self) -> Path:
         return write_tiny_idx(self.work / "idx") if not (self.work / "idx").exists() else self.work / "idx"

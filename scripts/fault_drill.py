@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import drill_hostile as hostile
 import drill_inputs as inputs
 import drill_runs as runs
 from drill_kit import Case, Drill, Result, judge
@@ -202,6 +203,17 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     ("loss becomes NaN", runs.divergence),
     ("train: no grad_norm column unclipped, no tables", runs.quiet_run),
     ("export: no warnings or exporter notes", runs.export_quiet),
+    # hostile files: links below the run, FIFOs, names that are markup or formulas, orphaned workers
+    ("evaluate: report/evaluate_<...>/ linked out", hostile.evaluate_into_linked_subfolder),
+    ("export: export/sub/ linked out", hostile.export_into_linked_subfolder),
+    ("runs html=true: report/ linked to a page", hostile.runs_html_through_linked_report),
+    ("predict input=: a FIFO named b.png", hostile.predict_fifo),
+    ("data verify: a FIFO named b.png", hostile.verify_fifo),
+    ("pseudo_label.data: a FIFO named b.png", hostile.pseudo_label_fifo),
+    ("class and run named $\\foo$: end-of-run report", hostile.dollar_class_report),
+    ("run named $\\foo$: viz and runs html=true", hostile.dollar_names_viz_runs),
+    ("class named =1+2: submission cell", hostile.formula_class_submission),
+    ("kill -9 of tune n_jobs=2: workers and lock", hostile.orphaned_workers),
 ]
 
 

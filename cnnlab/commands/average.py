@@ -17,6 +17,7 @@ from cnnlab.data.loader import BatchPipeline
 from cnnlab.engine.checkpoint import save_safetensors
 from cnnlab.engine.swa import average_states, has_batchnorm
 from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.io import make_dirs
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import load_state_strict, read_checkpoint, run_data
 from cnnlab.run.trust import check_config
@@ -67,7 +68,7 @@ def average(run_dir: Path, names: list[str], *, out: Path | None = None, bn: boo
     merged = dataclasses.replace(record, epoch=max(r.epoch for _, r in members), weights="raw")
     out = Path(out) if out else folder.export / AVERAGE
     with writing_into(folder.path):
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(out.parent)
         save_safetensors(model.state_dict(), merged.to_metadata(), out)
     log.info("averaged %d checkpoints into %s", len(paths), out)
     return out

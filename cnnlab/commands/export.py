@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, ListConfig
 from cnnlab.commands.common import writing_into
 from cnnlab.engine.checkpoint import save_safetensors
 from cnnlab.errors import ConfigError
-from cnnlab.io import atomic_write
+from cnnlab.io import atomic_write, make_dirs
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import LoadedRun, load_run
 
@@ -71,9 +72,9 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, *, trust_config: bo
     run = load_run(run_dir, trust_config=trust_config)
     folder = RunDir(run_dir)
     out = Path(out) if out else folder.export / f"{run.cfg.model.name}{FORMATS[fmt]}"
-    inside = folder.path.resolve() in out.resolve().parents
+    inside = Path(os.path.abspath(folder.path)) in Path(os.path.abspath(out)).parents  # as written: no link
     with writing_into(folder.path) if inside else contextlib.nullcontext(), torch.no_grad():
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(out.parent)
         {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}[fmt](run, out)
     log.info("exported %s (%s) to %s", run.checkpoint_path, fmt, out)
     return out

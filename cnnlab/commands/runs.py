@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from cnnlab.commands.common import wide_console
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.io import atomic_write
+from cnnlab.io import atomic_write, confined
 from cnnlab.report.folds import describe, fold_groups
 from cnnlab.report.html import SweepTable, write_run_page, write_sweep_page
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir, find_runs
@@ -178,7 +179,10 @@ def write_pages(root: Path, rows: list[dict]) -> Path:
     for row in rows:
         folder = RunDir(row["path"])
         if folder.report.is_dir() and not folder.report.is_symlink() and not is_locked(folder.path):
-            write_run_page(folder.path)
+            try:
+                write_run_page(folder.path)
+            except DataError as exc:  # a link below the run: that page is not written, the others are
+                print(f"cnnlab: {exc}", file=sys.stderr)
     header, cells, caption = table_cells(rows)
     sweep = SweepTable(header, cells, [r["path"] for r in rows], [r["status"] for r in rows], caption)
     return write_sweep_page(root, sweep)
@@ -232,6 +236,11 @@ def main(cfg: DictConfig) -> None:
     root = Path(cfg.dir)
     if not root.is_dir():
         raise ConfigError(f"No folder {root}; give a sweep folder (multirun/<date>/<time>) or outputs.")
+    with confined(root):  # no write below the folder goes through a link
+        _report(root, cfg)
+
+
+def _report(root: Path, cfg: DictConfig) -> None:
     rows = report(root, csv_file=cfg.csv)
     if not rows:
         raise ConfigError(

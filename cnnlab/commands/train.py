@@ -76,8 +76,22 @@ def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict
     }
     if getattr(exc, "stage", None):  # a signal: "loading data", "building", "training", "testing", "report"
         record["stage"] = exc.stage
-    RunDir(run_dir).write_status(record)
+    folder = RunDir(run_dir)
+    folder.write_status(record)
+    _summary_agrees(folder, record)
     return record
+
+
+def _summary_agrees(folder: RunDir, record: dict) -> None:
+    """A failure after summary.json was written (in the end-of-run report): the summary keeps its numbers
+    but says what status.json says, so the two files never disagree about how the run ended."""
+    try:
+        summary = folder.read_summary()
+    except CnnlabError:  # a broken summary.json is shown as broken anyway
+        return
+    if summary is not None and summary.get("status") == "finished":
+        folder.write_summary({**summary, "status": record["status"], "error": record["error"],
+                              "stage": record.get("stage", "report")})  # fmt: skip
 
 
 def train_job(cfg: DictConfig) -> float | None:

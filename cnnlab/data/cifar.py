@@ -22,6 +22,7 @@ from cnnlab.data import cache
 from cnnlab.data.folders import read_image_folder
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import DataError
+from cnnlab.io import open_regular, read_regular_bytes
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ def _read_binary(folder: Path) -> ArraySplits:
                 f"{path} is {size} bytes, not a whole number of {RECORD}-byte CIFAR-10 records; "
                 "download or copy it again."
             )
-        records = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD)
+        with open_regular(path) as f:
+            records = np.fromfile(f, dtype=np.uint8).reshape(-1, RECORD)
         _check_labels(records[:, 0], path)
         parts.append((records[:, 1:], records[:, 0]))
     meta = folder / "batches.meta.txt"
@@ -137,7 +139,9 @@ def _read_binary(folder: Path) -> ArraySplits:
 def _text_class_names(meta: Path) -> list[str]:
     """The ten class names of ``batches.meta.txt``, one per line."""
     try:
-        names = [line.strip() for line in meta.read_bytes().decode("utf-8").splitlines() if line.strip()]
+        names = [
+            line.strip() for line in read_regular_bytes(meta).decode("utf-8").splitlines() if line.strip()
+        ]
     except UnicodeDecodeError as exc:
         raise DataError(f"{meta} is not a text file of class names ({exc.reason}); copy it again.") from exc
     if len(names) != len(CLASSES):
@@ -184,7 +188,7 @@ class _BatchUnpickler(pickle.Unpickler):
 def _load_batch(path: Path) -> dict[str, object]:
     """One python batch as a dict with str keys (the originals use bytes keys)."""
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             obj = _BatchUnpickler(f, path).load()
     except DataError:
         raise

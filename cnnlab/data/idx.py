@@ -12,6 +12,7 @@ import torch
 
 from cnnlab.data.types import ArraySplits
 from cnnlab.errors import DataError
+from cnnlab.io import open_regular
 
 IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -51,7 +52,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     one byte more than promised, not all of it.
     """
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             stream = Inflated(f.read()) if path.suffix == ".gz" else f
             dims = _read_header(stream, path, magic)
             return _read_body(stream, path, dims)

@@ -19,6 +19,7 @@ from PIL import Image
 from cnnlab.data import cache
 from cnnlab.data.lookup import cannot_read
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.io import NotRegularFile, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,11 @@ def open_image(path: Path, *, size: int | None, channels: int = 3) -> torch.Tens
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=FORMATS) as img:
+            with open_regular(path) as f, Image.open(f, formats=FORMATS) as img:
                 img.load()
                 img = img.convert(MODES[channels])
+    except NotRegularFile as exc:  # a FIFO would block the read for ever
+        raise bad_image(path, f"{exc.kind}, not a regular file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         reason = (
             f"more pixels than the decompression-bomb limit Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS})"

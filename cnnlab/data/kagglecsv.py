@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import DataError
+from cnnlab.io import open_regular
 
 SIDE = 28
 PIXELS = SIDE * SIDE
@@ -20,7 +21,7 @@ def read_digit_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Images ``(N, 1, 28, 28)`` uint8 and labels ``(N,)`` (None for test.csv, which has none)."""
     expect = f"a Kaggle digit-recognizer test.csv has a header row and {PIXELS} columns pixel0 ... pixel783"
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, "r") as f:
             header = [name.strip() for name in f.readline().split(",")]
             labeled = len(header) == PIXELS + 1 and header[0].lower() == "label"
             if len(header) != PIXELS and not labeled:

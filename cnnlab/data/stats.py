@@ -20,6 +20,7 @@ from cnnlab.data.images import FORMATS, SUFFIXES
 from cnnlab.data.lookup import cache_dir
 from cnnlab.data.place import carve
 from cnnlab.data.registry import locate, read_splits
+from cnnlab.io import open_regular
 
 TINY_SHARE = 0.2  # a class with fewer training images than this share of the largest class is "tiny"
 
@@ -67,7 +68,7 @@ def _file_sizes(files: list[Path]) -> Counter:
     sizes: Counter = Counter()
     for path in files:
         if path.suffix.lower() in SUFFIXES:
-            with Image.open(path, formats=FORMATS) as img:
+            with open_regular(path) as f, Image.open(f, formats=FORMATS) as img:
                 sizes[img.size] += 1
     return sizes
 

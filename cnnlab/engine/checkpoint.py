@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CheckpointError
-from cnnlab.io import atomic_write
+from cnnlab.io import atomic_write, is_regular, open_regular
 
 
 def save_checkpoint(state: dict, *paths: Path) -> None:
@@ -28,7 +28,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}; check the run directory or pass ckpt=<file>.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with open_regular(path) as f:  # a FIFO swapped in after the check is refused, not waited on
+            return torch.load(f, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors from a hostile or foreign file come in many types
         raise CheckpointError(
             f"{path} is not a cnnlab checkpoint that can be loaded safely ({type(exc).__name__}); "
@@ -49,6 +50,8 @@ def load_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
     """The tensors and the metadata of a safetensors file."""
     from safetensors import SafetensorError, safe_open
 
+    if not is_regular(path):  # safe_open would wait on a FIFO for ever
+        raise CheckpointError(f"{path} is not a regular file; pass ckpt=<a checkpoint file>.")
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CheckpointError
+from cnnlab.io import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with open_regular(path) as f:
+                state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # a user's file: any reader failure becomes one clear message
         raise CheckpointError(f"Could not read weights from {path}: {err}") from err
     if isinstance(state, dict) and not _all_tensors(state):

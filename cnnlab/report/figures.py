@@ -14,15 +14,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.io import atomic_write
+from cnnlab.io import atomic_write, make_dirs
+from cnnlab.run.layout import RunDir
 
 DPI = 100
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green and red titles, as in the classic notebooks
 
 
 def new_figure(width: float, height: float):
+    """A figure on the Agg canvas. Its texts are plain text: class and run names come from data, and a
+    ``$`` in one must not be parsed as mathtext (``$\\foo$`` would fail the whole figure)."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    matplotlib.rcParams["text.parse_math"] = False  # read by every Text, tick labels drawn later too
 
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
@@ -53,7 +59,9 @@ def tensorboard_writer(run_dir: Path | None, enabled: bool = True):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(Path(run_dir) / "tb"))
+    return SummaryWriter(
+        str(make_dirs(RunDir(run_dir).tb))
+    )  # its files are opened by name: no link on the way
 
 
 def to_display(image: torch.Tensor) -> tuple[np.ndarray, str | None]:

@@ -24,6 +24,7 @@ from cnnlab.report.htmlparts import (
     key_values,
     page,
     problem,
+    reached_without_links,
     read_json,
     read_text,
     regular_file,
@@ -184,8 +185,10 @@ def write_sweep_page(root: Path, runs_table: SweepTable) -> Path:
     for row, run, status in zip(runs_table.rows, runs_table.runs, runs_table.statuses, strict=True):
         run_page = RunDir(run).page
         name = esc(row[1])
-        if regular_file(run_page):
+        if reached_without_links(run_page, root):
             name = f'<a href="{esc(href(run_page, root))}">{name}</a>'
+        elif regular_file(run_page):  # a report/ (or a folder above it) linked elsewhere: not followed
+            name += " <span class=warn>(its page is reached through a symbolic link: not linked)</span>"
         css = {"ok": "ok", "diverged": "warn"}.get(status, "bad")
         rows.append([esc(row[0]), name, *map(esc, row[2:-1]), f"<span class={css}>{esc(row[-1])}</span>"])
     body = table(runs_table.header, rows, raw=set(range(len(runs_table.header))))

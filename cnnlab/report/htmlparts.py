@@ -15,8 +15,11 @@ import hashlib
 import html
 import json
 import math
+import os
 from pathlib import Path
 from urllib.parse import quote
+
+from cnnlab.io import NotRegularFile, open_regular
 
 MAX_TEXT = 200_000  # characters of one file shown on a page: a hostile run may hold a huge one
 
@@ -53,6 +56,17 @@ def regular_file(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
 
 
+def reached_without_links(path: Path, start: Path) -> bool:
+    """``path`` is a regular file and no folder between ``start`` and it is a symbolic link: a page in
+    ``start`` may link it without the link leading out (a linked ``report/`` could hold anything)."""
+    here = Path(os.path.abspath(start))
+    for part in Path(os.path.abspath(path)).relative_to(here).parts:
+        here = here / part
+        if here.is_symlink():
+            return False
+    return regular_file(here)
+
+
 def read_text(path: Path) -> tuple[str | None, str | None]:
     """A text file's content (cut at :data:`MAX_TEXT`), or None and why it cannot be shown."""
     if not regular_file(path):
@@ -60,7 +74,10 @@ def read_text(path: Path) -> tuple[str | None, str | None]:
             " (a symbolic link is not followed)" if path.is_symlink() else ""
         )
     try:
-        text = path.read_text(errors="replace")
+        with open_regular(path) as f:  # swapped for a FIFO since the check: refused, not waited on
+            text = f.read().decode(errors="replace")
+    except NotRegularFile as exc:
+        return None, f"{path.name} is {exc.kind}"
     except OSError as exc:
         return None, f"{path.name} could not be read ({exc.strerror})"
     return (text[:MAX_TEXT] + "\n... (cut)" if len(text) > MAX_TEXT else text), None

@@ -16,7 +16,16 @@ from pathlib import Path
 import yaml
 
 from cnnlab.errors import DataError
-from cnnlab.io import TEMP_SUFFIX, atomic_write, format_value, write_csv, write_json, write_text
+from cnnlab.io import (
+    TEMP_SUFFIX,
+    atomic_write,
+    format_value,
+    open_append,
+    read_regular_text,
+    write_csv,
+    write_json,
+    write_text,
+)
 
 # Files and folders a run writes; a symbolic link at any of them is refused (see check_no_links).
 HYDRA, CHECKPOINTS, REPORT, TB, EXPORT = ".hydra", "checkpoints", "report", "tb", "export"
@@ -175,7 +184,7 @@ class RunDir:
     # ---------------------------------------------------------------------------------------- readers
     def _text(self, path: Path) -> str:
         try:
-            return path.read_text(encoding="utf-8")
+            return read_regular_text(path)
         except UnicodeDecodeError:
             raise DataError(f"{path} is not a text file; the run folder is damaged.") from None
         except OSError as exc:
@@ -303,7 +312,7 @@ class RunDir:
     def append_metrics(self, fields: list[str], row: dict) -> None:
         """One epoch's row, appended (the header first in a new file)."""
         new = not self.metrics.exists()
-        with self.metrics.open("a", newline="") as f:
+        with open_append(self.metrics) as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
+from cnnlab.io import confined
 from cnnlab.run.layout import RunDir
 
 log = logging.getLogger("cnnlab")
@@ -52,11 +53,33 @@ def hold(folder: Path, *, what: str = "run"):
     else:
         _held[key] = [_lock(Path(folder), what), 1]
     try:
-        yield
+        with confined(Path(folder)):  # and no write below it goes through a link
+            yield
     finally:
         _held[key][1] -= 1
         if not _held[key][1]:
             os.close(_held.pop(key)[0])  # closing the descriptor drops the flock
+
+
+def descriptor(folder: Path) -> int | None:
+    """The descriptor holding ``folder``'s lock in this process, or None. A child process given a copy
+    of it (see :func:`inherited`) shares the lock: it stays held until every holder has exited."""
+    held = _held.get(_key(folder))
+    return None if held is None else held[0]
+
+
+@contextlib.contextmanager
+def inherited(folder: Path, fd: int):
+    """In a worker process: hold ``folder``'s lock through ``fd``, the parent's descriptor passed down, so
+    the folder stays locked while the worker lives even if the parent is killed. The descriptor is left
+    open when the block ends: the worker holds the lock until its very exit."""
+    key = _key(folder)
+    _held[key] = [fd, 1]
+    try:
+        with confined(Path(folder)):
+            yield
+    finally:
+        del _held[key]
 
 
 def _lock(folder: Path, what: str) -> int:
@@ -64,7 +87,7 @@ def _lock(folder: Path, what: str) -> int:
     lock_file = RunDir(folder).lock_file
     if lock_file.is_symlink():
         lock_file.unlink()
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

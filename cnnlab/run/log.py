@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cnnlab.io import open_append
 from cnnlab.run.layout import RunDir
 
 log = logging.getLogger("cnnlab")
@@ -19,6 +20,14 @@ log = logging.getLogger("cnnlab")
 
 def use_rich(progress: str) -> bool:
     return progress == "rich" or (progress == "auto" and sys.stderr.isatty())
+
+
+class LogFile(logging.FileHandler):
+    """``train.log``, opened as every writer of a run opens its files (:func:`cnnlab.io.open_append`: no
+    symbolic link followed on the way or at the file)."""
+
+    def _open(self):
+        return open_append(Path(self.baseFilename))
 
 
 def setup_logging(run_dir: Path, *, rich: bool) -> None:
@@ -32,7 +41,7 @@ def setup_logging(run_dir: Path, *, rich: bool) -> None:
     if not rich:
         console.setFormatter(logging.Formatter("%(message)s"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    file = logging.FileHandler(RunDir(run_dir).log)
+    file = LogFile(RunDir(run_dir).log)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for handler in (console, file):
         handler._cnnlab = True

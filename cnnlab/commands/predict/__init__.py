@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def predict(
     check_rows(ids, mean_probs.argmax(1), count=inputs.count, num_classes=len(classes), where=inputs.where)
     header, rows = make_rows(fmt, ids, mean_probs, classes, with_probs=probs)
     path = _out_path(out, runs)
-    inside = [r for r in runs if Path(r).resolve() in path.resolve().parents]
+    inside = [r for r in runs if Path(os.path.abspath(r)) in Path(os.path.abspath(path)).parents]  # no link
     with writing_into(inside[0]) if inside else contextlib.nullcontext():
         write_csv(path, header, rows)
 

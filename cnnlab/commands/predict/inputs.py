@@ -20,6 +20,7 @@ from cnnlab.data.kagglecsv import read_digit_csv
 from cnnlab.data.lookup import find_root
 from cnnlab.data.registry import has_train_dir, read_splits, workers
 from cnnlab.errors import DataError
+from cnnlab.io import is_regular
 
 
 @dataclass
@@ -54,6 +55,9 @@ def folder_files(folder: Path) -> list[Path]:
             raise DataError(
                 f"{folder} holds the folder {path.name}; put the images to classify directly in {folder}."
             )
+        if not is_regular(path):  # a FIFO named b.png would block the decoder
+            raise DataError(f"{path} is not a regular file; cnnlab reads only regular files: move it out of "
+                            f"{folder}.")  # fmt: skip
         if path.suffix.lower() not in SUFFIXES:
             raise DataError(
                 f"{path} is not an image file (expected {', '.join(sorted(SUFFIXES))}); "

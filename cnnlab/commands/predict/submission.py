@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -67,14 +68,33 @@ def make_rows(
     return [fmt.id_column, fmt.label_column], [[i, label] for i, label in zip(ids, labels, strict=True)]
 
 
+# A cell a spreadsheet would run as a formula starts with one of these (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def defuse(cell) -> str:
+    """``cell`` as text a spreadsheet shows and never evaluates: one that starts like a formula gets a
+    leading ``'`` (OWASP's advice), unless it is a plain number such as ``-1`` (which no spreadsheet
+    runs, and which a scorer must read as written)."""
+    text = str(cell)
+    if "\r" in text:  # unquoted by the writer below (its line ends are "\n"): it would split the row
+        raise DataError(f"The cell {text!r} holds a carriage return, which a CSV row cannot carry unchanged; "
+                        "rename that class or file.")  # fmt: skip
+    if text.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
 def write_csv(path: Path, header: list[str], rows: Iterable[list[str]]) -> None:
-    """Write the CSV to a temporary file and rename it over ``path``: never a partial file there."""
+    """Write the CSV to a temporary file and rename it over ``path``: never a partial file there. Every
+    cell (class names in the header too) goes through :func:`defuse`."""
 
     def write(f):
         text = io.TextIOWrapper(f, encoding="utf-8", newline="")
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerow([defuse(c) for c in header])
+        writer.writerows([defuse(c) for c in row] for row in rows)
         text.flush()
         text.detach()  # atomic_write still owns (fsyncs and closes) the file
 

@@ -1,6 +1,10 @@
 """Running a study's trials with ``tune.n_jobs`` workers: the loop in this process for one, spawned
 processes for more (threads would share torch's thread count, the global RNGs and the logging setup).
 
+A spawned worker dies with the command: Linux sends it SIGTERM when its parent dies (``PR_SET_PDEATHSIG``;
+elsewhere it checks its parent between trials), and it shares the study folder's lock through a copy of
+the parent's descriptor, so the folder stays locked while any worker still writes it.
+
 Every worker asks the shared study for its next trial until the command's ``tune.n_trials`` are taken
 (a counter shared by the workers) or ``tune.timeout`` has passed. Worker k trains on ``cores // n_jobs``
 threads unless ``trainer.threads`` is set, and with several GPUs on GPU k mod count.
@@ -8,11 +12,15 @@ threads unless ``trainer.threads`` is set, and with several GPUs on GPU k mod co
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
+import multiprocessing.reduction
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -23,7 +31,10 @@ from cnnlab.commands.tune.study import load, make_pruner, make_sampler
 from cnnlab.commands.tune.trial import Plan, ask, run_trial, settle
 from cnnlab.engine.interrupt import Interrupted
 from cnnlab.errors import CnnlabError
+from cnnlab.run import lock
 from cnnlab.run.layout import StudyDir
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def open_study(plan: Plan, index: int):
@@ -41,10 +52,15 @@ def share(plan: Plan, index: int) -> tuple[str, int | None]:
                          cpu_count=os.cpu_count() or 1, gpu_count=torch.cuda.device_count())  # fmt: skip
 
 
-def work(plan: Plan, index: int, slots) -> None:
-    """Worker ``index``: new trials until the slots run out or the deadline passes."""
+def work(plan: Plan, index: int, slots, parent: int | None = None) -> None:
+    """Worker ``index``: new trials until the slots run out, the deadline passes or (``parent``: the pid
+    of the command that spawned it) that command is gone."""
     study, space, resources = open_study(plan, index), parse_space(plan.tune["params"]), share(plan, index)
-    while take(slots, plan.tune["n_trials"]) and (plan.deadline is None or time.time() < plan.deadline):
+    while (
+        (parent is None or os.getppid() == parent)
+        and take(slots, plan.tune["n_trials"])
+        and (plan.deadline is None or time.time() < plan.deadline)
+    ):
         trial, sampled = ask(study, space)
         run_trial(study, trial, plan, sampled=sampled, resources=resources)
 
@@ -58,16 +74,45 @@ def take(slots, limit: int) -> bool:
         return True
 
 
-def spawned(plan: Plan, index: int, slots) -> None:
+def die_with_parent(parent: int) -> None:
+    """SIGTERM to this process when ``parent`` dies (Linux); at once if it already has (it died before
+    the request was made, and this process was handed to another)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            print(f"cnnlab: worker: prctl failed ({os.strerror(ctypes.get_errno())})", file=sys.stderr)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class LockCopy:
+    """The study lock's descriptor, duplicated into a spawned worker when the worker is started (the
+    ``spawn`` start method passes only the descriptors that pickling asks for)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        return _detach, (multiprocessing.reduction.DupFd(self.fd),)
+
+
+def _detach(dup) -> int:
+    return dup.detach()
+
+
+def spawned(plan: Plan, index: int, slots, parent: int, lock_fd: int | None) -> None:
     """A spawned worker: compose with cnnlab's config, work, and exit with the code the CLI would."""
+    die_with_parent(parent)
     from hydra import initialize_config_module
 
     from cnnlab.config import register_configs
 
     register_configs()
     initialize_config_module("cnnlab.conf", version_base="1.3")
+    held = lock.inherited(Path(plan.folder), lock_fd) if lock_fd is not None else contextlib.nullcontext()
     try:
-        work(plan, index, slots)
+        with held:
+            work(plan, index, slots, parent)
     except CnnlabError as exc:  # Interrupted too: its checkpoint is saved
         print(f"cnnlab: worker {index}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -84,8 +129,10 @@ def run_workers(plan: Plan) -> None:
     if plan.n_jobs == 1:
         work(plan, 0, slots)
         return
+    fd = lock.descriptor(Path(plan.folder))
+    args = (slots, os.getpid(), None if fd is None else LockCopy(fd))
     procs = [
-        context.Process(target=spawned, args=(plan, k, slots), name=f"cnnlab-tune-{k}")
+        context.Process(target=spawned, args=(plan, k, *args), name=f"cnnlab-tune-{k}")
         for k in range(plan.n_jobs)
     ]
     for proc in procs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.io import make_dirs
 from cnnlab.run.layout import RunDir
 from cnnlab.run.loggers import Logger
 
@@ -18,7 +19,7 @@ class TensorBoardLogger(Logger):
     def __init__(self, folder: RunDir):
         from torch.utils.tensorboard import SummaryWriter  # lazy: seconds of import time
 
-        self.tb = SummaryWriter(str(folder.tb))
+        self.tb = SummaryWriter(str(make_dirs(folder.tb)))  # it opens its files by name: no link on the way
 
     def log_step(self, step: int, lr: float) -> None:
         self.tb.add_scalar("lr/step", lr, step)
