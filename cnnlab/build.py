@@ -20,6 +20,7 @@ from torch import nn
 from cnnlab.config import SCHEMAS, validate
 from cnnlab.data.augment import BatchAugment, build_augment, check_augment
 from cnnlab.data.folds import check_folds
+from cnnlab.data.mmap import host_available
 from cnnlab.data.options import check_dataset
 from cnnlab.data.pseudo import check_pseudo_label
 from cnnlab.engine.adversarial import Adversary, check_adversarial
@@ -31,6 +32,7 @@ from cnnlab.engine.lookahead import check_lookahead
 from cnnlab.engine.losses import build_loss, check_loss, loss_node
 from cnnlab.engine.optim import implementation_kwargs, param_groups
 from cnnlab.engine.schedulers import Schedule, build_scheduler, check_schedule
+from cnnlab.engine.threads import check_threads
 from cnnlab.engine.tta import parse_tta
 from cnnlab.errors import CnnlabError, ConfigError, did_you_mean
 from cnnlab.models.sizes import check_image_size
@@ -59,6 +61,7 @@ def check(cfg: DictConfig) -> None:
     validate(cfg)
     check_dataset(cfg.dataset)
     check_image_size(cfg.model, cfg.dataset.image_size)
+    check_model_memory(cfg)
     check_loss(loss_node(cfg))
     check_finetune(cfg)
     aug = OmegaConf.to_container(cfg.augmentation, resolve=True)
@@ -70,6 +73,7 @@ def check(cfg: DictConfig) -> None:
     check_decay(cfg.trainer.ema)
     check_lookahead(**cfg.trainer.lookahead)
     check_compile(cfg.trainer.compile)
+    check_threads(cfg.trainer.threads)
     parse_tta(cfg.trainer.tta)
     check_backend(str(cfg.trainer.backend))
     check_tips(cfg)
@@ -122,8 +126,40 @@ def build_model(cfg: DictConfig, *, in_channels: int, num_classes: int, image_si
         raise ConfigError(f"Could not build model {cfg.get('_target_')}: {exc.__cause__ or exc}.") from None
 
 
+def check_model_memory(cfg: DictConfig) -> None:
+    """Refuse large images that make a model too big for memory (LeNet's and the MLP's first linear layer
+    grow with the square of dataset.image_size), counted on the meta device, before anything is built."""
+    own = {s._target_ for s in SCHEMAS["model"].values()}
+    if cfg.dataset.image_size <= 512 or cfg.model.get("_target_") not in own:
+        return
+    node = {**OmegaConf.to_container(cfg.model, resolve=True), "weights": None}
+    node.pop("name", None)
+    try:
+        with torch.device("meta"):
+            model = hydra.utils.instantiate(
+                node, in_channels=cfg.dataset.channels, num_classes=cfg.dataset.num_classes or 2,
+                image_size=cfg.dataset.image_size,
+            )  # fmt: skip
+    except Exception:  # building it for real reports the model's own error
+        return
+    params = sum(p.numel() for p in model.parameters())
+    need, available = 16 * params, host_available()  # float32 weights, gradients and two optimizer moments
+    if need > available:
+        raise ConfigError(
+            f"model {cfg.model.name} at dataset.image_size={cfg.dataset.image_size} has {params:,} "
+            f"parameters, {need / 1e9:,.1f} GB to train, but {available / 1e9:,.1f} GB of memory is "
+            "available; lower dataset.image_size or take a model with global pooling (model=simplecnn)."
+        )
+
+
 def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def uses_channels_last(model: nn.Module, setting) -> bool:
+    """Whether a run computes in channels_last: ``trainer.channels_last``, or for null (auto) whether the
+    model has convolutions. Training and every scorer of the run decide it here."""
+    return has_conv(model) if setting is None else bool(setting)
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:

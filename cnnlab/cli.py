@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib
 import importlib.resources
+import io
 import logging
 import os
 import re
@@ -73,7 +74,7 @@ def _hydra_app(config_name: str, target: str):
     """
     import hydra
 
-    from cnnlab.config import register_configs
+    from cnnlab.config import check_all_numbers, register_configs
 
     register_configs()
 
@@ -81,6 +82,8 @@ def _hydra_app(config_name: str, target: str):
     def app(cfg):
         module, func = target.split(":")
         try:
+            if config_name != "train":  # a train job checks its own (a sweep's failed job returns None)
+                check_all_numbers(cfg)
             return getattr(importlib.import_module(module), func)(cfg)
         except Exception as exc:
             raise JobFailed(exc) from None  # past Hydra's job runner, which would print its own line
@@ -126,6 +129,24 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def train_help() -> str:
+    """``cnnlab train --help``: the config groups and their options, read from ``conf/``.
+
+    Hydra's own help copies the whole config store once per group (seconds); this reads file names.
+    """
+    root = importlib.resources.files("cnnlab.conf")
+    skip = ("hydra", "tune")  # Hydra's own groups; the search spaces of cnnlab tune
+    groups = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in skip and p.name[0] != "_")
+    lines = [f"  {g}: {', '.join(group_options(g))}" for g in groups if group_options(g)]
+    return (
+        "usage: cnnlab train [group=option ...] [key=value ...]    (-m sweeps: optimizer.lr=1e-3,1e-2)\n\n"
+        "config groups (group=option; the presets: +experiment=<name>):\n"
+        + "\n".join(lines)
+        + "\n\nevery option with its value: cnnlab train [overrides] --cfg job\n"
+        "Hydra's flags and launchers: cnnlab train --hydra-help; every command: cnnlab --help\n"
+    )
+
+
 def hydra_error_message(exc: Exception) -> str | None:
     """One sentence for Hydra's composition errors, with a suggestion for a misspelt key or choice."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -140,7 +161,11 @@ def hydra_error_message(exc: Exception) -> str | None:
         key = getattr(cause, "key", None)
         parent = getattr(cause, "parent_node", None)
         if key is not None and parent is not None and "not in" in str(cause):
-            return f"Unknown config key '{cause.full_key}'.{did_you_mean(str(key), parent)}"
+            return unknown_key_message(cause.full_key, str(key), parent)
+        if key is not None and type(cause).__name__ == "ValidationError":
+            message = wrong_type_message(cause.full_key, str(key), getattr(cause, "object_type", None))
+            if message:
+                return message
         text = str(exc).splitlines()[0]
         unlisted = re.match(r"Could not override '([^']+)'\. No match in the defaults list", text)
         if unlisted:  # e.g. experiment=..., a group the defaults list leaves out: it must be added
@@ -149,11 +174,52 @@ def hydra_error_message(exc: Exception) -> str | None:
                     f"with +{group}=<name> instead of {group}=<name>.")  # fmt: skip
         detail = str(cause).splitlines()[0] if cause is not None else ""
         return f"{text.rstrip('.')}{': ' + detail if detail else ''}."
-    if isinstance(exc, OverrideParseException | MissingConfigException):
+    if isinstance(exc, OverrideParseException):  # Hydra's grammar: a symbol or a space it cannot read
+        return f"{str(exc).splitlines()[0]} (quote such a value: key='...')"
+    if isinstance(exc, MissingConfigException):
         return str(exc).splitlines()[0]
     if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun, --cfg"):
         return f"{exc}: use one of them at a time (e.g. drop -m to print one job's config with --cfg job)."
     return None
+
+
+def given_value(full_key: str) -> str:
+    """The value the command line gave ``full_key`` ("" when none): Hydra's errors do not carry it."""
+    return next((a.partition("=")[2] for a in sys.argv[1:] if a.lstrip("+~").startswith(full_key + "=")), "")
+
+
+def unknown_key_message(full_key: str, key: str, parent) -> str:
+    """ "Unknown config key", and for a key another option of the group has (``model.dropout`` with LeNet)
+    the options that have it and the command line that uses one."""
+    from cnnlab.config import options_with
+
+    group = full_key.split(".")[0]
+    others = options_with(group, key) if full_key == f"{group}.{key}" else []
+    if not others or parent.get("name") is None:
+        return f"Unknown config key '{full_key}'.{did_you_mean(key, parent)}"
+    value = given_value(full_key)
+    listed = (
+        f"{', '.join(others[:-1])} and {others[-1]} have it" if len(others) > 1 else f"{others[0]} has it"
+    )
+    return (
+        f"{group} {parent.name} has no option '{key}'; {listed}: "
+        f"{group}={others[0]} {full_key}={value or '<value>'}."
+    )
+
+
+def wrong_type_message(full_key: str, key: str, schema) -> str | None:
+    """``trainer.max_epochs=abc``: what the option takes, with an example, instead of OmegaConf's words."""
+    from cnnlab.config import field_kind
+
+    found = field_kind(schema, key)
+    if found is None:
+        return None
+    kind, default = found
+    value = given_value(full_key)
+    example = f", e.g. {full_key}={str(default).lower() if isinstance(default, bool) else default}"
+    return (
+        f"{full_key}={value} is not {kind}; give {full_key} {kind}{example if default is not None else ''}."
+    )
 
 
 def check_numbers(args: list[str]) -> None:
@@ -169,6 +235,38 @@ def check_numbers(args: list[str]) -> None:
             )
 
 
+GRAMMAR = re.compile(r"[,\[\]{}()'\"\\$=*?]")  # characters with a meaning in Hydra's override grammar
+
+
+def quote_letters(arg: str) -> str:
+    """``hydra.run.dir=rün`` -> ``hydra.run.dir='rün'``: Hydra's lexer takes only ASCII letters unquoted,
+    so a plain value with other letters (``數據``, ``r①``) is quoted as the user meant it."""
+    key, sep, value = arg.partition("=")
+    if not sep or arg.startswith("-") or value.isascii() or GRAMMAR.search(value):
+        return arg
+    from cnnlab.config import override_quoted
+
+    return f"{key}={override_quoted(value)}"
+
+
+@contextlib.contextmanager
+def internal_groups_hidden(args: list[str]):
+    """``--help`` lists every config group Hydra knows, the ``schema/*`` ones behind the YAML too; they
+    are not choices a user makes, so their lines are dropped."""
+    if not {"--help", "-h"} & set(args):
+        yield
+        return
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            yield
+    finally:
+        print(
+            "".join(line for line in text.getvalue().splitlines(True) if not line.startswith("schema/")),
+            end="",
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # a command is required: the usage is the error message
@@ -181,28 +279,35 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cnnlab {__version__}")
         return
     command, rest = argv[0], argv[1:]
+    if command == "train" and {"--help", "-h"} & set(rest):
+        print(train_help())
+        return
     apps = {}
     for name, (config_name, target, positional) in TOOLS.items():
         apps[name] = functools.partial(_hydra_app, config_name, target)
         if command == name:
-            rest = positional_overrides(rest, positional)
+            rest = [quote_letters(a) for a in positional_overrides(rest, positional)]
     if command not in apps:
-        print(f"cnnlab: unknown command '{command}'; choose one of: {', '.join(apps)}.", file=sys.stderr)
+        hint = did_you_mean(command, apps)
+        print(
+            f"cnnlab: error: unknown command '{command}'; choose one of: {', '.join(apps)}.{hint}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     # Let exceptions reach us so user errors print as one sentence, not as Hydra's traceback dump.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        from cnnlab.config import hydra_prints
+
         check_numbers(rest)
         claim = contextlib.nullcontext()
-        if command in (
-            "train",
-            "tune",
-            "lr_find",
-        ):  # every check before Hydra starts; train and tune claim a folder
+        # Every check before Hydra starts; train and tune claim a folder. Not for Hydra's own flags
+        # (--help, --cfg...), which print and exit: they answer without importing torch.
+        if command in ("train", "tune", "lr_find") and not hydra_prints(rest):
             prepare = importlib.import_module(f"cnnlab.commands.{command}").prepare
             rest, claim = prepare(rest)
         sys.argv = [f"cnnlab {command}", *rest]
-        with claim:
+        with claim, internal_groups_hidden(rest):
             apps[command]()()
         if command == "train":
             from cnnlab.commands.train import take_sweep_failure
@@ -215,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         print("cnnlab: aborted.", file=sys.stderr)
         sys.exit(130)
     except CnnlabError as exc:
-        if logging.getLogger().handlers:  # train's console and train.log
+        if any(getattr(h, "_cnnlab", False) for h in logging.getLogger().handlers):  # train's console and log
             logging.getLogger("cnnlab").error("%s", exc)
         else:  # logging's last-resort handler would print it a second time
             print(f"cnnlab: error: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,15 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from cnnlab.errors import ConfigError
+
+HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+               "--resolve", "--package", "-p")  # fmt: skip
+
+
+def hydra_prints(args: list[str]) -> bool:
+    """Whether Hydra only prints something and exits (help, the composed config, completion): the
+    commands then skip their checks, and ``cnnlab train --help`` answers without importing torch."""
+    return any(a.split("=")[0] in HYDRA_FLAGS for a in args)
 
 
 @dataclass
@@ -129,7 +139,7 @@ class TorchvisionConfig(ModelConfig):
     name: str = "torchvision"
     arch: str = "resnet18"  # any name of torchvision.models.list_models(module=torchvision.models)
     stem: str = "auto"  # auto | imagenet | cifar (ResNet families only)
-    weights: str | None = None  # a local file; nothing is downloaded
+    weights: str | None = None  # a local file, or a name of torchvision's weights (DEFAULT, IMAGENET1K_V1)
     input_size: int | None = None  # the size the network sees; null: the images', raised to its minimum
 
 
@@ -138,7 +148,7 @@ class TimmConfig(ModelConfig):
     _target_: str = "cnnlab.models.timm_net.TimmNet"
     name: str = "timm"
     arch: str = "resnet18"  # any name of timm.list_models()
-    weights: str | None = None  # a local file; nothing is downloaded
+    weights: str | None = None  # a local file, or a pretrained tag (DEFAULT, a1_in1k, ...)
     input_size: int | None = None  # the size the network sees; null: the images'
 
 
@@ -300,7 +310,9 @@ class TrainerConfig:
     # torch.compile the model in place: false | true (= default) | default | reduce-overhead (CUDA graphs)
     # | max-autotune | max-autotune-no-cudagraphs (no gain measured on CPUs, 5-40 s compile)
     compile: Any = False
-    threads: int | None = None  # None: all cores (fastest when idle); 1 when other jobs share the cores
+    # auto: time the candidate counts (up to the CPUs this process may use) on the first steps, keep the
+    # fastest, time again when the step time drifts (cnnlab.engine.threads) | a whole number: that many
+    threads: Any = "auto"
     backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
     monitor: str = "val_acc"  # val_acc | val_loss | val_macro_f1 | val_balanced_acc
@@ -366,6 +378,9 @@ class LoggerConfig:
     wandb: WandbLoggerConfig | None = None
 
 
+SLURM_DEFAULTS = {"partition": None, "time": 240, "cpus_per_task": None, "gpus_per_node": None, "mem": None}
+
+
 @dataclass
 class TuneConfig:
     """``cnnlab tune``: an Optuna study whose trials are cnnlab runs (see conf/tune.yaml)."""
@@ -384,6 +399,14 @@ class TuneConfig:
     # the study folder; a folder that holds a study continues it
     dir: str = "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
     report: bool = False  # write the optimisation history, parameter importances and intermediate values
+    # where the study lives: null (SQLite in tune.dir), an SQLAlchemy URL (postgresql://user@host/db) or a
+    # journal file (journal:<path>, <path>.log) that workers on several machines share
+    storage: str | None = None
+    study: str = "cnnlab"  # the study's name in tune.storage: workers given the same one join it
+    launcher: str = "local"  # local (tune.n_jobs processes here) | slurm (one Slurm job per worker)
+    # launcher=slurm: each worker job's parameters (submitit's SlurmExecutor ones; null: Slurm's default;
+    # others with +tune.slurm.<name>=..., e.g. +tune.slurm.account=lab)
+    slurm: dict[str, Any] = field(default_factory=lambda: dict(SLURM_DEFAULTS))
 
 
 @dataclass
@@ -552,7 +575,7 @@ POSITIVE = {
 
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with one clear sentence."""
-    check_numbers(resolved(cfg))
+    check_all_numbers(cfg)
     for group, keys in POSITIVE.items():
         for key in keys:
             value = cfg[group][key]
@@ -570,7 +593,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.val_split must be between 0 and 1 (exclusive), got {split}.")
     for key in (
         "patience",
-        "threads",
         "limit_train_batches",
         "limit_eval_batches",
         "overfit_batches",
@@ -642,8 +664,23 @@ def resolved(cfg: DictConfig) -> dict:
         ) from None
 
 
-def check_numbers(node, path: str = "") -> None:
-    """Every whole number fits in 64 bits (``seed=99999999999999999999`` would fail deep in torch)."""
+def check_all_numbers(cfg: DictConfig) -> None:
+    """:func:`check_numbers` over a whole composed config (any command's), its ``${...}`` resolved; a
+    refused value's message offers the schema's default as the way out where there is one."""
+
+    def default_of(where: str):
+        parent, _, key = where.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        found = field_kind(OmegaConf.get_type(node), key) if isinstance(node, DictConfig) else None
+        return None if found is None else found[1]
+
+    check_numbers(resolved(cfg), default_of=default_of)
+
+
+def check_numbers(node, path: str = "", *, default_of=lambda where: None) -> None:
+    """Every whole number fits in 64 bits (``seed=99999999999999999999`` would fail deep in torch), and
+    every float anywhere (free-form nodes such as ``scheduler.options`` too) is finite: a ``nan`` compares
+    false with everything, so ``trainer.min_delta=nan`` would silently stop every epoch counting as best."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
         where = f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key)
@@ -652,7 +689,16 @@ def check_numbers(node, path: str = "") -> None:
                 f"{where}={str(value)[:24]}{'...' if len(str(value)) > 24 else ''} is too large; whole "
                 f"numbers must lie between -2**63 and 2**63 - 1."
             )
-        check_numbers(value, where)
+        if isinstance(value, float) and not math.isfinite(value):
+            default = default_of(where)
+            example = (
+                f"e.g. {where}={default} (its default)" if default is not None else "or drop the override"
+            )
+            raise ConfigError(
+                f"{where}={value} is not a finite number; every number option must be finite (not nan or "
+                f"inf): give {where} a finite value, {example}."
+            )
+        check_numbers(value, where, default_of=default_of)
 
 
 def check_optimizer(opt: DictConfig) -> None:
@@ -670,3 +716,44 @@ def check_optimizer(opt: DictConfig) -> None:
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def override_quoted(text: str) -> str:
+    """``text`` as a quoted value of Hydra's override grammar that reads back exactly: any letter (``rün``,
+    ``數據``, spaces), quotes, a trailing backslash, and ``${`` (left as text, not interpolated). In Hydra's
+    quoted strings a backslash escapes only a quote or the string's end, so only those runs are doubled."""
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m[1] * 2, text)
+    return "'" + escaped.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def field_kind(schema: type, key: str) -> tuple[str, Any] | None:
+    """What the schema ``schema`` wants for ``key`` in words (``a whole number or null``) and its default
+    there (None when it has none); None when ``key`` is not one of its fields."""
+    import dataclasses
+
+    found = (
+        next((f for f in dataclasses.fields(schema) if f.name == key), None) if is_schema(schema) else None
+    )
+    if found is None:
+        return None
+    type_name = str(found.type).replace(" ", "")
+    words = [KINDS[t] for t in type_name.split("|") if t in KINDS]
+    if not words:
+        return None
+    kind = " or ".join(words) + (" or null" if "None" in type_name.split("|") else "")
+    default = None if found.default is dataclasses.MISSING else found.default
+    return kind, default
+
+
+def is_schema(kind) -> bool:
+    import dataclasses
+
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def options_with(group: str, key: str) -> list[str]:
+    """The options of config group ``group`` (model, optimizer, loss) whose schema has ``key``."""
+    return [name for name, schema in SCHEMAS.get(group, {}).items() if key in schema.__dataclass_fields__]

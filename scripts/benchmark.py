@@ -395,7 +395,7 @@ def main() -> None:
         help="adam: torch's Adam at the recipe's lr; recipe: the case's optimizer as cnnlab builds it",
     )
     args = parser.parse_args()
-    configure_cpu(args.threads)
+    configure_cpu(args.threads, timed=False)  # none given: the usable CPUs, fixed
     register_configs()
     initialize_config_module("cnnlab.conf", version_base="1.3")
     cpu = torch.backends.cpu.get_cpu_capability()

@@ -22,9 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import drill_firstday as first
 import drill_hostile as hostile
 import drill_inputs as inputs
 import drill_runs as runs
+import drill_scale
 from drill_kit import Case, Drill, Result, judge
 
 DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
@@ -67,7 +69,11 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
         "weight_decay -1",
         inputs.config_error("optimizer.weight_decay=-1", expect="weight_decay must be 0 or more"),
     ),
-    ("lr nan", inputs.config_error("optimizer.lr=nan", expect="optimizer.lr must be greater than 0")),
+    ("lr nan", inputs.config_error("optimizer.lr=nan", expect="optimizer.lr=nan is not a finite number")),
+    (
+        "threads many",
+        inputs.config_error("trainer.threads=many", expect="trainer.threads=many is not a thread"),
+    ),
     ("seed of 20 digits", inputs.config_error("seed=99999999999999999999", expect="is too large")),
     (
         "max_epochs of 5,000 digits",
@@ -203,6 +209,30 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     ("loss becomes NaN", runs.divergence),
     ("train: no grad_norm column unclipped, no tables", runs.quiet_run),
     ("export: no warnings or exporter notes", runs.export_quiet),
+    # a newcomer's first day
+    ("imagefolder as root/<class>/*.png", first.flat_image_folder),
+    ("dataset.root holding no dataset", first.root_without_a_dataset),
+    ("IDX with 0 images and 0 labels", first.idx_without_images),
+    ("hydra.run.dir with rün 數據 r①", first.non_ascii_run_dir),
+    ("MNIST offline: one line", first.offline_download),
+    ("output to a file: paths not wrapped", first.unwrapped_output),
+    ("train --help without schema/ groups", first.help_without_schema),
+    ("submission ids of a labeled test split", first.labeled_test_ids),
+    ("run page: precision and threads used", first.page_shows_precision),
+    ("trainer.min_delta=nan", inputs.config_error("trainer.min_delta=nan", expect="is not a finite number")),
+    (
+        "scheduler gamma nan",
+        inputs.config_error("scheduler=step", "scheduler.options.gamma=nan", expect="is not a finite number"),
+    ),
+    ("image_size 100000", inputs.config_error("dataset.image_size=100000", expect="between 1 and 4096")),
+    (
+        "model.dropout with LeNet",
+        inputs.config_error("model.dropout=0.1", expect="mlp and simplecnn have it"),
+    ),
+    ("trainer.max_epochs=abc", inputs.config_error("trainer.max_epochs=abc", expect="is not a whole number")),
+    ("cnnlab evalute", inputs.config_error(expect="Did you mean 'evaluate'?", command="evalute")),
+    ("viz gradcm", inputs.config_error("gradcm", "run=x", expect="Did you mean 'gradcam'?", command="viz")),
+    ("export: error prefix", inputs.config_error("run=missing", expect="cnnlab: error: ", command="export")),
     # hostile files: links below the run, FIFOs, names that are markup or formulas, orphaned workers
     ("evaluate: report/evaluate_<...>/ linked out", hostile.evaluate_into_linked_subfolder),
     ("export: export/sub/ linked out", hostile.export_into_linked_subfolder),
@@ -214,6 +244,8 @@ DRILLS: list[tuple[str, Callable[[Drill, str], Case]]] = [
     ("run named $\\foo$: viz and runs html=true", hostile.dollar_names_viz_runs),
     ("class named =1+2: submission cell", hostile.formula_class_submission),
     ("kill -9 of tune n_jobs=2: workers and lock", hostile.orphaned_workers),
+    # beyond one machine: weights by name, a shared study's storage
+    *drill_scale.CASES,
 ]
 
 

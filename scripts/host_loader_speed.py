@@ -105,7 +105,7 @@ def main() -> None:
     register_configs()
     initialize_config_module("cnnlab.conf", version_base="1.3")
     device = resolve_device(args.device)
-    configure_cpu(args.threads)
+    configure_cpu(args.threads, timed=False)  # none given: the usable CPUs, fixed
     work = Path(tempfile.mkdtemp(prefix="cnnlab-hostspeed-"))
     root, classes = food11_tree(args.per_class, work)
     places = [f"dataset.root={root}", f"dataset.cache_dir={work / 'cache'}"]

@@ -1,4 +1,4 @@
-"""Where a preset's time inside ``train()`` outside its epochs goes, part by part (wall and CPU seconds).
+"""Where a preset's time before its first step and inside ``train()`` outside its epochs goes, part by part.
 
     CNNLAB_DATA=../shared/datasets python scripts/run_overhead.py                      # fast_mnist, 3 runs
     python scripts/run_overhead.py --preset fast_fashion_mnist --repeats 5 --threads 1
@@ -9,6 +9,10 @@ schedule, fitting data-initialised layers, provenance, checkpoints, the test pas
 the summary and closing the writers. ``torch._dynamo``'s import, which the first ``torch.optim``
 optimizer triggers (any script using torch.optim pays it), is timed apart. The epochs are metrics.csv's
 ``seconds`` (training and validation); "outside the epochs" is summary.json's seconds less those.
+Before train(): the imports (hydra and the config schema, torch, the trainer's modules) and composing the
+config, as ``cnnlab train`` meets them; then train()'s start to the end of the first optimizer step.
+``--startup N`` times instead, in alternation, ``import torch`` alone and the commands that answer
+before training (``cnnlab train --help``, a refused override), wall and CPU.
 Prints the median of each part over the repeats, wall and CPU (process) time: on a machine shared with
 other jobs CPU time is the steadier figure. The epochs' own parts are listed in parentheses.
 """
@@ -19,6 +23,7 @@ import argparse
 import csv
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +36,7 @@ PARTS = {  # module attribute -> label, in the order a run meets them
     "store_channels_last": "channels_last copy of the splits", "fit_to_data": "fit the whitening layer",
     "build_optimizer": "build the optimizer", "build_schedule": "build the schedule",
     "MetricsWriter": "metrics writer", "provenance": "provenance (git, data hash)",
-    "save_epoch": "checkpoints (best, safetensors, last)", "load_checkpoint": "load best.pt",
+    "save_epoch": "checkpoints (best, safetensors, last)", "read_best": "load best.pt",
     "write_summary": "summary.json", "close": "close the writers",
     "result_table": "summary table",
     "train_one_epoch": "(epochs: training)", "score_epoch": "(epochs: validation)",
@@ -39,6 +44,19 @@ PARTS = {  # module attribute -> label, in the order a run meets them
 EPOCHS = ("(epochs: training)", "(epochs: validation)")
 # Scored.score's label; it is not in PARTS, where ``score`` would also match train.py's validation
 TEST_PASS = "test pass"  # noqa: S105 (a label, not a password)
+
+
+class _Block:
+    """``with _Block(times, label):`` adds the block's wall and CPU seconds to ``times[label]``."""
+
+    def __init__(self, times: dict, label: str):
+        self.times, self.label = times, label
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        self.times[self.label] = [time.perf_counter() - self.wall, time.process_time() - self.cpu]
 
 
 def child(preset: str, threads: int, extra: list[str]) -> None:
@@ -57,15 +75,23 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
 
         return timed
 
-    import torch  # noqa: F401  (imported by the CLI before train() too)
-    from hydra import compose, initialize_config_module
+    def part(label: str) -> _Block:
+        """Time a block before train(): the imports and the config, in the order the command meets them."""
+        return _Block(times, label)
 
-    import cnnlab.train as train_module
-    from cnnlab.config import register_configs
-    from cnnlab.report.evaluate import Scored
-    from cnnlab.run.layout import RunDir
-    from cnnlab.run.metrics import MetricsWriter
-    from cnnlab.train import assemble, ending, epochs
+    with part("before train(): import hydra, omegaconf, cnnlab.config"):
+        from hydra import compose, initialize_config_module
+
+        from cnnlab.config import register_configs
+    with part("before train(): import torch"):
+        import torch  # noqa: F401
+    with part("before train(): import the trainer (cnnlab.train)"):
+        import cnnlab.train as train_module
+        from cnnlab.report.evaluate import Scored
+        from cnnlab.run.checkpoints import RunCheckpoints
+        from cnnlab.run.layout import RunDir
+        from cnnlab.run.metrics import MetricsWriter
+        from cnnlab.train import assemble, ending, epochs
 
     def import_dynamo_then(fn):
         def build(*args, **kwargs):
@@ -82,14 +108,23 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
                 setattr(module, name, import_dynamo_then(timed) if name == "build_optimizer" else timed)
     Scored.score = classmethod(timer(TEST_PASS, Scored.score.__func__))
     RunDir.write_summary = timer(PARTS["write_summary"], RunDir.write_summary)
+    RunCheckpoints.read_best = timer(PARTS["read_best"], RunCheckpoints.read_best)
     MetricsWriter.close = timer(PARTS["close"], MetricsWriter.close)
-    register_configs()
-    initialize_config_module("cnnlab.conf", version_base="1.3")
-    overrides = [f"+experiment={preset}", "trainer.progress=plain", *extra]
-    cfg = compose("train", overrides=overrides + ([f"trainer.threads={threads}"] if threads else []))
+    with part("before train(): compose the config"):
+        register_configs()
+        initialize_config_module("cnnlab.conf", version_base="1.3")
+        overrides = [f"+experiment={preset}", "trainer.progress=plain", *extra]
+        cfg = compose("train", overrides=overrides + ([f"trainer.threads={threads}"] if threads else []))
     run = Path(tempfile.mkdtemp(prefix="cnnlab-overhead-")) / "run"
     wall, cpu = time.perf_counter(), time.process_time()
-    summary = train_module.train(cfg, run)
+
+    class FirstStep(train_module.Callback):
+        def on_step(self, run) -> None:
+            if "train() start to the first step's end" not in times:
+                times["train() start to the first step's end"] = [time.perf_counter() - wall,
+                                                                   time.process_time() - cpu]  # fmt: skip
+
+    summary = train_module.train(cfg, run, callbacks=(FirstStep(),))
     times["train() in all"] = [time.perf_counter() - wall, time.process_time() - cpu]
     with (run / "metrics.csv").open() as f:
         epochs = sum(float(r["seconds"]) for r in csv.DictReader(f))
@@ -100,8 +135,38 @@ def child(preset: str, threads: int, extra: list[str]) -> None:
     )
 
 
+CNNLAB = str(Path(sys.executable).with_name("cnnlab"))
+STARTUP = {  # label -> command; run in alternation, in fresh processes
+    "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+    "cnnlab train --help": [CNNLAB, "train", "--help"],
+    "cnnlab train model=lenett (refused)": [CNNLAB, "train", "model=lenett"],
+}
+
+
+def startup(repeats: int) -> None:
+    """Wall and CPU seconds (the child's user + system time) of commands that end before training."""
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in STARTUP}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for label, cmd in STARTUP.items():
+                before, wall = os.times(), time.perf_counter()
+                subprocess.run(cmd, capture_output=True, cwd=tmp, check=False)
+                after = os.times()
+                cpu = (after.children_user - before.children_user) + (
+                    after.children_system - before.children_system
+                )
+                results[label].append((time.perf_counter() - wall, cpu))
+    print(f"start-up, {repeats} rounds in alternation (medians)")
+    print(f"  {'command':46s} {'wall s':>7s} {'CPU s':>7s}")
+    for label, runs in results.items():
+        wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        print(f"  {label:46s} {wall:7.3f} {cpu:7.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--startup", type=int, default=0, metavar="N",
+                        help="instead: time N rounds of commands that end before training")  # fmt: skip
     parser.add_argument("--preset", default="fast_mnist")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="trainer.threads (0: the preset's)")
@@ -110,6 +175,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args.preset, args.threads, args.overrides)
+        return
+    if args.startup:
+        startup(args.startup)
         return
     runs = []
     for _ in range(args.repeats):

@@ -34,6 +34,7 @@ from hydra import compose, initialize_config_module
 from cnnlab.config import register_configs
 from cnnlab.engine.device import resolve_precision
 from cnnlab.engine.losses import loss_node
+from cnnlab.engine.threads import check_threads
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("mnist", "fashion_mnist")  # what bare_reference.py reads
@@ -53,7 +54,7 @@ def bare_arguments(preset: str) -> list[str]:
         "--dataset", cfg.dataset.name, "--epochs", str(tc.max_epochs),
         "--channels", ",".join(str(c) for c in cfg.model.channels), "--lr", str(cfg.optimizer.lr),
         "--batch-size", str(tc.batch_size), "--label-smoothing", str(loss_node(cfg).label_smoothing),
-        "--threads", str(tc.threads or 0),
+        "--threads", str(check_threads(tc.threads) or 0),  # auto: the bare loop keeps torch's default
         "--precision", resolve_precision(str(tc.precision), torch.device("cpu")),
     ]  # fmt: skip
 

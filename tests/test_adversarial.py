@@ -73,11 +73,10 @@ def test_robust_accuracy_is_below_clean_accuracy(make_cfg, tmp_path):
     run = load_run(tmp_path / "run")
     from cnnlab.run.load import Predictor, labeled_test, run_data
 
-    predictor = Predictor.of(run, torch.device("cpu"), tta=None)
+    predictor = Predictor.of(run, torch.device("cpu"), tta=None, precision="32", batch_size=50)
     x, y = labeled_test(run_data(run.cfg, torch.device("cpu")), run.run_dir, "test")
     adversary = Adversary("pgd", 0.3, predictor.pipeline.mean, predictor.pipeline.std, steps=5)
-    clean, robust = robust_accuracy(run.model, x, y, adversary, pipeline=predictor.pipeline, precision="32",
-                                    batch_size=50)  # fmt: skip
+    clean, robust = robust_accuracy(run.model, x, y, adversary, predictor.scorer)
     assert clean > 0.5 and robust < clean - 0.2
 
 

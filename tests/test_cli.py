@@ -63,7 +63,8 @@ def test_user_errors_are_one_line(tmp_path, tiny_idx, args, expected):
 def test_missing_data_message(tmp_path):
     res = run_cli("train", f"dataset.root={tmp_path / 'empty'}", cwd=tmp_path)
     assert res.returncode == 2
-    assert f"Dataset 'fashion_mnist' not found; looked in: {tmp_path / 'empty'}" in res.stderr
+    expected = f"cnnlab: error: dataset.root={tmp_path / 'empty'} does not hold the dataset fashion_mnist"
+    assert f"{expected}: it does not exist" in res.stderr
     assert "Traceback" not in res.stderr
 
 

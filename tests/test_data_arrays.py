@@ -55,12 +55,12 @@ def test_mean_std_auto_over_the_training_split_only(make_cfg):
 
 
 def test_computed_statistics_go_into_the_checkpoint(make_cfg, tmp_path):
-    from cnnlab.engine.checkpoint import load_checkpoint
+    from cnnlab.run.checkpoints import read_state
     from cnnlab.train import train
 
     cfg = make_cfg("dataset.mean=auto", "dataset.std=auto", "trainer.max_epochs=1", "trainer.report=false")
     train(cfg, tmp_path / "run")
-    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    saved = read_state(tmp_path / "run" / "checkpoints" / "best.pt")
     data = build_data(cfg.dataset, device=torch.device("cpu"), batch_size=8, eval_batch_size=8, seed=0)
     assert saved["mean"] == data.mean and saved["std"] == data.std and saved["mean"] != [0.5]
 

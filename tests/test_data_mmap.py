@@ -9,7 +9,7 @@ from cnnlab.data import mmap, place
 from cnnlab.data.loader import TensorLoader
 from cnnlab.data.mmap import HostLoader
 from cnnlab.data.registry import build_data
-from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.run.checkpoints import read_state
 from cnnlab.train import train
 from tests.test_data_folders import write
 from tests.test_resume import RECIPE, SignalAtStep, assert_same_run
@@ -49,10 +49,20 @@ def test_host_loader_yields_the_tensor_loaders_batches(kwargs):
 
 
 def test_host_loader_stops_cleanly_when_the_consumer_stops():
+    import threading
+
+    def prefetchers():
+        return [t for t in threading.enumerate() if t.name.startswith("cnnlab-prefetch")]
+
     _, host = pair(shuffle=True)
+    before = prefetchers()
     batches = host.batches()
     next(batches)
+    assert len(prefetchers()) == len(before) + 1  # the next batch is being gathered
     batches.close()  # an interrupted epoch: the prefetch thread is joined, nothing is left running
+    assert prefetchers() == before
+    with pytest.raises(StopIteration):
+        next(batches)
 
 
 def tiny_folder(root, n=12):
@@ -101,7 +111,7 @@ EXACT = ("trainer.precision=32", "trainer.threads=1", "trainer.report=false", "t
 
 
 def final_weights(run):
-    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    return read_state(run / "checkpoints" / "last.pt")["model"]
 
 
 @pytest.mark.parametrize("source", ["idx", "mapped-folder"])

@@ -43,7 +43,25 @@ def test_bad_dataset_values_are_one_line(make_cfg, override, message):
      "dataset.in_memory=true", "dataset.in_memory=auto"],
 )  # fmt: skip
 def test_good_dataset_values_pass(make_cfg, override):
-    check_dataset(make_cfg(override).dataset)
+    """Accepted, and the data builds with the setting in effect."""
+    import torch
+
+    from cnnlab.data.mmap import HostLoader
+    from cnnlab.data.registry import build_data
+
+    cfg = make_cfg(override)
+    check_dataset(cfg.dataset)
+    data = build_data(cfg.dataset, device=torch.device("cpu"), batch_size=32, eval_batch_size=64, seed=0)
+    key, value = override.split("=")
+    if key == "dataset.sampler":
+        assert data.train.sampler == value
+    elif value in ("true", "false"):  # in device memory, or on the host a batch ahead
+        assert isinstance(data.train, HostLoader) == (value == "false")
+    elif key in ("dataset.mean", "dataset.std"):  # auto: measured on the training images
+        measured = data.train.x.float().div(255)
+        stat = measured.mean() if key == "dataset.mean" else measured.std()
+        assert getattr(data, key.split(".")[1])[0] == pytest.approx(float(stat), abs=2e-3)
+    assert len(data.train) > 0 and len(data.classes) == 10
 
 
 def test_cli_refuses_a_bad_value_before_reading_data(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cnnlab.data.loader import TensorLoader
-from cnnlab.engine import distributed
+from cnnlab.engine import distributed, ranks
 from cnnlab.errors import ConfigError
 from tests.conftest import run_cli
 
@@ -50,14 +50,14 @@ def test_short_final_batch_is_dropped_when_a_rank_would_get_under_two():
 def test_ranks_other_than_zero_let_hydra_write_nothing(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert distributed.hydra_overrides(["model=lenet"]) == ["model=lenet"]
+    assert ranks.hydra_overrides(["model=lenet"]) == ["model=lenet"]
     monkeypatch.setenv("RANK", "1")
-    assert distributed.hydra_overrides(["model=lenet"])[-2:] == [
+    assert ranks.hydra_overrides(["model=lenet"])[-2:] == [
         "hydra.run.dir=.",
         "hydra.output_subdir=null",
     ]
     with pytest.raises(ConfigError, match="sweep cannot run inside torchrun"):
-        distributed.hydra_overrides(["-m", "optimizer.lr=0.1,0.01"])
+        ranks.hydra_overrides(["-m", "optimizer.lr=0.1,0.01"])
 
 
 def test_single_process_needs_no_group(monkeypatch):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import cnnlab.io as io_module
-from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.errors import CheckpointError
+from cnnlab.run.checkpoints import read_state, write_state
 from cnnlab.train import train
 from tests.conftest import run_cli
 from tests.test_data_cifar import Exploit
@@ -26,7 +26,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     evil = tmp_path / "best.pt"
     evil.write_bytes(pickle.dumps({"model": Exploit(marker)}))
     with pytest.raises(CheckpointError, match="contain code, so it was not loaded"):
-        load_checkpoint(evil)
+        read_state(evil)
     assert not marker.exists()
 
 
@@ -93,8 +93,8 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(make_cfg,
     with pytest.raises(OSError, match="No space left"):
         train(make_cfg("trainer.max_epochs=3", "trainer.patience=null", "optimizer.lr=1e-12"), run)
     monkeypatch.undo()
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
-    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 1
+    assert read_state(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert read_state(run / "checkpoints" / "best.pt")["epoch"] == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "best.pt", "best.safetensors", "last.pt",
     ]  # fmt: skip
@@ -102,11 +102,11 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(make_cfg,
 
 def test_save_checkpoint_failing_halfway_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "last.pt"
-    save_checkpoint({"epoch": 1, "w": torch.zeros(1000)}, target)
+    write_state({"epoch": 1, "w": torch.zeros(1000)}, target)
     fill_disk_when(monkeypatch, lambda path: True)
     with pytest.raises(OSError, match="No space left"):
-        save_checkpoint({"epoch": 2, "w": torch.ones(1000)}, target)
-    assert load_checkpoint(target)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+        write_state({"epoch": 2, "w": torch.ones(1000)}, target)
+    assert read_state(target)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_an_output_dir_that_cannot_be_created_is_one_line(tiny_idx, tmp_path):
@@ -130,8 +130,8 @@ def test_deterministic_food11_with_worker_processes_is_bit_identical(make_cfg, t
     train(make_cfg(*common), tmp_path / "b")
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert len(a) == 2 and without_timing(a) == without_timing(b)
-    wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
-    wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
+    wa = read_state(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    wb = read_state(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

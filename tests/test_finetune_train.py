@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.models.lenet import LeNet
 from cnnlab.models.simplecnn import SimpleCNN
 from cnnlab.models.whiten import fit_to_data
+from cnnlab.run.checkpoints import read_state
 from cnnlab.train import Callback, train
 from tests.test_resume import KillAfterEpoch, Killed, assert_same_run
 
@@ -74,7 +74,7 @@ def test_an_earlier_runs_checkpoint_starts_a_lenet(trained_run, make_cfg, tmp_pa
     snap = Snapshots()
     train(make_cfg("model=lenet", f"model.weights={best}", "trainer.max_epochs=1", "optimizer.lr=1e-12",
                    *EXACT), tmp_path / "again", callbacks=(snap,))  # fmt: skip
-    start = load_checkpoint(best)["model"]
+    start = read_state(best)["model"]
     assert all(torch.allclose(v, start[k]) for k, v in snap.states[1].items())
 
 

@@ -198,8 +198,8 @@ def test_an_image_named_fifo_is_a_bad_image_not_a_hang(tmp_path):
 
 
 def test_run_folder_readers_do_not_block_on_a_fifo(tmp_path):
-    from cnnlab.engine.checkpoint import load_checkpoint, load_safetensors
     from cnnlab.errors import CnnlabError
+    from cnnlab.run.checkpoints import read_safetensors, read_state
     from cnnlab.run.layout import RunDir
 
     run = RunDir(tmp_path / "run")
@@ -209,8 +209,8 @@ def test_run_folder_readers_do_not_block_on_a_fifo(tmp_path):
     assert within(10, run.read_config) is None  # not a file: as if absent
     with pytest.raises(DataError, match="FIFO"):
         within(10, lambda: run._text(run.config_file))
-    for read in (lambda: load_checkpoint(run.checkpoint("x.pt")),
-                 lambda: load_safetensors(run.checkpoint("x.safetensors"))):  # fmt: skip
+    for read in (lambda: read_state(run.checkpoint("x.pt")),
+                 lambda: read_safetensors(run.checkpoint("x.safetensors"))):  # fmt: skip
         with pytest.raises(CnnlabError, match=r"not a regular file|No checkpoint"):
             within(10, read)
 

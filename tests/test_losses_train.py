@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.run.checkpoints import read_state
 from cnnlab.train import train
 from tests.conftest import run_cli
 from tests.test_train import read_metrics, without_timing
@@ -14,7 +14,7 @@ EXACT = ("trainer.precision=32", "trainer.threads=1", "trainer.max_epochs=2", "t
 
 
 def weights(run):
-    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    return read_state(run / "checkpoints" / "last.pt")["model"]
 
 
 def same_weights(a, b) -> bool:

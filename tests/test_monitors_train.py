@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.run.checkpoints import read_state
 from cnnlab.train import Callback, train
 from tests.conftest import make_images, write_idx, write_tiny_idx
 from tests.test_train import read_metrics
@@ -70,7 +70,7 @@ def test_balanced_monitor_scores_as_scikit_learn_and_drives_the_run(make_cfg, im
     best_epoch = 1 + values.index(max(values))
     assert summary["monitor"] == monitor and summary["best_epoch"] == best_epoch
     assert summary["best_value"] == sk.rows[best_epoch - 1]["value"]
-    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == best_epoch
+    assert read_state(run / "checkpoints" / "best.pt")["epoch"] == best_epoch
     stopped_early = summary["stop_reason"] == "early_stop"
     assert summary["epochs_run"] == (best_epoch + 1 if stopped_early else 4)
     assert json.loads((run / "summary.json").read_text())["best_value"] == summary["best_value"]

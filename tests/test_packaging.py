@@ -34,7 +34,11 @@ def test_wheel_install_finds_its_config(tmp_path, tiny_idx):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-2000:]
-    assert (target / "cnnlab" / "conf" / "model" / "lenet.yaml").is_file()
+    assert "absent from the `packages` configuration" not in build.stderr  # a conf/ folder not listed
+    configs = {p.relative_to(REPO / "conf") for p in (REPO / "conf").rglob("*.yaml")}
+    assert configs == {
+        p.relative_to(target / "cnnlab" / "conf") for p in (target / "cnnlab" / "conf").rglob("*.yaml")
+    }
     modules = {p.relative_to(REPO / "cnnlab") for p in (REPO / "cnnlab").rglob("*.py")}
     shipped = {p.relative_to(target / "cnnlab") for p in (target / "cnnlab").rglob("*.py")}
     assert modules - shipped == set()  # every module of the source tree is in the wheel

@@ -16,7 +16,7 @@ import cnnlab.commands.predict as command
 from cnnlab.commands.predict import predict
 from cnnlab.commands.predict.submission import write_csv
 from cnnlab.config import register_configs
-from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.run.checkpoints import read_state, write_state
 from tests.conftest import make_images, run_cli, write_tiny_idx
 
 COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # one class per colour, learnable in an epoch
@@ -175,10 +175,10 @@ def test_cli_prints_destination_rows_and_accuracy(shared_run, tmp_path):
 
 
 def _mismatched_checkpoint(trained_run, tmp_path):
-    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    state = read_state(trained_run / "checkpoints" / "best.pt")
     state["model"]["extra.weight"] = torch.zeros(1)
     path = tmp_path / "other.pt"
-    save_checkpoint(state, path)
+    write_state(state, path)
     return path
 
 

@@ -26,7 +26,7 @@ class Watch(Callback):
     def on_epoch_end(self, run, row, value):
         self.train.append((run.data.train.x.clone(), run.data.train.y.clone(), len(run.data.train)))
         self.val.append((run.data.val.x.clone(), run.data.val.y.clone()))
-        self.pool = run.pseudo.pool if run.pseudo is not None else None
+        self.pool = run.parts["pseudo"].pseudo.pool if "pseudo" in run.parts else None
 
 
 def test_rounds_add_confident_pool_images_to_training_only(make_cfg, tmp_path):

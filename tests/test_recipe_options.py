@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.build import build_optimizer
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.infer import view_log_probs
 from cnnlab.engine.interrupt import Interrupted
 from cnnlab.engine.lookahead import Lookahead
@@ -21,6 +20,7 @@ from cnnlab.engine.schedulers import build_scheduler
 from cnnlab.engine.tta import parse_tta, tta_views
 from cnnlab.errors import ConfigError
 from cnnlab.models.simplecnn import SimpleCNN
+from cnnlab.run.checkpoints import read_state
 from cnnlab.train import Callback, train
 from tests.test_resume import SignalAtStep, assert_same_run
 from tests.test_train import read_metrics
@@ -202,10 +202,10 @@ RECIPE = (*SMALL, "model.whiten=2", "model.whiten_bias_epochs=1", "model.bn_mome
 def test_the_airbench_options_together_learn_and_resume_exactly(make_cfg, tmp_path):
     whole = train(make_cfg(*RECIPE), tmp_path / "whole")
     assert whole["stop_reason"] == "max_steps" and whole["test_acc"] > 0.5
-    assert load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["lookahead"]["slow"] is not None
+    assert read_state(tmp_path / "whole" / "checkpoints" / "last.pt")["lookahead"]["slow"] is not None
     with pytest.raises(Interrupted):  # epoch 3 (cut to 6 steps), after its 3rd step; lookahead running
         train(make_cfg(*RECIPE), tmp_path / "int", callbacks=(SignalAtStep(27),))
-    assert load_checkpoint(tmp_path / "int" / "checkpoints" / "last.pt")["partial"]["step"] == 3
+    assert read_state(tmp_path / "int" / "checkpoints" / "last.pt")["partial"]["step"] == 3
     train(make_cfg(*RECIPE, f"resume={tmp_path / 'int'}"), tmp_path / "int")
     assert_same_run(tmp_path / "whole", tmp_path / "int")
     assert not math.isnan(whole["test_loss"])

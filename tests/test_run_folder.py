@@ -21,9 +21,9 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.errors import ConfigError
 from cnnlab.run import lock
+from cnnlab.run.checkpoints import read_state, write_state
 from cnnlab.run.layout import RunDir, find_runs
 from cnnlab.run.resume import find_auto
 from tests.conftest import run_cli, write_tiny_idx
@@ -68,11 +68,11 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
 # -------------------------------------------------------------------------- nothing in a run folder runs
 def forge_config(run: Path, model: dict) -> None:
     """Put ``model`` into the config stored in best.pt (and drop best.safetensors, read first)."""
-    state = load_checkpoint(run / "checkpoints" / "best.pt")
+    state = read_state(run / "checkpoints" / "best.pt")
     cfg = OmegaConf.to_container(OmegaConf.create(state["config"]))
     cfg["model"] = model
     state["config"] = yaml.safe_dump(cfg)
-    save_checkpoint(state, run / "checkpoints" / "best.pt")
+    write_state(state, run / "checkpoints" / "best.pt")
     (run / "checkpoints" / "best.safetensors").unlink()
 
 
@@ -222,7 +222,7 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
     assert first.returncode == 143, err
     epochs = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == list(range(1, len(epochs) + 1))  # one writer: no interleaved or repeated epochs
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]
+    assert read_state(run / "checkpoints" / "last.pt")["config"]
     done = run_cli("train", "resume=run", "trainer.max_epochs=" + str(len(epochs) + 1), cwd=tmp_path)
     assert done.returncode == 0, done.stderr  # the lock died with the process
 

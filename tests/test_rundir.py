@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.run.checkpoints import read_state, write_state
 from cnnlab.run.load import load_run
 from cnnlab.run.trust import untrusted_entries
 
@@ -18,7 +18,7 @@ def test_load_run_restores_the_best_weights(trained_run, source):
         (trained_run / "checkpoints" / "best.safetensors").unlink()
     run = load_run(trained_run)
     assert run.checkpoint_path.name == source
-    saved = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    saved = read_state(trained_run / "checkpoints" / "best.pt")
     assert run.classes == saved["classes"] and len(run.classes) == 10
     assert (run.in_channels, run.image_size) == (1, 28)
     for key, value in run.model.state_dict().items():
@@ -38,12 +38,12 @@ def test_missing_run_dir_and_checkpoint_are_named(tmp_path):
 
 
 def test_weights_of_another_model_name_the_mismatched_keys(trained_run, tmp_path):
-    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    state = read_state(trained_run / "checkpoints" / "best.pt")
     state["model"]["extra.weight"] = torch.zeros(1)
     first = next(iter(state["model"]))
     state["model"][first] = torch.zeros(3)
     bad = tmp_path / "bad.pt"
-    save_checkpoint(state, bad)
+    write_state(state, bad)
     try:
         load_run(trained_run, ckpt=bad)
     except CheckpointError as exc:
@@ -53,12 +53,12 @@ def test_weights_of_another_model_name_the_mismatched_keys(trained_run, tmp_path
 
 
 def test_foreign_target_in_saved_config_is_refused_unless_trusted(trained_run, tmp_path):
-    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    state = read_state(trained_run / "checkpoints" / "best.pt")
     cfg = OmegaConf.create(state["config"])
     cfg.model._target_ = "os.system"
     state["config"] = OmegaConf.to_yaml(cfg)
     bad = tmp_path / "evil.pt"
-    save_checkpoint(state, bad)
+    write_state(state, bad)
     try:
         load_run(trained_run, ckpt=bad)
     except ConfigError as exc:
@@ -89,7 +89,7 @@ def test_infer_probs_are_softmax_of_the_model_in_input_order(trained_run):
 def test_safetensors_holds_the_best_weights_and_their_metadata(trained_run):
     from cnnlab.run.load import read_checkpoint
 
-    best = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    best = read_state(trained_run / "checkpoints" / "best.pt")
     weights, record = read_checkpoint(trained_run / "checkpoints" / "best.safetensors")
     shared = {**record.to_state(), "model": weights}
     assert shared["classes"] == best["classes"] and shared["image_size"] == 28

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from cnnlab.engine.schedulers import OPTIONS, build_scheduler
+from cnnlab.engine.schedulers import OPTIONS, build_scheduler, check_schedule
 from cnnlab.errors import ConfigError
 
 
@@ -175,11 +175,13 @@ def test_unknown_name_and_option_are_config_errors():
         )
     with pytest.raises(ConfigError, match="shorter than the run"):
         build_scheduler(make_optimizer(), name="cosine", steps_per_epoch=2, max_epochs=2, warmup_epochs=2)
-    with pytest.raises(ConfigError, match="step_size must be a number > 0, got 0"):
+    with pytest.raises(ConfigError, match="step_size must be a finite number greater than 0, got 0"):
         build_scheduler(make_optimizer(), name="step", steps_per_epoch=2, max_epochs=2, step_size=0)
     with pytest.raises(ConfigError, match="milestones must be increasing"):
         build_scheduler(
             make_optimizer(), name="multistep", steps_per_epoch=2, max_epochs=2, milestones=[3, 1]
         )
-    with pytest.raises(ConfigError, match="Invalid scheduler options for 'onecycle'"):
+    with pytest.raises(ConfigError, match=r"pct_start must be a finite number in \(0, 1\), got 1.5"):
         build_scheduler(make_optimizer(), name="onecycle", steps_per_epoch=2, max_epochs=2, pct_start=1.5)
+    with pytest.raises(ConfigError, match=r"gamma must be a finite number greater than 0, got nan; e.g. "):
+        check_schedule("step", {"gamma": float("nan")})

@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from cnnlab.data.cache import LOCK_NAME as CACHE_LOCK
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.interrupt import Interrupted
+from cnnlab.run.checkpoints import read_state
 from cnnlab.train import train
 from tests.conftest import run_cli, run_cli_with_signal
 from tests.test_data_cifar import write_tree, zip_tree
@@ -111,4 +111,4 @@ def test_sighup_mid_epoch_is_handled_like_sigterm(make_cfg, tmp_path):
         train(make_cfg("trainer.max_epochs=1"), tmp_path / "run", callbacks=(SignalAtStep(3, signal.SIGHUP),))
     assert info.value.exit_code == 129 and info.value.stage == "training"
     assert "Stopped by SIGHUP in epoch 1 after step 3" in str(info.value)
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["partial"]["step"] == 3
+    assert read_state(tmp_path / "run" / "checkpoints" / "last.pt")["partial"]["step"] == 3

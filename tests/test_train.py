@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.run.checkpoints import read_state
 from cnnlab.train import train
 
 
@@ -46,9 +46,9 @@ def test_best_checkpoint_is_the_best_epoch(make_cfg, tmp_path):
     accs = [float(r["val_acc"]) for r in rows]
     best_epoch = 1 + max(range(len(accs)), key=lambda i: (accs[i], -i))  # first epoch reaching the max
     assert summary["best_epoch"] == best_epoch
-    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    ckpt = read_state(run / "checkpoints" / "best.pt")
     assert ckpt["epoch"] == best_epoch
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == len(rows)
+    assert read_state(run / "checkpoints" / "last.pt")["epoch"] == len(rows)
     assert isinstance(ckpt["config"], str) and ckpt["classes"][0] == "T-shirt/top"
 
 

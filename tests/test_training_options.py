@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from cnnlab.build import build_optimizer
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.loop import group_sizes
 from cnnlab.errors import ConfigError
+from cnnlab.run.checkpoints import read_state
 from cnnlab.train import train
 from tests.test_train import read_metrics
 
 
 def final_weights(run_dir):
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    return read_state(run_dir / "checkpoints" / "last.pt")["model"]
 
 
 def test_accumulating_two_half_batches_equals_one_full_batch(make_cfg, tmp_path):
@@ -50,16 +50,17 @@ def test_ema_is_evaluated_checkpointed_and_used_when_better(make_cfg, tmp_path):
     summary = train(make_cfg("trainer.ema=0.9", "trainer.max_epochs=3"), run)
     rows = read_metrics(run)
     assert all(r["ema_val_acc"] and r["weights"] in ("raw", "ema") for r in rows)
-    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    best = read_state(run / "checkpoints" / "best.pt")
     assert set(best["ema"]) == {"module", "updates"} and best["ema"]["updates"] == best["epoch"] * 12
     row = rows[best["epoch"] - 1]
     chosen = float(row["ema_val_acc"] if row["weights"] == "ema" else row["val_acc"])
     assert summary["best_value"] == pytest.approx(chosen, abs=1e-6)
     assert summary["best_weights"] == best["weights"] == row["weights"]
-    from cnnlab.run.load import load_run, weights_of
+    from cnnlab.run.checkpoints import scored_weights
+    from cnnlab.run.load import load_run
 
     loaded = load_run(run).model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in weights_of(best).items())
+    assert all(torch.equal(loaded[k], v) for k, v in scored_weights(best).items())
 
 
 def test_ema_decay_out_of_range_is_one_clear_error(make_cfg, tmp_path):

@@ -71,7 +71,7 @@ def test_bad_search_params_are_one_line(text, message):
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("value", [0.00123, 64, True, None, "sgd", "a b,c", "it's", "x=y"])
+@pytest.mark.parametrize("value", [0.00123, 64, True, None, "sgd", "a b,c", "it's", "x=y", "rün", "a\\b"])
 def test_a_sampled_value_reads_back_as_itself(value):
     parsed = OverridesParser.create().parse_override(f"k={override_value(value)}").value()
     assert parsed == value and type(parsed) is type(value)

@@ -127,12 +127,34 @@ def test_filters_before_training_are_the_seeded_initialisation(make_cfg, tmp_pat
     torch.testing.assert_close(initial.weight, trained.weight, atol=1e-6, rtol=0)
 
 
-def test_predictions_only_wrong(lenet_run):
+def fixed_predictions(monkeypatch, run_dir, wrong: int) -> None:
+    """The run's Predictor made to get exactly ``wrong`` test images wrong (the first ones)."""
+    from cnnlab.run.load import Predictor, labeled_test, run_data
+
+    run = load_run(run_dir)
+    _, y = labeled_test(run_data(run.cfg, torch.device("cpu")), run_dir, "test")
+    predicted = y.cpu().clone()
+    predicted[:wrong] = (predicted[:wrong] + 1) % len(run.classes)
+    probs = torch.nn.functional.one_hot(predicted, len(run.classes)).float()
+    monkeypatch.setattr(Predictor, "probs", lambda self, x: probs)
+
+
+def test_predictions_only_wrong(lenet_run, monkeypatch):
+    """The mistakes alone, six to a row (the tiny run itself may make none: they are fixed here)."""
+    fixed_predictions(monkeypatch, lenet_run, wrong=8)
     path = draw("what=predictions", f"run={lenet_run}", "only=wrong", "count=12")
-    if path is not None:  # the tiny run may make no mistakes at all
-        assert path.name == "predictions_wrong.png"
-        width, _ = png_size(path)
-        assert width == 6 * 1.8 * DPI
+    assert path.name == "predictions_wrong.png"
+    width, height = png_size(path)
+    assert width == 6 * 1.8 * DPI
+    fixed_predictions(monkeypatch, lenet_run, wrong=3)  # one row instead of two: a shorter figure
+    assert png_size(draw("what=predictions", f"run={lenet_run}", "only=wrong", "count=12"))[1] < height
+
+
+def test_predictions_only_wrong_without_mistakes_draws_nothing(lenet_run, monkeypatch):
+    fixed_predictions(monkeypatch, lenet_run, wrong=0)
+    (lenet_run / "report" / "predictions_wrong.png").unlink(missing_ok=True)
+    assert draw("what=predictions", f"run={lenet_run}", "only=wrong", "count=12") is None
+    assert not (lenet_run / "report" / "predictions_wrong.png").exists()
 
 
 def test_augment_from_a_run_and_without_one(lenet_run, tmp_path):

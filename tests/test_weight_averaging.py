@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cnnlab.build import check
-from cnnlab.engine.checkpoint import load_safetensors
 from cnnlab.engine.swa import average_states
 from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.run.checkpoints import read_safetensors
 from cnnlab.train import train
 from tests.conftest import run_cli
 
@@ -18,13 +18,13 @@ FAST = ("model=lenet", "trainer.precision=32", "trainer.threads=1", "trainer.rep
 
 
 def epoch_weights(run, epoch):
-    return load_safetensors(run / "checkpoints" / f"epoch_{epoch:03d}.safetensors")[0]
+    return read_safetensors(run / "checkpoints" / f"epoch_{epoch:03d}.safetensors")[0]
 
 
 def test_swa_is_the_mean_of_the_epochs_from_swa_start(make_cfg, tmp_path):
     run = tmp_path / "run"
     train(make_cfg(*FAST, "trainer.swa_start=2"), run)
-    swa, metadata = load_safetensors(run / "checkpoints" / "swa.safetensors")
+    swa, metadata = read_safetensors(run / "checkpoints" / "swa.safetensors")
     expected = average_states([epoch_weights(run, 2), epoch_weights(run, 3)])
     for key, value in expected.items():
         torch.testing.assert_close(swa[key], value)
@@ -37,7 +37,7 @@ def test_swa_is_the_mean_of_the_epochs_from_swa_start(make_cfg, tmp_path):
 def test_swa_with_batchnorm_recomputes_the_statistics(make_cfg, tmp_path):
     run = tmp_path / "run"
     train(make_cfg(*FAST, "model=simplecnn", "trainer.swa_start=2"), run)
-    swa = load_safetensors(run / "checkpoints" / "swa.safetensors")[0]
+    swa = read_safetensors(run / "checkpoints" / "swa.safetensors")[0]
     mean_of_epochs = average_states([epoch_weights(run, 2), epoch_weights(run, 3)])
     key = next(k for k in swa if k.endswith("running_mean"))
     assert not torch.allclose(swa[key], mean_of_epochs[key])  # not averaged: recomputed by update_bn
@@ -64,7 +64,7 @@ def test_export_average_of_epoch_checkpoints(make_cfg, tmp_path):
         "export", f"run={run}", "average=[epoch_002.safetensors,epoch_003.safetensors]", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
-    averaged = load_safetensors(run / "export" / "average.safetensors")[0]
+    averaged = read_safetensors(run / "export" / "average.safetensors")[0]
     for key, value in average_states([epoch_weights(run, 2), epoch_weights(run, 3)]).items():
         torch.testing.assert_close(averaged[key], value)
     proc = run_cli("predict", f"run={run}", f"ckpt={run / 'export' / 'average.safetensors'}",
@@ -93,10 +93,10 @@ def test_average_refuses_checkpoints_of_other_models(make_cfg, tmp_path):
 def test_the_test_split_is_scored_with_the_average_when_it_is_kept_as_best(make_cfg, tmp_path, monkeypatch):
     """SWA kept as best.pt at the last epoch: finish must score the average, not the last epoch's
     weights that are still in the model."""
+    from cnnlab.engine.tracker import MetricTracker
     from cnnlab.report.evaluate import Scored
-    from cnnlab.train import ending
 
-    monkeypatch.setattr(ending, "is_better", lambda value, best, mode: True)  # the average wins
+    monkeypatch.setattr(MetricTracker, "beats_best", lambda self, value: True)  # the average wins
     scored = []
     original = Scored.score.__func__
 
@@ -108,6 +108,6 @@ def test_the_test_split_is_scored_with_the_average_when_it_is_kept_as_best(make_
     run = tmp_path / "run"
     summary = train(make_cfg(*FAST, "trainer.swa_start=2"), run)
     assert summary["best_weights"] == "swa" and len(scored) == 1
-    swa, _ = load_safetensors(run / "checkpoints" / "swa.safetensors")
+    swa, _ = read_safetensors(run / "checkpoints" / "swa.safetensors")
     for key, value in swa.items():
         torch.testing.assert_close(scored[0][key], value)

@@ -14,12 +14,12 @@ from torch.optim.swa_utils import update_bn
 from cnnlab.build import build_model
 from cnnlab.commands.common import writing_into
 from cnnlab.data.loader import BatchPipeline
-from cnnlab.engine.checkpoint import save_safetensors
 from cnnlab.engine.swa import average_states, has_batchnorm
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.io import make_dirs
+from cnnlab.run.checkpoints import read_checkpoint, write_weights
 from cnnlab.run.layout import RunDir
-from cnnlab.run.load import load_state_strict, read_checkpoint, run_data
+from cnnlab.run.load import load_state_strict, run_data
 from cnnlab.run.trust import check_config
 
 log = logging.getLogger("cnnlab")
@@ -69,7 +69,7 @@ def average(run_dir: Path, names: list[str], *, out: Path | None = None, bn: boo
     out = Path(out) if out else folder.export / AVERAGE
     with writing_into(folder.path):
         make_dirs(out.parent)
-        save_safetensors(model.state_dict(), merged.to_metadata(), out)
+        write_weights(model.state_dict(), merged.to_metadata(), out)
     log.info("averaged %d checkpoints into %s", len(paths), out)
     return out
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from cnnlab.engine.device import configure_cpu, resolve_device
 from cnnlab.errors import ConfigError
@@ -22,7 +21,7 @@ def open_run(cfg) -> tuple[LoadedRun, torch.device]:
         raise ConfigError("No run given; pass run=<a directory written by cnnlab train>.")
     device = resolve_device(str(cfg.get("device") or "auto"))
     if device.type == "cpu":
-        configure_cpu(None)
+        configure_cpu("auto", timed=False)  # the usable CPUs (affinity, cgroup quota)
     run = load_run(cfg.run, ckpt=cfg.get("ckpt"), device=device, trust_config=bool(cfg.get("trust_config")))
     return run, device
 
@@ -35,9 +34,3 @@ def writing_into(run_dir: str | Path) -> Iterator[RunDir]:
     folder.check_no_links()
     with lock.hold(folder.path):
         yield folder
-
-
-def wide_console() -> Console:
-    """The terminal's console, or a wide one when printing to a log or a pipe (a table keeps its rows)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200)

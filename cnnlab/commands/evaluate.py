@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
 from cnnlab.commands.common import open_run, writing_into
 from cnnlab.errors import ConfigError
 from cnnlab.report.evaluate import Scored, print_tables, read_report, write_report
@@ -19,6 +17,7 @@ from cnnlab.report.figures import run_label, tensorboard_writer
 from cnnlab.report.html import write_run_page
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import Predictor, check_tta, labeled_test, run_data
+from cnnlab.run.log import make_console
 
 
 def main(cfg) -> dict:
@@ -44,7 +43,7 @@ def main(cfg) -> dict:
             if tb is not None:
                 tb.close()
         page = write_run_page(folder.path)
-    print_tables(metrics, Console())
+    print_tables(metrics, make_console())
     print(f"wrote {page}")
     return metrics
 
@@ -57,7 +56,7 @@ def report_folder(folder: RunDir, scored: Scored) -> Path:
     if earlier is None or same_scoring(earlier, scored):
         return folder.report
     name = f"evaluate_{Path(scored.checkpoint).stem}_precision-{scored.precision}_tta-{scored.tta}"
-    Console(stderr=True).print(
+    make_console(stderr=True).print(
         f"report/ holds a report scored another way (accuracy {earlier.get('accuracy')}), kept; this one "
         f"(accuracy {scored.accuracy:.4f}) goes to report/{name}/"
     )

@@ -18,9 +18,9 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from cnnlab.commands.common import writing_into
-from cnnlab.engine.checkpoint import save_safetensors
 from cnnlab.errors import ConfigError
 from cnnlab.io import atomic_write, make_dirs
+from cnnlab.run.checkpoints import write_weights
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import LoadedRun, load_run
 
@@ -35,7 +35,7 @@ def _example(run: LoadedRun) -> torch.Tensor:
 
 
 def _safetensors(run: LoadedRun, out: Path) -> None:
-    save_safetensors(run.model.state_dict(), run.record.to_metadata(), out)
+    write_weights(run.model.state_dict(), run.record.to_metadata(), out)
 
 
 def _torchscript(run: LoadedRun, out: Path) -> None:

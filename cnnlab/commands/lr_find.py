@@ -62,11 +62,12 @@ def main(cfg: DictConfig) -> dict:
     cfg.trainer.tensorboard = False  # the run writes nothing
     device = resolve_device(str(cfg.trainer.device))
     seed_everything(cfg.seed)
-    if device.type == "cpu":
-        configure_cpu(cfg.trainer.threads)
+    threads = configure_cpu(cfg.trainer.threads) if device.type == "cpu" else None
     run = build_run(cfg, RunDir(Path.cwd()), Dist(device=device), config_yaml="", resumed=False)
-    run.freezer.at_epoch(1)  # trainer.freeze_epochs: the rates the run's first epoch would see
-    ctx = replace(run.ctx, ema=None, on_step=None, should_stop=None)
+    for part in run.parts.values():  # trainer.freeze_epochs: the rates the run's first epoch would see
+        part.on_epoch_start(run, 1)
+    on_step = threads.on_step if threads is not None and threads.measuring else None
+    ctx = replace(run.ctx, ema=None, on_step=on_step, should_stop=None)
     log.info("lr_find: %d steps from %g to %g (%s)", options.steps, options.start_lr, options.end_lr,
              OmegaConf.to_container(cfg.optimizer)["_target_"])  # fmt: skip
     test = range_test(run.train_model, run.data.train, run.optimizer, ctx, start_lr=options.start_lr,

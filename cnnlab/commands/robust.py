@@ -7,10 +7,11 @@ from __future__ import annotations
 from omegaconf import ListConfig
 from rich.table import Table
 
-from cnnlab.commands.common import open_run, wide_console, writing_into
+from cnnlab.commands.common import open_run, writing_into
 from cnnlab.engine.adversarial import Adversary, check_adversarial, robust_accuracy
 from cnnlab.errors import ConfigError
 from cnnlab.run.load import Predictor, labeled_test, run_data
+from cnnlab.run.log import make_console
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -42,10 +43,7 @@ def robustness(cfg) -> list[dict]:
     for eps in eps_list:
         adversary = Adversary(attack, eps, predictor.pipeline.mean, predictor.pipeline.std, steps=cfg.steps,
                               step_size=cfg.step_size)  # fmt: skip
-        clean, robust = robust_accuracy(
-            run.model, x, y, adversary, pipeline=predictor.pipeline, precision=predictor.precision,
-            batch_size=predictor.batch_size,
-        )  # fmt: skip
+        clean, robust = robust_accuracy(run.model, x, y, adversary, predictor.scorer)
         steps = 1 if attack == "fgsm" else adversary.steps
         step_size = adversary.eps if attack == "fgsm" else adversary.step_size or 2.5 * adversary.eps / steps
         rows.append({"attack": attack, "eps": adversary.eps, "steps": steps, "step_size": step_size,
@@ -66,6 +64,6 @@ def robustness(cfg) -> list[dict]:
         table.add_row(
             r["attack"], f"{r['eps']:.4g}", str(r["steps"]), f"{r['clean_acc']:.4f}", f"{r['robust_acc']:.4f}"
         )
-    wide_console().print(table)
+    make_console().print(table)
     print(f"wrote {folder.report_file('robustness.json')}")
     return rows

@@ -17,13 +17,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cnnlab.commands.common import wide_console
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.io import atomic_write, confined
 from cnnlab.report.folds import describe, fold_groups
 from cnnlab.report.html import SweepTable, write_run_page, write_sweep_page
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir, find_runs
 from cnnlab.run.lock import is_locked
+from cnnlab.run.log import make_console
 
 # Finished runs first, best metric first within a status.
 STATUS_RANK = {
@@ -223,7 +223,7 @@ def report(root: Path, *, csv_file: bool = True, console: Console | None = None)
         failed = sum(r["status"] != "ok" for r in rows)
         title = f"{root}: {len(rows)} runs" + (f", {failed} not ok" if failed else "")
         if console is None or not console.is_terminal:  # a log or a pipe: do not squeeze the table
-            console = wide_console()
+            console = make_console()
         console.print(runs_table(rows, title=title))
         for entry in fold_groups(rows):  # cross-validation: the folds of one experiment together
             console.print(escape(describe(entry)))

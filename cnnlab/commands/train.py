@@ -11,49 +11,48 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import time
 import traceback
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab.build import check
-from cnnlab.config import register_configs
-from cnnlab.engine import distributed
+from cnnlab.config import hydra_prints, override_quoted, register_configs
+from cnnlab.engine import ranks
+from cnnlab.engine.threads import check_threads, cpu_share
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run import lock
 from cnnlab.run.layout import SWEEP_SUMMARY, RunDir
-from cnnlab.run.load import read_checkpoint_config
 from cnnlab.run.log import setup_logging, use_rich
-from cnnlab.run.metrics import failure_status
 from cnnlab.run.resume import check_resumable, resume_arguments
 from cnnlab.run.trust import check_config
 from cnnlab.run.workspace import check_fresh, claim
-from cnnlab.train import train
+
+# torch and the trainer load when a job runs or a composed config is checked, not on import: an
+# override Hydra refuses is answered without them (cnnlab.cli imports this module to prepare a run).
 
 log = logging.getLogger("cnnlab")
 
 
 def job_resources(
-    *, n_jobs: int | None, job_num: int, device: str, threads: int | None, cpu_count: int, gpu_count: int
-) -> tuple[str, int | None]:
+    *, n_jobs: int | None, job_num: int, device: str, threads, cpu_count: int, gpu_count: int
+) -> tuple[str, int | str | None]:
     """The device and CPU thread count for one of ``n_jobs`` jobs running at once on this machine.
 
-    Each job gets a fair share of the cores (``cpu_count // n_jobs``) unless trainer.threads is set,
-    so parallel jobs do not oversubscribe the CPU. With several GPUs, job k takes GPU k mod count:
+    Each job gets a fair share of the CPUs it may use (``cpu_count // n_jobs``) unless trainer.threads
+    is a number, so parallel jobs do not oversubscribe the CPU (and do not time each other's load).
+    With several GPUs, job k takes GPU k mod count:
     jobs started together have consecutive numbers, so with n_jobs <= GPUs each has its own.
     """
     if not n_jobs or n_jobs == 1:
         return device, threads
     if n_jobs < 0:  # joblib's convention: -1 is one job per core, -2 all cores but one, ...
         n_jobs = max(cpu_count + 1 + n_jobs, 1)
-    if threads is None:
+    if check_threads(threads) is None:
         threads = max(cpu_count // n_jobs, 1)
     if device in ("auto", "cuda") and gpu_count > 1:
         device = f"cuda:{job_num % gpu_count}"
@@ -67,6 +66,8 @@ def error_line(exc: BaseException) -> str:
 
 
 def record_failure(run_dir: Path, exc: BaseException, *, seconds: float) -> dict:
+    from cnnlab.run.metrics import failure_status
+
     record = {
         "status": failure_status(exc),
         "error": error_line(exc),
@@ -102,13 +103,18 @@ def train_job(cfg: DictConfig) -> float | None:
     tasks trains data-parallel, a requeued job resumes from its own ``last.pt``, and SIGUSR2 (time limit
     or preemption) checkpoints and then hands over to submitit, which requeues the job.
     """
+    import torch
+
+    from cnnlab.engine import distributed
+    from cnnlab.train import train
+
     hc = HydraConfig.get()
     folder = RunDir(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
     config_yaml = OmegaConf.to_yaml(cfg)  # as composed, before this job sets its share of the machine
     distributed.export_submitit_env()
     requeue = distributed.requeue_handler()
-    if (sweep or distributed.in_submitit()) and folder.is_unfinished():
+    if (sweep or ranks.in_submitit()) and folder.is_unfinished():
         cfg.resume = str(folder)  # a requeued job, or a sweep run again: the job's own earlier attempt
     if sweep:
         cfg.trainer.device, cfg.trainer.threads = job_resources(
@@ -116,10 +122,10 @@ def train_job(cfg: DictConfig) -> float | None:
             job_num=hc.job.num,
             device=str(cfg.trainer.device),
             threads=cfg.trainer.threads,
-            cpu_count=os.cpu_count() or 1,
+            cpu_count=cpu_share().usable,
             gpu_count=torch.cuda.device_count(),
         )
-    main = distributed.is_main_process()
+    main = ranks.is_main_process()
     with claim(folder, resume=bool(cfg.resume), writer=main):
         if (
             main and not cfg.resume
@@ -150,10 +156,6 @@ def train_job(cfg: DictConfig) -> float | None:
     return summary["best_value"]
 
 
-HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
-               "--resolve", "--package", "-p")  # fmt: skip
-
-
 def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
     """Before Hydra writes anything: replay a resumed run's overrides (checked), compose the config and
     run every option check, refuse a changed resume, pin the run (or sweep) folder and claim it.
@@ -162,16 +164,17 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     (``hydra.output_subdir=null``): it would write ``.hydra/`` into a folder before the job could refuse
     it. The job writes ``.hydra/`` once it has claimed its folder.
     """
-    if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
+    if hydra_prints(args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
-    if not distributed.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder
-        return distributed.hydra_overrides(args), contextlib.nullcontext()
+    trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
+    if not ranks.is_main_process():  # torchrun: ranks other than 0 run in rank 0's folder; a resume
+        # composes the run's own config on every rank (each loads last.pt: the folder is shared)
+        return ranks.hydra_overrides(resume_arguments(args, trust_config=trust)), contextlib.nullcontext()
     tuning = [a for a in args if a.lstrip("+~").split("=")[0].split(".")[0] in ("tune", "hparams_search")]
     if tuning:  # a trial's resume replays its preset's tune=<name> from the run folder, not from here
         search = " ".join(a.replace("hparams_search=", "tune=") for a in tuning)
         raise ConfigError(f"{tuning[0]} is a search setting: run the search with cnnlab tune {search}.")
-    trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
-    args = distributed.hydra_overrides(resume_arguments(args, trust_config=trust))
+    args = ranks.hydra_overrides(resume_arguments(args, trust_config=trust))
     if "-m" in args or "--multirun" in args:
         return _prepare_sweep(args)
     cfg = _compose([a for a in args if a not in ("-m", "--multirun")])
@@ -180,6 +183,9 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
         del cfg["hydra"]
     if mode == RunMode.MULTIRUN:
         return _prepare_sweep(args)
+    from cnnlab.build import check
+    from cnnlab.run.load import read_checkpoint_config
+
     check(cfg)
     folder = RunDir(run_dir)
     if cfg.resume:
@@ -189,7 +195,8 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
     lock.check_free(folder.path)  # a live writer first: "already holds a run" would hide who
     folder.check_no_links()
     check_fresh(folder, resume=bool(cfg.resume))
-    return [*args, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"], lock.hold(folder.path)
+    pinned = [f"hydra.run.dir={override_quoted(str(run_dir))}", "hydra.output_subdir=null"]
+    return [*args, *pinned], lock.hold(folder.path)
 
 
 def _prepare_sweep(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
@@ -208,7 +215,7 @@ def _prepare_sweep(args: list[str]) -> tuple[list[str], contextlib.AbstractConte
             "(or drop it: each sweep gets a new folder). Running a sweep again into its folder continues "
             "its unfinished jobs."
         )
-    pinned = [f"hydra.sweep.dir={sweep_dir}", "hydra.output_subdir=null"]
+    pinned = [f"hydra.sweep.dir={override_quoted(str(sweep_dir))}", "hydra.output_subdir=null"]
     return [*args, *pinned], lock.hold(sweep_dir, what="sweep")
 
 

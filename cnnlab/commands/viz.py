@@ -16,14 +16,13 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from rich.console import Console
 
 from cnnlab.build import build_augment_from
 from cnnlab.commands.common import open_run, writing_into
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import build_data
-from cnnlab.errors import ConfigError
-from cnnlab.report import attribution, layers
+from cnnlab.errors import ConfigError, did_you_mean
+from cnnlab.report import attribution, files, layers
 from cnnlab.report.curves import curves_figure, read_curves
 from cnnlab.report.embeddings import embeddings_figure, unnormalised
 from cnnlab.report.figures import (
@@ -41,6 +40,7 @@ from cnnlab.report.figures import (
 from cnnlab.report.html import refresh_run_page, write_run_page
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import Predictor, labeled_test, run_data
+from cnnlab.run.log import make_console
 
 log = logging.getLogger("cnnlab")
 WHATS = ("curves", "filters", "feature_maps", "kernels", "predictions", "embeddings", "augment", "gradcam",
@@ -62,7 +62,10 @@ def main(cfg) -> Path | None:
     what = cfg.get("what")
     if what not in WHATS:
         said = "Say what to draw" if what is None else f"Unknown viz '{what}'"
-        raise ConfigError(f"{said}: cnnlab viz <what> run=<dir> with <what> one of: {', '.join(WHATS)}.")
+        hint = "" if what is None else did_you_mean(str(what), WHATS)
+        raise ConfigError(
+            f"{said}: cnnlab viz <what> run=<dir> with <what> one of: {', '.join(WHATS)}.{hint}"
+        )
     if cfg.only not in ("all", "wrong"):
         raise ConfigError(f"Unknown only='{cfg.only}'; choose one of: all, wrong.")
     for key in ("count", "n"):
@@ -89,7 +92,7 @@ def main(cfg) -> Path | None:
             if drawing is not None:
                 path = write(drawing, run.run_dir, tensorboard=cfg.tensorboard, what=what)
     if path is not None:
-        Console().print(f"cnnlab viz {what}: wrote {path}{drawing.note}")
+        make_console().print(f"cnnlab viz {what}: wrote {path}{drawing.note}")
     return path
 
 
@@ -135,11 +138,11 @@ def curves(cfg, run, device) -> Drawing:
     folder = RunDir(run.run_dir)
     rows = read_curves(folder)
     return Drawing(curves_figure(rows, f"Training curves: {run_label(folder.path)} ({len(rows)} epochs)"),
-                   "curves.png")  # fmt: skip
+                   files.CURVES)  # fmt: skip
 
 
 def filters(cfg, run, device) -> Drawing:
-    return Drawing(layers.filters_figure(run), "filters.png")
+    return Drawing(layers.filters_figure(run), files.FILTERS)
 
 
 def feature_maps(cfg, run, device) -> Drawing:
@@ -150,13 +153,13 @@ def feature_maps(cfg, run, device) -> Drawing:
     pred = int(p.argmax())
     true = f"true {label}, " if label else ""
     title = f"Feature maps of {source}: {true}predicted {run.classes[pred]} (p={float(p[pred]):.2f})"
-    return Drawing(layers.feature_maps_figure(stages, image, title), "feature_maps.png")
+    return Drawing(layers.feature_maps_figure(stages, image, title), files.FEATURE_MAPS)
 
 
 def kernels(cfg, run, device) -> Drawing:
     image, _, source = layers.pick_image(_one_image(cfg), run, device, cfg.data_root)
     fig = layers.kernels_figure(image, cfg.kernels.custom, f"Hand-made 2-D kernels applied to {source}")
-    return Drawing(fig, "kernels.png")
+    return Drawing(fig, files.KERNELS)
 
 
 def predictions(cfg, run, device) -> Drawing | None:
@@ -166,7 +169,7 @@ def predictions(cfg, run, device) -> Drawing | None:
     wrong = pred != y
     chosen = torch.nonzero(wrong).flatten() if cfg.only == "wrong" else torch.arange(len(y))
     if len(chosen) == 0:
-        Console().print("cnnlab viz predictions: no misclassified test images, nothing to draw")
+        make_console().print("cnnlab viz predictions: no misclassified test images, nothing to draw")
         return None
     chosen = chosen[: cfg.count or 36]
     titles = [f"{run.classes[pred[i]]} ({run.classes[y[i]]})" for i in chosen]
@@ -174,7 +177,7 @@ def predictions(cfg, run, device) -> Drawing | None:
     what = "mistakes" if cfg.only == "wrong" else "predictions"
     title = f"Test {what} of {run_label(run.run_dir)}: predicted (true); {int(wrong.sum())} of {len(y)} wrong"
     fig = grid_figure(x[chosen.to(x.device)].cpu(), titles, colors=colors, cols=6, title=title)
-    name = "predictions_wrong.png" if cfg.only == "wrong" else "predictions.png"
+    name = files.figure("predictions", wrong=cfg.only == "wrong")
     return Drawing(fig, name, f" ({int(wrong.sum())} of {len(y)} test images wrong)")
 
 
@@ -226,7 +229,7 @@ def augment(cfg, run, device) -> Drawing:
     ops = ", ".join(name for name, _ in policy.ops) if policy else "no ops"
     image_grid(right, after, titles, cols=cols, title=f"after ({ops})")
     if run is not None:
-        return Drawing(fig, "augment.png")
+        return Drawing(fig, files.AUGMENT)
     return Drawing(fig, str(cfg.out) if cfg.out else f"augment_{dataset.name}_{aug.name}.png")
 
 
@@ -242,7 +245,7 @@ def _explain(cfg, run, device, kind: str) -> Drawing | None:
     """Grad-CAM or saliency of the predicted class for the chosen images, beside each image."""
     chosen = _explained_images(cfg, run, device)
     if chosen is None:
-        Console().print(f"cnnlab viz {kind}: no misclassified test images, nothing to draw")
+        make_console().print(f"cnnlab viz {kind}: no misclassified test images, nothing to draw")
         return None
     x, labels, names = chosen
     inputs = layers.model_input(run, x, device)
@@ -264,8 +267,7 @@ def _explain(cfg, run, device, kind: str) -> Drawing | None:
     which = "most confident mistakes" if cfg.only == "wrong" else f"{len(x)} images"
     fig = overlay_figure(x, maps, titles, colors=colors, label=label,
                          title=f"{what}: {which} of {run_label(run.run_dir)}")  # fmt: skip
-    name = f"{kind}_wrong" if cfg.only == "wrong" else kind
-    return Drawing(fig, f"{name}.png")
+    return Drawing(fig, files.figure(kind, wrong=cfg.only == "wrong"))
 
 
 def _explained_images(cfg, run, device):

@@ -16,12 +16,14 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize uint8 ``(N, C, H, W)`` images to ``size`` x ``size``: bilinear, antialiased when shrinking
     (as PIL's resize of the photo formats), rounded back to uint8."""
     out = torch.empty((len(x), x.shape[1], size, size), dtype=torch.uint8)
-    for lo in range(0, len(x), CHUNK):
-        chunk = x[lo : lo + CHUNK].float()
+    side = max(size, x.shape[-1])  # fewer images a step for large sizes: the float copies stay ~200 MB
+    step = max(1, min(CHUNK, CHUNK * 224**2 // side**2))
+    for lo in range(0, len(x), step):
+        chunk = x[lo : lo + step].float()
         resized = F.interpolate(
             chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
-        out[lo : lo + CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8)
+        out[lo : lo + step] = resized.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 

@@ -145,6 +145,11 @@ def read_idx_dataset(root: Path) -> ArraySplits:
         n_x, n_y = len(arrays[f"{split}_x"]), len(arrays[f"{split}_y"])
         if n_x != n_y:
             raise DataError(f"{split} images ({n_x}) and labels ({n_y}) in {root} differ in count.")
+        if n_x == 0:  # nothing to train on or to score: a header-only file from a failed export or copy
+            raise DataError(
+                f"{paths[split + '_x']} holds no images (its header counts 0); download or copy the "
+                "dataset's files again."
+            )
     return ArraySplits(
         train_x=arrays["train_x"].unsqueeze(1),
         train_y=arrays["train_y"].long(),

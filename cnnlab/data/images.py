@@ -18,6 +18,7 @@ from PIL import Image
 
 from cnnlab.data import cache
 from cnnlab.data.lookup import cannot_read
+from cnnlab.data.mmap import check_fits
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.io import NotRegularFile, open_regular
 
@@ -215,6 +216,10 @@ def decode_all(
         decoded = _cached(files, labels, cache_dir, key, settings)
         if decoded is not None:
             return decoded
+    if size is not None:  # into memory: refuse a size that cannot fit before decoding the first image
+        check_fits(
+            len(files) * channels * size**2, what=f"{len(files):,} images at dataset.image_size={size}"
+        )
     x, y, kept = _collect(_decoded_batches(files, labels, **settings), len(files))
     return Decoded(x, y, [files[i] for i in kept.tolist()], cache_hit=False)
 

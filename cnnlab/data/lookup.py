@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -43,30 +45,38 @@ def find_root(cfg: DictConfig, looks_complete: Callable[[Path], bool], *, expect
     for place in places:
         if looks_complete(place):
             return place
+    failed = ""
     if not cfg.root and cfg.download and cfg.torchvision_name:
         target = cache_dir(cfg) / cfg.name
-        if _try_download(cfg.torchvision_name, target) and looks_complete(
-            target / cfg.torchvision_name / "raw"
-        ):
+        failed = _try_download(cfg.torchvision_name, target)
+        if not failed and looks_complete(target / cfg.torchvision_name / "raw"):
             return target / cfg.torchvision_name / "raw"
-    raise DataError(_not_found_message(cfg, places, expected))
+    raise DataError(_not_found_message(cfg, places, expected) + failed)
 
 
-def _try_download(torchvision_name: str, target: Path) -> bool:
-    """torchvision's download; False (with a log line) when offline or it fails for any reason."""
+def _try_download(torchvision_name: str, target: Path) -> str:
+    """torchvision's download, its own lines ("Downloading ...", a "Failed to download" per mirror) kept
+    off the console; "" when it worked, else a clause saying why, for the one-line error."""
     import torchvision.datasets as tvd
 
-    log.info("%s not found locally; trying torchvision's download into %s", torchvision_name, target)
+    log.debug("%s not found locally; trying torchvision's download into %s", torchvision_name, target)
     try:
-        for train in (True, False):
-            getattr(tvd, torchvision_name)(root=str(target), train=train, download=True)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            for train in (True, False):
+                getattr(tvd, torchvision_name)(root=str(target), train=train, download=True)
     except Exception as exc:  # network errors come in many types; any of them means "not available"
-        log.warning("download of %s failed: %s", torchvision_name, exc)
-        return False
-    return True
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return f" (torchvision's download failed: {(lines or [type(exc).__name__])[-1][:200]})"
+    log.info("downloaded %s into %s", torchvision_name, target)
+    return ""
 
 
 def _not_found_message(cfg: DictConfig, places: list[Path], expected: str) -> str:
+    if cfg.root:  # the user's own folder: say what is there and what should be
+        return (
+            f"dataset.root={places[0]} does not hold the dataset {cfg.name}: {found_in(places[0])}; it "
+            f"should hold {expected}. Point dataset.root at such a folder (or lay the files out that way)."
+        )
     looked = ", ".join(str(p) for p in places)
     if expected:
         looked += f" (each should hold {expected})"
@@ -76,6 +86,24 @@ def _not_found_message(cfg: DictConfig, places: list[Path], expected: str) -> st
     if cfg.torchvision_name and not cfg.root:
         how.append("or run once with internet access so torchvision can download it")
     return f"Dataset '{cfg.name}' not found; looked in: {looked}. To provide it, {', '.join(how)}."
+
+
+def found_in(path: Path, shown: int = 6) -> str:
+    """What ``path`` holds, briefly: ``it holds a/, b/, notes.txt and 3 more`` (folders with a slash)."""
+    if not path.exists():
+        return "it does not exist"
+    if not path.is_dir():
+        return "it is a file, not a folder"
+    try:
+        names = sorted(
+            p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not p.name.startswith(".")
+        )
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if not names:
+        return "it is empty"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"it holds {', '.join(names[:shown])}{more}"
 
 
 def cannot_read(exc: OSError, cfg: DictConfig | None = None) -> DataError:

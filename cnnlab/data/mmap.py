@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.loader import TensorLoader
+from cnnlab.errors import DataError
 
 BUDGET_FRACTION = 0.5  # of the free memory: the rest is left to the model, activations and optimizer
 
@@ -81,6 +82,21 @@ def memory_budget(device: torch.device) -> int:
     else:
         free = host_available()
     return int(BUDGET_FRACTION * free)
+
+
+def check_fits(nbytes: int, *, what: str) -> None:
+    """DataError before allocating ``nbytes`` of host memory for ``what`` when the host has not that much
+    available: one line instead of the allocator's traceback (or the kernel's OOM killer)."""
+    available = host_available()
+    if nbytes > available:
+        raise DataError(
+            f"{what} would need {_size(nbytes)} of memory but {_size(available)} is available; "
+            "lower dataset.image_size, or use a machine with more memory."
+        )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:,.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:,.1f} MB"
 
 
 def host_available() -> int:

@@ -15,6 +15,7 @@ from cnnlab.data.loader import SAMPLERS
 from cnnlab.errors import ConfigError
 
 IN_MEMORY = ("auto", "true", "false")
+MAX_IMAGE_SIZE = 4096  # pixels a side: 16.8 M pixels an image, past any classifier's input
 
 
 def setting(cfg: DictConfig, key: str):
@@ -38,6 +39,11 @@ def check_dataset(cfg: DictConfig) -> None:
         raise ConfigError(
             "dataset.num_classes must be greater than 0, or null to count the classes; "
             f"got {cfg.num_classes}."
+        )
+    if not 0 < cfg.image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"dataset.image_size must be between 1 and {MAX_IMAGE_SIZE} pixels, got {cfg.image_size}; the "
+            "images are resized to it: e.g. dataset.image_size=224."
         )
     for key in ("mean", "std"):
         _check_stats(key, cfg[key], cfg.channels)

@@ -15,10 +15,18 @@ from omegaconf import DictConfig
 from cnnlab.data.arrays import channel_stats, resize_images
 from cnnlab.data.cifar import LAYOUTS as CIFAR_LAYOUTS
 from cnnlab.data.cifar import has_cifar10, read_cifar10
-from cnnlab.data.folders import FOLDER_LAYOUT, FOOD11_LAYOUT, has_train_dir, read_food11, read_image_folder
+from cnnlab.data.folders import (
+    FOLDER_LAYOUT,
+    FOOD11_LAYOUT,
+    has_image_folder,
+    has_train_dir,
+    read_food11,
+    read_image_folder,
+)
 from cnnlab.data.idx import IDX_LAYOUT, has_idx_files, read_idx_dataset
 from cnnlab.data.loader import TensorLoader
 from cnnlab.data.lookup import cache_dir, cannot_read, find_root
+from cnnlab.data.mmap import check_fits
 from cnnlab.data.options import check_dataset, is_auto, setting
 from cnnlab.data.place import carve, image_bytes, keep_in_memory, loader
 from cnnlab.data.types import ArraySplits
@@ -72,7 +80,7 @@ class Format:
 FORMATS = {
     "idx": Format(_read_idx, has_idx_files, IDX_LAYOUT),
     "cifar10": Format(_read_cifar10, has_cifar10, CIFAR_LAYOUTS),
-    "imagefolder": Format(_read_image_folder, has_train_dir, FOLDER_LAYOUT),
+    "imagefolder": Format(_read_image_folder, has_image_folder, FOLDER_LAYOUT),
     "food11": Format(_read_food11, has_train_dir, FOOD11_LAYOUT),
 }
 
@@ -131,7 +139,10 @@ def _resize_fixed(cfg: DictConfig, splits: ArraySplits) -> None:
     have = splits.train_x.shape[-1]
     if cfg.image_size == have:
         return
-    log.info("%s: resizing the %d x %d images to dataset.image_size=%d", cfg.name, have, have, cfg.image_size)
+    images = sum(len(x) for x in (splits.train_x, splits.val_x, splits.test_x) if x is not None)
+    size = f"dataset.image_size={cfg.image_size}"
+    check_fits(images * splits.train_x.shape[1] * cfg.image_size**2, what=f"{cfg.name} at {size}")
+    log.info("%s: resizing the %d x %d images to %s", cfg.name, have, have, size)
     splits.cache_key = None  # the resized images are in memory, not in the cache entry
     for name in ("train_x", "val_x", "test_x"):
         if getattr(splits, name) is not None:

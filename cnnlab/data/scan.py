@@ -9,7 +9,7 @@ from cnnlab.data.images import SUFFIXES
 from cnnlab.errors import DataError
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files in ``folder`` by name, skipping hidden ones (macOS ``._x.jpg`` forks are not images)."""
     return sorted(
         p
@@ -32,7 +32,7 @@ def scan_class_folders(
     missing there is fine, an unknown one is an error. With ``train``, given ``classes`` (the user's
     ``dataset.classes``, in their order) must name exactly the folders. An empty class folder is an error.
     """
-    layout = f"{split_dir}/<class>/*.jpg"
+    layout = f"{split_dir}/<class>/<image files: {', '.join(sorted(SUFFIXES))}>"
     _require_dir(split_dir, layout)
     folders = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes is None:
@@ -49,7 +49,7 @@ def scan_class_folders(
         )
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = _image_files(split_dir / name) if name in folders else []
+        found = image_files(split_dir / name) if name in folders else []
         if name in folders and not found:
             raise DataError(
                 f"{split_dir / name} is a class folder without image files; add images or remove it."
@@ -66,7 +66,7 @@ FOOD11_NAME = re.compile(r"(\d+)_.+")
 
 def food11_labeled(split_dir: Path) -> bool:
     """Are all image files in ``split_dir`` named ``<label>_<n>`` (so the split carries labels)?"""
-    files = _image_files(split_dir)
+    files = image_files(split_dir)
     return bool(files) and all(FOOD11_NAME.fullmatch(path.stem) for path in files)
 
 
@@ -74,7 +74,7 @@ def scan_food11(split_dir: Path, *, labeled: bool, num_classes: int) -> tuple[li
     """Food-11 files in ``split_dir`` by name: ``<label>_<n>.jpg`` when ``labeled``, any names otherwise."""
     layout = f"{split_dir}/<label>_<n>.jpg" if labeled else f"{split_dir}/*.jpg"
     _require_dir(split_dir, layout)
-    files = _image_files(split_dir)
+    files = image_files(split_dir)
     if not files:
         raise DataError(f"{split_dir} holds no image files; expected {layout}.")
     if not labeled:

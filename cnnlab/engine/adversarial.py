@@ -105,16 +105,18 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str)
         return int((model(x).argmax(1) == y).sum())
 
 
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adversary: Adversary, *, pipeline,
-                    precision: str, batch_size: int, seed: int = 0) -> tuple[float, float]:  # fmt: skip
-    """(clean, robust) accuracy of ``model`` on uint8 images ``x`` (labels ``y``), batch by batch; the
-    clean images go through ``pipeline`` (normalisation) as in scoring, without test-time views."""
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adversary: Adversary, scorer,
+                    *, seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """(clean, robust) accuracy of ``model`` on uint8 images ``x`` (labels ``y``), in the batches, memory
+    format and precision of ``scorer`` (:class:`cnnlab.engine.infer.Scorer`, its test-time views unused:
+    the attack is on one view)."""
     model.eval()
+    pipeline, precision = scorer.pipeline, scorer.precision
     device = pipeline.mean.device
     generator = torch.Generator(device=device).manual_seed(seed)
     clean = robust = 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = pipeline(x[i : i + batch_size].to(device), train=False), y[i : i + batch_size].to(device)
+    for i, xb in zip(range(0, len(x), scorer.batch_size), scorer.batches(x), strict=True):
+        xb, yb = pipeline(xb.to(device), train=False), y[i : i + scorer.batch_size].to(device)
         clean += _correct(model, xb, yb, precision)
         adv = adversary.attack(model, xb, yb, precision=precision, generator=generator)
         robust += _correct(model, adv, yb, precision)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.engine.threads import ThreadChooser, configure_threads
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,17 @@ def configure_cuda(device: torch.device, *, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = not deterministic
 
 
-def configure_cpu(threads: int | None) -> None:
-    """Thread count, denormal flushing (a sigmoid LeNet once ran 6x slower on denormals) and the heap
-    (:func:`keep_freed_memory`)."""
-    if threads:
-        torch.set_num_threads(threads)
+def configure_cpu(
+    threads, *, deterministic: bool = False, processes: int = 1, timed: bool = True
+) -> ThreadChooser:
+    """Thread count (``trainer.threads``, see :mod:`cnnlab.engine.threads`: call the chooser's ``on_step``
+    after every optimizer step), denormal flushing (a sigmoid LeNet once ran 6x slower on denormals) and
+    the heap (:func:`keep_freed_memory`)."""
+    chooser = configure_threads(threads, deterministic=deterministic, processes=processes, timed=timed,
+                                report=log.info)  # fmt: skip
     torch.set_flush_denormal(True)
     keep_freed_memory()
+    return chooser
 
 
 # mallopt(3) parameters, from glibc's malloc.h

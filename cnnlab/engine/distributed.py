@@ -21,29 +21,18 @@ import os
 import signal
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as td
 from torch import nn
 
 from cnnlab.engine.device import resolve_device
+from cnnlab.engine.ranks import env_rank, env_world_size, in_submitit
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "nccl", "gloo")
-
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """Rank 0, or the only process: the one that writes files."""
-    return env_rank() == 0
 
 
 @dataclass
@@ -89,9 +78,29 @@ class Dist:
         td.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
+    def gather(self, obj) -> list:
+        """Every rank's ``obj`` (plain values, lists, dicts and CPU tensors), in rank order, on every
+        rank (``[obj]`` for one process). Tensors travel as NumPy arrays: gloo's object gather fails to
+        unpickle tensor storages."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        td.all_gather_object(out, _convert(obj, torch.Tensor, lambda t: t.detach().cpu().numpy()))
+        return [_convert(o, np.ndarray, torch.from_numpy) for o in out]
+
     def barrier(self) -> None:
         if self.enabled:
             td.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+
+def _convert(obj, kind, fn):
+    if isinstance(obj, kind):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _convert(v, kind, fn) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_convert(v, kind, fn) for v in obj)
+    return obj
 
 
 def check_backend(name: str) -> None:
@@ -184,30 +193,6 @@ def worker_logging(rank: int) -> None:
     handler._cnnlab = True
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-
-
-def hydra_overrides(args: list[str]) -> list[str]:
-    """``cnnlab train`` arguments for this rank: the Hydra+DDP duplicate-directory trap avoided.
-
-    Hydra names the run directory by the time each process starts, so ranks would make one
-    directory each. Ranks other than 0 run in ``.`` and write no ``.hydra/``; the trainer then
-    broadcasts rank 0's directory. Sweeps (``-m``) inside torchrun are refused: launch a sweep whose
-    jobs are multi-process instead (``hydra/launcher=slurm`` with ``tasks_per_node``).
-    """
-    if env_world_size() <= 1:
-        return args
-    if any(a in ("-m", "--multirun") for a in args):
-        raise ConfigError(
-            "A sweep cannot run inside torchrun (each process would run every job); run the sweep "
-            "with hydra/launcher=slurm and hydra.launcher.tasks_per_node=<GPUs> instead."
-        )
-    if is_main_process():
-        return args
-    return [*args, "hydra.run.dir=.", "hydra.output_subdir=null"]
-
-
-def in_submitit() -> bool:
-    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
 
 def export_submitit_env() -> None:

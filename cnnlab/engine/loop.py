@@ -1,4 +1,4 @@
-"""One training epoch and one scoring pass, readable top to bottom.
+"""One training epoch, readable top to bottom (scoring: :class:`cnnlab.engine.infer.Scorer`).
 
 :func:`micro_step` is the training step itself (forward, loss, backward and, at the end of an
 accumulation group, clipping, the optimizer step through the scaler, the schedule, the EMA and the
@@ -21,10 +21,9 @@ from cnnlab.engine.adversarial import Adversary
 from cnnlab.engine.device import autocast
 from cnnlab.engine.distributed import Dist
 from cnnlab.engine.ema import ModelEMA
-from cnnlab.engine.infer import view_log_probs
+from cnnlab.engine.infer import Scorer
 from cnnlab.engine.lookahead import Lookahead
 from cnnlab.engine.losses import mixed_loss
-from cnnlab.engine.metrics import add_confusion, class_balanced
 from cnnlab.errors import CnnlabError
 
 
@@ -47,8 +46,7 @@ class StepContext:
     ema: ModelEMA | None = None
     accumulate: int = 1  # micro-batches per optimizer step
     dist: Dist = field(default_factory=Dist)  # data-parallel processes (sums of counts over them)
-    eval_views: list[Callable] = field(default_factory=list)  # test-time augmentation (engine.tta)
-    balanced_classes: int = 0  # > 0: scoring also gives macro F1 and balanced accuracy over this many classes
+    scorer: Scorer | None = None  # validation and every other scoring of the run (engine.infer)
     on_step: Callable[[], None] | None = None  # after every optimizer step (logging, callbacks)
     should_stop: Callable[[], bool] | None = None  # polled after every optimizer step (signals)
     frozen: list[torch.Tensor] = field(default_factory=list)  # parameters whose gradients are dropped
@@ -223,6 +221,11 @@ def train_one_epoch(
         if state.interrupted:
             break
     totals.fold_into(state, ctx.device, first_step)
+    return epoch_stats(state, ctx, epoch=epoch, lr=schedule.lr)
+
+
+def epoch_stats(state: EpochState, ctx: StepContext, *, epoch: int, lr: float) -> dict:
+    """The epoch's statistics over all ranks (one sync); a DivergedError when the loss is not finite."""
     state.grad_norm = float(state.grad_norm)
     total_loss, total_correct, seen = ctx.dist.totals(state.loss_sum, state.correct, state.seen)  # one sync
     train_loss = total_loss / max(seen, 1)
@@ -230,7 +233,7 @@ def train_one_epoch(
         bad = int(state.first_bad_step)
         raise DivergedError(
             f"Training diverged in epoch {epoch} at step {bad + 1 if bad >= 0 else '?'}: the loss became "
-            f"{'nan' if math.isnan(train_loss) else 'inf'} with learning rate {schedule.lr:.3g}; "
+            f"{'nan' if math.isnan(train_loss) else 'inf'} with learning rate {lr:.3g}; "
             "lower optimizer.lr or set trainer.grad_clip."
         )
     return {
@@ -241,32 +244,3 @@ def train_one_epoch(
         "compute_s": state.compute_s,
         "images": int(seen),
     }
-
-
-@torch.no_grad()
-def score(model, loader, ctx: StepContext) -> dict:
-    """Mean cross-entropy (without label smoothing) and accuracy over ``loader`` (all ranks' shards),
-    of the probabilities averaged over ``ctx.eval_views`` when test-time augmentation is on; with
-    ``ctx.balanced_classes`` also the macro F1 and balanced accuracy (:mod:`cnnlab.engine.metrics`)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=ctx.device)
-    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
-    k = ctx.balanced_classes
-    confusion = torch.zeros(k, k, device=ctx.device, dtype=torch.long) if k else None
-    seen = 0
-    for xb, yb in loader:
-        if not len(yb):  # a rank's slice of a final batch smaller than the world size
-            continue
-        log_probs = view_log_probs(model, xb, pipeline=ctx.pipeline, device=ctx.device,
-                                   precision=ctx.precision, views=ctx.eval_views)  # fmt: skip
-        loss_sum += nn.functional.nll_loss(log_probs, yb, reduction="sum")
-        pred = log_probs.argmax(1)
-        correct += (pred == yb).sum()
-        if confusion is not None:
-            add_confusion(confusion, pred, yb)
-        seen += len(yb)
-    loss_sum, correct, seen = ctx.dist.totals(loss_sum, correct, seen)
-    out = {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
-    if confusion is not None:
-        out.update(class_balanced(ctx.dist.sum(confusion)))
-    return out

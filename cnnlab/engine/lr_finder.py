@@ -104,6 +104,8 @@ def range_test(model, loader, optimizer, ctx: StepContext, *, start_lr: float, e
     for step in range(steps):
         lr = ramp.lr
         loss = optimizer_step(model, [next(batches) for _ in range(ctx.accumulate)], optimizer, ramp, ctx)
+        if ctx.on_step is not None:  # trainer.threads=auto times the steps
+            ctx.on_step()
         average = smoothing * average + (1 - smoothing) * loss
         smooth = average / (1 - smoothing ** (step + 1))
         out.lrs.append(lr)

@@ -15,6 +15,7 @@ metric beats the best so far by more than ``threshold`` times the best (``best *
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch.optim import Optimizer
@@ -137,21 +138,38 @@ def check_schedule(name: str, options: dict[str, Any]) -> dict[str, Any]:
         valid = ", ".join(OPTIONS[name]) or "none"
         raise ConfigError(f"Unknown option(s) {', '.join(unknown)} for scheduler '{name}'; valid: {valid}.")
     opts = {**OPTIONS[name], **options}
-    _check_values(opts)
+    _check_values(name, opts)
     return opts
 
 
-def _check_values(opts: dict[str, Any]) -> None:
+def _check_values(name: str, opts: dict[str, Any]) -> None:
+    """Each option a finite number in its range (a ``nan`` gamma would train an epoch, then diverge)."""
     for key, value in opts.items():
         positive = key in _POSITIVE
-        if value is None or not (positive or key in _NON_NEGATIVE):
+        if value is None or not (positive or key in _NON_NEGATIVE or key == "pct_start"):
             continue
-        if not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
-            bound = "> 0" if positive else ">= 0"
-            raise ConfigError(f"Scheduler option {key} must be a number {bound}, got {value!r}.")
+        low, high = (0, 1) if key == "pct_start" else (0, math.inf)
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or not low <= value < high or (value == 0 and (positive or key == "pct_start")):
+            bound = "in (0, 1)" if key == "pct_start" else "greater than 0" if positive else "0 or more"
+            default = OPTIONS[name][key]
+            out = (
+                f"drop scheduler.options.{key}"
+                if default is None
+                else f"e.g. scheduler.options.{key}={default}"
+            )
+            raise ConfigError(
+                f"scheduler.options.{key} must be a finite number {bound}, got {value!r}; {out} "
+                f"(the {name} schedule's default)."
+            )
     milestones = opts.get("milestones")
     if milestones and (list(milestones) != sorted(set(milestones)) or min(milestones) < 1):
         raise ConfigError(f"Scheduler option milestones must be increasing epochs >= 1, got {milestones}.")
+    strategy = opts.get("anneal_strategy", "cos")
+    if strategy not in ("cos", "linear"):
+        raise ConfigError(
+            f"Unknown scheduler.options.anneal_strategy '{strategy}'; choose one of: cos, linear."
+        )
 
 
 def _warmup_steps(name: str, epochs: float, steps: int, steps_per_epoch: int, total: int) -> int:

@@ -1,8 +1,10 @@
 """Any timm model: ``model=timm model.arch=<name>`` (optional extra: ``pip install 'cnnlab[timm]'``).
 
 timm builds the head for the dataset's classes and the first layer for its channels; models with a
-fixed input size (ViT, ...) are built for ``input_size`` (default: the images' size). Local weights
-(``model.weights``) are read by cnnlab (weights_only / safetensors) and handed to timm's own loader,
+fixed input size (ViT, ...) are built for ``input_size`` (default: the images' size). Weights
+(``model.weights``: a local file, or a pretrained tag such as DEFAULT or ``a1_in1k``, downloaded once
+into torch's hub cache by :mod:`cnnlab.models.pretrained`) are read by cnnlab (weights_only /
+safetensors) and handed to timm's own loader,
 which adapts the first layer, drops a head of another size and resamples ViT position embeddings.
 """
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.models.layers import resize_input
+from cnnlab.models.pretrained import fetch, is_name, timm_file
 from cnnlab.models.weights import check_names, read_state_dict
 
 
@@ -61,7 +64,11 @@ class TimmNet(nn.Module):
             raise ConfigError(
                 f"model.input_size must be a positive size in pixels or null, got {input_size}."
             )
-        pretrained = timm.get_pretrained_cfg(arch.split(".")[0])
+        config_name = arch.split(".")[0]
+        if weights and is_name(weights):  # a pretrained tag: its file, and the config of that tag
+            config_name, published = timm_file(timm, arch, weights)
+            weights = str(fetch(published))
+        pretrained = timm.get_pretrained_cfg(config_name)
         options: dict = {"num_classes": num_classes, "in_chans": in_channels}
         if pretrained is not None and pretrained.fixed_input_size:
             options["img_size"] = self.input_size

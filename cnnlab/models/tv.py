@@ -29,6 +29,7 @@ from torch import nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models.layers import resize_input
+from cnnlab.models.pretrained import fetch, is_name, torchvision_file
 from cnnlab.models.weights import FitRules, adapt_input_channels, load_weights
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,10 @@ class TorchvisionNet(nn.Module):
         return self.net.get_submodule(self.head)
 
     def load_weights(self, path: str) -> None:
-        """Copy weights from a local file (torchvision's state dict, a cnnlab checkpoint, safetensors)."""
+        """Copy weights from a local file (torchvision's state dict, a cnnlab checkpoint, safetensors) or
+        torchvision's weights of that name (DEFAULT, IMAGENET1K_V1, ...: downloaded once, then cached)."""
+        if is_name(path):
+            path = str(fetch(torchvision_file(self.arch, path)))
         head = (f"{self.head}.weight", f"{self.head}.bias")
         rules = FitRules(head=head, first_conv=f"{self.first_conv}.weight")
         if self.arch.startswith("vit"):

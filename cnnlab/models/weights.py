@@ -1,11 +1,13 @@
 """Starting weights from a local file (nothing is downloaded): read them, fit them to a model, load.
 
-Read with ``torch.load(..., weights_only=True)`` or safetensors. A file fits when every tensor of the
-model is in it with its shape, except what fine-tuning is expected to change: the head (another
-number of classes), the first convolution (another number of input channels: its RGB weights are
-adapted, or another kernel: a small-image stem starts fresh), ViT's position embeddings (another
-image size: interpolated) and auxiliary classifiers the model does not have. Anything else that
-differs is an error naming the keys, so the weights of another model never half-load silently.
+Read with ``torch.load(..., weights_only=True)`` or safetensors; of a cnnlab run's ``best.pt``, the
+weights that scored best (:func:`scored_weights`, the rule :mod:`cnnlab.run.checkpoints` applies too).
+A file fits when every tensor of the model is in it with its shape, except what fine-tuning is
+expected to change: the head (another number of classes), the first convolution (another number of
+input channels: its RGB weights are adapted, or another kernel: a small-image stem starts fresh),
+ViT's position embeddings (another image size: interpolated) and auxiliary classifiers the model does
+not have. Anything else that differs is an error naming the keys, so the weights of another model
+never half-load silently.
 """
 
 from __future__ import annotations
@@ -45,11 +47,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # a user's file: any reader failure becomes one clear message
         raise CheckpointError(f"Could not read weights from {path}: {err}") from err
-    if isinstance(state, dict) and not _all_tensors(state):
-        state = state.get("model", state.get("state_dict"))  # a full training checkpoint
+    if isinstance(state, dict) and not _all_tensors(state):  # a full training checkpoint
+        state = scored_weights(state) if "model" in state else state.get("state_dict")
     if not isinstance(state, dict) or not _all_tensors(state):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     return {_strip(k): v for k, v in state.items()}
+
+
+def scored_weights(state: dict) -> dict:
+    """The weights of a cnnlab checkpoint that scored its monitored value: the EMA's when they were
+    better (``weights: ema``), else the model's (raw, or the SWA average saved as the model)."""
+    return state["ema"]["module"] if state.get("weights") == "ema" else state["model"]
 
 
 def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cnnlab.errors import DataError
 from cnnlab.report.figures import class_colors, new_figure, run_label, save_figure
+from cnnlab.report.files import CURVES
 from cnnlab.run.layout import RunDir
 
 CURVES_SIZE = (15.0, 4.5)  # inches
@@ -52,7 +53,7 @@ def write_curves(folder: RunDir | Path, *, tb=None) -> Path:
     folder = folder if isinstance(folder, RunDir) else RunDir(folder)
     rows = read_curves(folder)
     fig = curves_figure(rows, f"Training curves: {run_label(folder.path)} ({len(rows)} epochs)")
-    return save_figure(fig, folder.report_file("curves.png"), tb=tb, tag="report/curves")
+    return save_figure(fig, folder.report_file(CURVES), tb=tb, tag="report/curves")
 
 
 def overlay_figure(series: list[tuple[str, list[dict[str, float]]]], title: str):

@@ -19,6 +19,7 @@ from rich.table import Table
 from cnnlab.io import write_csv, write_json
 from cnnlab.report.curves import write_curves
 from cnnlab.report.figures import WRONG, grid_figure, new_figure, run_label, save_figure, tensorboard_writer
+from cnnlab.report.files import CONFUSION, CONFUSION_CSV, MISCLASSIFIED, PER_CLASS, RELIABILITY
 from cnnlab.report.html import write_run_page
 from cnnlab.report.metrics import classification_report
 from cnnlab.run.layout import REPORT_METRICS, RunDir
@@ -89,19 +90,19 @@ def write_report(
                    tta=scored.tta)  # fmt: skip
     write_json(out / REPORT_METRICS, metrics)
     columns = ("class", "precision", "recall", "f1", "accuracy", "support")
-    write_csv(out / "per_class.csv", list(columns), [[r[k] for k in columns] for r in metrics["per_class"]])
+    write_csv(out / PER_CLASS, list(columns), [[r[k] for k in columns] for r in metrics["per_class"]])
     cm = np.array(metrics["confusion_matrix"])
-    write_csv(out / "confusion_matrix.csv", ["true \\ predicted", *classes],
+    write_csv(out / CONFUSION_CSV, ["true \\ predicted", *classes],
               [[name, *row] for name, row in zip(classes, cm.tolist(), strict=True)])  # fmt: skip
     title = f"Confusion matrix: {run_name} (test, accuracy {metrics['accuracy']:.4f})"
-    save_figure(confusion_figure(cm, classes, title), out / "confusion_matrix.png", tb=tb,
+    save_figure(confusion_figure(cm, classes, title), out / CONFUSION, tb=tb,
                 tag="report/confusion_matrix")  # fmt: skip
     fig = reliability_figure(metrics["calibration"], metrics["ece"], f"Reliability diagram: {run_name}")
-    save_figure(fig, out / "reliability.png", tb=tb, tag="report/reliability")
+    save_figure(fig, out / RELIABILITY, tb=tb, tag="report/reliability")
     if worst:
         fig = worst_figure(scored.x, p, labels, classes, worst, run_name)
         if fig is not None:
-            save_figure(fig, out / "misclassified.png", tb=tb, tag="report/misclassified")
+            save_figure(fig, out / MISCLASSIFIED, tb=tb, tag="report/misclassified")
     log.info("evaluation report written to %s", out)
     return metrics
 

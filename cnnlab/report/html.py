@@ -17,12 +17,14 @@ from pathlib import Path
 
 from cnnlab.io import write_text
 from cnnlab.report.curves import write_overlay
+from cnnlab.report.files import CAPTIONS
 from cnnlab.report.htmlparts import (
     esc,
     figure,
     href,
     key_values,
     page,
+    parsed,
     problem,
     reached_without_links,
     read_json,
@@ -34,25 +36,6 @@ from cnnlab.report.htmlparts import (
 from cnnlab.run.layout import METRICS, REPORT_METRICS, SWEEP_CURVES, SWEEP_PAGE, RunDir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Known figures, in the order they are shown, with their captions; other images follow by name.
-FIGURES = {
-    "curves.png": "Training curves: loss, accuracy and learning rate per epoch",
-    "confusion_matrix.png": "Confusion matrix on the test split (rows true, columns predicted)",
-    "reliability.png": "Reliability diagram: accuracy against confidence",
-    "misclassified.png": "The most confident mistakes, predicted (true)",
-    "predictions.png": "Test predictions, predicted (true)",
-    "predictions_wrong.png": "Test mistakes, predicted (true)",
-    "gradcam.png": "Grad-CAM: where the network looks for the predicted class",
-    "gradcam_wrong.png": "Grad-CAM of the most confident mistakes",
-    "saliency.png": "Saliency: the pixels the predicted class is most sensitive to",
-    "saliency_wrong.png": "Saliency of the most confident mistakes",
-    "embeddings.png": "t-SNE of the penultimate-layer features, by class",
-    "embeddings_augment.png": "t-SNE of clean and augmented views of the same images",
-    "augment.png": "One training batch before and after augmentation",
-    "filters.png": "First-layer filters before and after training",
-    "feature_maps.png": "Feature maps of one image, layer by layer",
-    "kernels.png": "Hand-made kernels applied to one image",
-}
 
 
 def write_run_page(run_dir: Path) -> Path:
@@ -93,11 +76,24 @@ def summary_section(run_dir: Path) -> str:
     folder = RunDir(run_dir)
     summary, missing = read_json(folder.summary_file)
     out = key_values(summary) if isinstance(summary, dict) else problem(missing or "no summary (not a dict)")
+    out = resolved_settings(folder, summary if isinstance(summary, dict) else {}) + out
     status, _ = read_json(folder.status_file)
     if isinstance(status, dict):
         out = (f"<div class=error>run {esc(status.get('status', '?'))}: {esc(status.get('error', ''))}"
                "</div>" + out)  # fmt: skip
     return f"<p class=muted>{esc(run_dir.resolve())}</p>{out}"
+
+
+def resolved_settings(folder: RunDir, summary: dict) -> str:
+    """What the run actually used where its config says ``auto`` or null: device, precision, threads
+    (recorded in provenance.json; the config's own values for runs written before that)."""
+    provenance, _ = read_json(folder.provenance_file)
+    provenance = provenance if isinstance(provenance, dict) else {}
+    shown = {}
+    for key in ("device", "precision", "threads"):
+        value = provenance.get(key, summary.get(key))
+        shown[key] = "not recorded (a run from an earlier cnnlab)" if value is None else value
+    return f"<h3>Ran with</h3>{key_values(shown)}"
 
 
 def evaluation_section(run_dir: Path) -> str:
@@ -125,11 +121,11 @@ def evaluation_section(run_dir: Path) -> str:
 def figures_section(run_dir: Path) -> str:
     report = RunDir(run_dir).report
     images = [p for p in report.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and regular_file(p)]
-    order = list(FIGURES)
+    order = list(CAPTIONS)
     images.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
     if not images:
         return problem("report/ holds no figures yet (cnnlab viz <what> run=... adds them)")
-    return "".join(figure(href(p, report), FIGURES.get(p.name, p.name)) for p in images)
+    return "".join(figure(href(p, report), CAPTIONS.get(p.name, p.name)) for p in images)
 
 
 def epochs_section(run_dir: Path) -> str:
@@ -139,7 +135,7 @@ def epochs_section(run_dir: Path) -> str:
     rows = list(csv.reader(io.StringIO(text)))
     if len(rows) < 2:
         return problem("metrics.csv has no epochs yet")
-    return table(rows[0], rows[1:])
+    return table(rows[0], [[parsed(cell) for cell in row] for row in rows[1:]])
 
 
 def config_section(run_dir: Path) -> str:

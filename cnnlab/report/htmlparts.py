@@ -100,12 +100,24 @@ def href(path: Path, start: Path) -> str:
 
 
 def number(value) -> str:
-    """Numbers to 4 significant digits, NaN and None as '-', anything else as its text."""
+    """Floats with 4 decimals throughout (0.9011, 0.2500, 5.5065), tiny or huge ones in e-notation
+    (a learning rate of 1.000e-05), NaN and None as '-', anything else as its text."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e9 else f"{value:.3e}"
     return str(value)
+
+
+def parsed(text: str):
+    """A CSV cell as the number it spells (an int or a float), else the text: so it is formatted and
+    aligned as a number."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def table(header: list, rows: list[list], *, raw: set[int] = frozenset()) -> str:

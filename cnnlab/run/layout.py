@@ -355,10 +355,16 @@ class RunDir:
 
 class StudyDir:
     """A study folder of ``cnnlab tune``: ``study.db`` (the Optuna study) and one run folder per trial,
-    named by the trial's number."""
+    named by the trial's number. With ``storage`` (``tune.storage``: a database URL or a journal file)
+    the study named ``name`` lives there instead, shared by workers on several machines."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, *, storage: str | None = None, name: str = "cnnlab"):
+        self.path, self.storage, self.name = Path(path), storage, name
+
+    @property
+    def shared(self) -> bool:
+        """The study lives outside the folder: other workers may run trials in it right now."""
+        return self.storage is not None
 
     def __str__(self) -> str:
         return str(self.path)

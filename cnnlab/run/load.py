@@ -1,6 +1,8 @@
-"""Read a run back and score with it: ``load_run`` rebuilds the model from the checkpoint's own record,
-and ``Predictor`` is the one scoring path (normalisation, memory format, the run's test-time
-augmentation, precision and batching) that predict, evaluate, viz and the end of training share."""
+"""Read a run back and score with it: ``load_run`` rebuilds the model from the checkpoint's own record
+(files read by :mod:`cnnlab.run.checkpoints`), and ``Predictor`` scores it through a
+:class:`~cnnlab.engine.infer.Scorer` set up from the record (``run_scorer``: normalisation, the run's
+memory format, test-time augmentation, precision and batching) or, at the end of training, the run's
+own; predict, evaluate, viz and compress share it."""
 
 from __future__ import annotations
 
@@ -12,15 +14,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnlab.build import build_model, has_conv
+from cnnlab.build import build_model, uses_channels_last
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.registry import DataBundle, build_data
-from cnnlab.engine.checkpoint import load_checkpoint, load_safetensors
 from cnnlab.engine.device import resolve_precision
-from cnnlab.engine.infer import view_log_probs
+from cnnlab.engine.infer import Scorer
 from cnnlab.engine.tta import CHOICES as TTA_CHOICES
 from cnnlab.engine.tta import parse_tta, tta_views
 from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.run.checkpoints import read_checkpoint, read_state
 from cnnlab.run.layout import BEST, RunDir
 from cnnlab.run.record import RunRecord
 from cnnlab.run.trust import check_config
@@ -84,30 +86,9 @@ def checkpoint_path(run_dir: Path, ckpt: str | Path | None = None, name: str = B
     return path
 
 
-def weights_of(state: dict) -> dict:
-    """The weights that scored the checkpoint's monitored value: the EMA's when it was better."""
-    return state["ema"]["module"] if state.get("weights") == "ema" else state["model"]
-
-
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dict, RunRecord]:
-    """The weights to use and the record of a ``.pt`` or ``.safetensors`` checkpoint, checked."""
-    if path.suffix == ".safetensors":
-        tensors, metadata = load_safetensors(path)
-        return tensors, RunRecord.from_metadata(metadata, path)
-    state = load_checkpoint(path, map_location=device)
-    record = RunRecord.from_state(state, path)
-    try:
-        weights = weights_of(state)
-    except (KeyError, TypeError):
-        weights = None
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{path} holds no model weights; use the checkpoint cnnlab train wrote.")
-    return weights, record
-
-
 def read_checkpoint_config(path: Path) -> str:
     """The resolved config (YAML) a checkpoint was written with, e.g. to check a resume against it."""
-    state = load_checkpoint(path)
+    state = read_state(path)
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, str):
         raise CheckpointError(f"{path} holds no config; it is not a checkpoint written by cnnlab train.")
@@ -166,6 +147,11 @@ def load_run(
     return LoadedRun(run_dir=Path(run_dir), checkpoint_path=path, record=record, cfg=cfg, model=model)
 
 
+def run_channels_last(model: nn.Module, record: RunRecord) -> bool:
+    """Whether the run computed in channels_last (its ``trainer.channels_last``, auto by default)."""
+    return uses_channels_last(model, OmegaConf.select(record.cfg, "trainer.channels_last", default=None))
+
+
 def run_data(cfg: DictConfig, device: torch.device, *, data_root: str | Path | None = None) -> DataBundle:
     """The dataset a run trained on, from its config (``data_root`` replaces ``dataset.root``)."""
     dataset = OmegaConf.create(OmegaConf.to_container(cfg.dataset, resolve=True))
@@ -215,40 +201,65 @@ class Predictor:
         tta=RUN,
         precision: str = RUN,
         batch_size: int | None = None,
+        scorer: Scorer | None = None,
     ):
+        """``scorer``: the run's own, as it validated (the end of training hands it over); else one is
+        set up from the record."""
         check_tta(tta)
         self.model, self.record, self.device = model, record, device
         self.tta = record.tta if tta == RUN else tta
-        if precision == RUN:
-            precision = record.precision or str(
-                OmegaConf.select(record.cfg, "trainer.precision", default="32")
-            )
-        self.precision = resolve_precision(str(precision), device)
-        self.batch_size = batch_size or int(
-            OmegaConf.select(record.cfg, "trainer.eval_batch_size", default=1000)
-        )
-        channels_last = has_conv(model)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.pipeline = BatchPipeline(record.mean, record.std, device, channels_last=channels_last)
-        self.views = tta_views(self.tta, record.image_size)
+        self.scorer = scorer or run_scorer(model, record, device, tta=self.tta, precision=precision,
+                                           batch_size=batch_size)  # fmt: skip
+
+    @property
+    def pipeline(self):
+        return self.scorer.pipeline
+
+    @property
+    def precision(self) -> str:
+        return self.scorer.precision
+
+    @property
+    def batch_size(self) -> int:
+        return self.scorer.batch_size
+
+    @property
+    def channels_last(self) -> bool:
+        return bool(self.scorer.pipeline.channels_last)
 
     @classmethod
     def of(cls, run: LoadedRun, device: torch.device, **kwargs) -> Predictor:
-        return cls(run.model, run.record, device, **kwargs)
+        """The scorer of a run read back by a command, whose model is the command's own: it is put in
+        the run's memory format here (the format its batches come in). A model handed to the
+        constructor, such as the live model at the end of training, keeps its format."""
+        predictor = cls(run.model, run.record, device, **kwargs)
+        if predictor.channels_last:
+            run.model.to(memory_format=torch.channels_last)
+        return predictor
 
     def batches(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        for i in range(0, len(x), self.batch_size):
-            yield x[i : i + self.batch_size]
+        return self.scorer.batches(x)
 
     @torch.no_grad()
     def log_probs(self, xb: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (float32, on the device) of one uint8 batch, averaged over the TTA views."""
         self.model.eval()
-        return view_log_probs(self.model, xb.to(self.device), pipeline=self.pipeline, device=self.device,
-                              precision=self.precision, views=self.views)  # fmt: skip
+        return self.scorer.log_probs(self.model, xb)
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``(N, classes)`` in float32 on the CPU, in input order."""
-        out = [self.log_probs(xb).exp().cpu() for xb in self.batches(x)]
-        return torch.cat(out) if out else torch.empty(0, len(self.record.classes))
+        if not len(x):
+            return torch.empty(0, len(self.record.classes))
+        return self.scorer.probs(self.model, x)
+
+
+def run_scorer(model: nn.Module, record: RunRecord, device: torch.device, *, tta, precision: str = RUN,
+               batch_size: int | None = None) -> Scorer:  # fmt: skip
+    """The scorer of a run read back: its precision (unless ``precision``), memory format
+    (``trainer.channels_last``; the model's own is left as it is), ``tta`` and ``eval_batch_size``."""
+    if precision == RUN:
+        precision = record.precision or str(OmegaConf.select(record.cfg, "trainer.precision", default="32"))
+    batch_size = batch_size or int(OmegaConf.select(record.cfg, "trainer.eval_batch_size", default=1000))
+    pipeline = BatchPipeline(record.mean, record.std, device, channels_last=run_channels_last(model, record))
+    return Scorer(pipeline, device, resolve_precision(str(precision), device),
+                  views=tta_views(tta, record.image_size), batch_size=batch_size)  # fmt: skip

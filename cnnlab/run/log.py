@@ -18,8 +18,23 @@ from cnnlab.run.layout import RunDir
 log = logging.getLogger("cnnlab")
 
 
+def make_console(*, stderr: bool = False) -> Console:
+    """Rich's console for cnnlab's output. On a terminal it fits the window; sent to a file or a pipe it
+    never wraps (rich would cut lines, and paths in them, at 80 columns)."""
+    terminal = Console(stderr=stderr)
+    return terminal if terminal.is_terminal else Console(stderr=stderr, width=1000, soft_wrap=True)
+
+
 def use_rich(progress: str) -> bool:
     return progress == "rich" or (progress == "auto" and sys.stderr.isatty())
+
+
+class PlainFormatter(logging.Formatter):
+    """The message alone; an error as ``cnnlab: error: ...``, as before logging starts."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"cnnlab: error: {text}" if record.levelno >= logging.ERROR else text
 
 
 class LogFile(logging.FileHandler):
@@ -37,9 +52,11 @@ def setup_logging(run_dir: Path, *, rich: bool) -> None:
         if getattr(handler, "_cnnlab", False):
             root.removeHandler(handler)
             handler.close()
-    console = RichHandler(console=Console(stderr=True), show_path=False) if rich else logging.StreamHandler()
+    console = (
+        RichHandler(console=make_console(stderr=True), show_path=False) if rich else logging.StreamHandler()
+    )
     if not rich:
-        console.setFormatter(logging.Formatter("%(message)s"))
+        console.setFormatter(PlainFormatter())
     run_dir.mkdir(parents=True, exist_ok=True)
     file = LogFile(RunDir(run_dir).log)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -87,13 +87,44 @@ def gpu_info(device: torch.device | None) -> dict | None:
     }
 
 
-def provenance(*, overrides: list[str], seed: int, data_files: list[Path], device=None) -> dict:
+def cpu_info(threads: dict | None) -> dict:
+    """The CPU a run used: its model name and the flags that decide bf16 speed, and the threads."""
+    model, flags = None, set()
+    try:
+        with Path("/proc/cpuinfo").open() as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model is None:
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+                    break
+    except OSError:
+        pass
+    info = {"model": model or platform.processor() or None, "flags": sorted(flags)}
+    if threads is not None:
+        info.update(threads)
+    return info
+
+
+def provenance(
+    *, overrides: list[str], seed: int, data_files: list[Path], device=None, precision: str | None = None,
+    threads: dict | None = None,
+) -> dict:  # fmt: skip
+    """The record; ``device``, ``precision`` and ``threads`` are what the run resolved its ``auto`` (or
+    null) settings to, which the config alone does not say (``threads`` is the count at the start;
+    summary.json has the counts ``trainer.threads=auto`` chose during the run, and why). ``threads``
+    (the argument): on a CPU, trainer.threads and the CPUs this process may use."""
     return {
         "overrides": overrides,
+        "device": None if device is None else str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads() if device is not None and device.type == "cpu" else None,
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
         "versions": versions(),
         "gpu": gpu_info(device),
+        "cpu": cpu_info(threads),
         "seed": seed,
         "data_files": [str(p) for p in data_files],
         "data_fingerprint": fingerprint(data_files) if data_files else None,

@@ -36,7 +36,7 @@ class RunRecord:
 
     # ------------------------------------------------------------------------------------- conversions
     def to_state(self) -> dict:
-        """Plain values for a ``torch.save`` checkpoint (loadable with ``weights_only=True``)."""
+        """Plain values for a ``.pt`` checkpoint (loadable with ``weights_only=True``)."""
         state = asdict(self)
         if self.precision is None:
             del state["precision"]

@@ -1,8 +1,10 @@
 """``train(cfg, run_dir) -> summary``: the whole run, top to bottom, independent of the CLI.
 
-:func:`~cnnlab.train.assemble.build_run` builds every part once (:class:`~cnnlab.train.state.Run`),
-:func:`~cnnlab.train.epochs.fit` runs the epochs, :func:`~cnnlab.train.ending.finish` scores the best
-weights on the test split once and hands the same probabilities to the report.
+:func:`~cnnlab.train.assemble.build_run` builds every part once (:class:`~cnnlab.train.state.Run`;
+each training feature is a part of :mod:`cnnlab.train.parts`), :func:`~cnnlab.train.epochs.fit` runs
+the epochs and calls the parts' hooks, :func:`~cnnlab.train.ending.finish` scores the best weights on
+the test split once and hands the same probabilities to the report. Checkpoint files are written and
+read by :mod:`cnnlab.run.checkpoints` alone.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.build import check, seed_everything
 from cnnlab.engine import distributed
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.device import compile_error, compile_mode, configure_cpu, raised_by_compile
 from cnnlab.engine.interrupt import Interrupted, SignalGuard, StopRequested
+from cnnlab.run.checkpoints import read_state
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import read_checkpoint_config
 from cnnlab.run.log import setup_logging, use_rich
@@ -67,15 +69,16 @@ def train(
         resumed = None
         if cfg.resume:
             check_resumable(read_checkpoint_config(folder.last), config_yaml, folder.path)
-            resumed = load_checkpoint(folder.last)
+            resumed = read_state(folder.last)
         rich = use_rich(tc.progress) and dist.is_main
         if dist.is_main:
             setup_logging(folder.path, rich=rich)
         else:
             distributed.worker_logging(dist.rank)
         seed_everything(cfg.seed)
+        threads = None
         if dist.device.type == "cpu":
-            configure_cpu(tc.threads)
+            threads = configure_cpu(tc.threads, deterministic=tc.deterministic, processes=dist.world_size)
         torch.autograd.set_detect_anomaly(tc.detect_anomaly)
         if torch.are_deterministic_algorithms_enabled() != bool(tc.deterministic):
             # Set either way (the flag is global), but only on a change: the call imports torch._inductor.
@@ -85,10 +88,11 @@ def train(
         run.callbacks = tuple(callbacks)
         for cb in run.callbacks:
             cb.on_start(run)
-        run.ctx.on_step = step_hook(run)
+        run.ctx.on_step = step_hook(run, threads)
         if not resumed and dist.is_main:
             record = provenance(overrides=overrides or [], seed=cfg.seed, data_files=run.data.files,
-                                device=dist.device)  # fmt: skip
+                                device=dist.device, precision=run.ctx.precision,
+                                threads=threads and threads.setup)  # fmt: skip
             folder.write_provenance(record)
         try:
             start_epoch, partial, best_row = run.restore(resumed) if resumed else (1, None, {})

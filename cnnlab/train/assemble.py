@@ -7,7 +7,6 @@ import logging
 
 import torch
 from omegaconf import DictConfig
-from rich.console import Console
 from torch import nn
 
 from cnnlab.build import (
@@ -17,26 +16,25 @@ from cnnlab.build import (
     build_model,
     build_optimizer,
     build_schedule,
-    has_conv,
+    uses_channels_last,
 )
 from cnnlab.data.loader import BatchPipeline
 from cnnlab.data.mmap import HostLoader
-from cnnlab.data.pseudo import PseudoLabels, read_pool
 from cnnlab.data.registry import DataBundle, build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.device import compile_mode, configure_cuda, resolve_precision
-from cnnlab.engine.ema import ModelEMA
-from cnnlab.engine.finetune import Freezer
+from cnnlab.engine.infer import Scorer
 from cnnlab.engine.interrupt import SignalGuard
-from cnnlab.engine.lookahead import Lookahead
 from cnnlab.engine.loop import StepContext, optimizer_steps
 from cnnlab.engine.metrics import BALANCED_MONITORS
-from cnnlab.engine.swa import WeightAverage
 from cnnlab.engine.tracker import MetricTracker
 from cnnlab.engine.tta import tta_views
 from cnnlab.models.whiten import fit_to_data
+from cnnlab.run.checkpoints import RunCheckpoints
 from cnnlab.run.layout import RunDir
+from cnnlab.run.log import make_console
 from cnnlab.run.metrics import MetricsWriter
+from cnnlab.train.parts import build_parts
 from cnnlab.train.state import Run
 
 log = logging.getLogger("cnnlab")
@@ -86,9 +84,63 @@ def build_run(
     model = build_model(
         cfg.model, in_channels=data.channels, num_classes=len(data.classes), image_size=data.image_size
     )
+    model, channels_last = place_model(model, cfg, data, dist, resumed=resumed)
+    train_model = distributed.wrap(model, dist)
+    describe(model, cfg, data, dist, precision=precision, channels_last=channels_last)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # distinct dropout masks per rank; weights come from rank 0
+
+    augment = build_augment_from(cfg.augmentation, channels=data.channels, image_size=data.image_size)
+    pipeline = BatchPipeline(
+        data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed + dist.rank
+    )
+    optimizer = build_optimizer(model, cfg.optimizer)
+    steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
+    schedule = build_schedule(
+        optimizer, cfg.scheduler, steps_per_epoch=steps_per_epoch, max_epochs=tc.max_epochs, mode=tc.mode,
+        max_steps=tc.max_steps,
+    )  # fmt: skip
+    ctx = build_step(cfg, data, pipeline, dist, precision)
+    parts = build_parts(cfg, model=model, data=data, ctx=ctx, schedule=schedule)  # sets ctx.ema, lookahead
+    log.info("optimizer %s (%s)", type(optimizer).__name__, optimizer_kernels(optimizer))
+    metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
+                            balanced=bool(ctx.scorer.balanced_classes), enabled=dist.is_main)  # fmt: skip
+    return Run(
+        cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
+        optimizer=optimizer, schedule=schedule, ctx=ctx,
+        tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
+        config_yaml=config_yaml, parts=parts,
+        files=RunCheckpoints(folder, epoch_weights=bool(tc.epoch_checkpoints)),
+    )  # fmt: skip
+
+
+def build_step(cfg: DictConfig, data: DataBundle, pipeline: BatchPipeline, dist: distributed.Dist,
+               precision: str) -> StepContext:  # fmt: skip
+    """What a step needs besides model and batch, and the run's one :class:`Scorer`."""
+    tc, device = cfg.trainer, dist.device
+    return StepContext(
+        device=device,
+        precision=precision,
+        pipeline=pipeline,
+        criterion=build_criterion(cfg, train_labels=data.train.y, num_classes=len(data.classes)),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
+        grad_clip=tc.grad_clip,
+        accumulate=tc.accumulate,
+        dist=dist,
+        scorer=Scorer(pipeline, device, precision, views=tta_views(tc.tta, data.image_size),
+                      batch_size=tc.eval_batch_size, dist=dist,
+                      balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0),
+        adversary=build_adversary(cfg.augmentation, mean=pipeline.mean, std=pipeline.std),
+    )  # fmt: skip
+
+
+def place_model(model: nn.Module, cfg: DictConfig, data: DataBundle, dist: distributed.Dist, *,
+                resumed: bool) -> tuple[nn.Module, bool]:  # fmt: skip
+    """The model on its device in the run's memory format (the splits too), SyncBatchNorm'd, fitted to
+    the data (data-initialised layers) and compiled as asked; returns it and whether it is channels_last."""
+    tc, device = cfg.trainer, dist.device
     model = distributed.prepare(model, dist, sync_batchnorm=tc.sync_batchnorm)
-    freezer = Freezer(model, tc.get("freeze_epochs", 0))  # after SyncBatchNorm replaced BatchNorm modules
-    channels_last = has_conv(model) if tc.channels_last is None else bool(tc.channels_last)
+    channels_last = uses_channels_last(model, tc.channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if channels_last:  # batches sliced from channels_last images come out channels_last: no copy per step
         store_channels_last(data)
@@ -98,11 +150,17 @@ def build_run(
         fit_to_data(model, data.train.head(FIT_IMAGES), lambda x: plain(x, train=False))
     if compile_mode(tc.compile):  # in place, so state_dict keys, EMA copies and checkpoints stay the model's
         model.compile(mode=compile_mode(tc.compile))
-    train_model = distributed.wrap(model, dist)
+    return model, channels_last
+
+
+def describe(model: nn.Module, cfg: DictConfig, data: DataBundle, dist: distributed.Dist, *, precision: str,
+             channels_last: bool) -> None:  # fmt: skip
+    """Log the model, device and data-parallel setting (and print the layer table with trainer.summary)."""
+    tc, device = cfg.trainer, dist.device
     if tc.summary:
         from cnnlab.models.layer_table import format_layer_table, layer_table
 
-        Console(stderr=True).print(
+        make_console(stderr=True).print(
             format_layer_table(layer_table(model, (data.channels, data.image_size, data.image_size)))
         )
     n_params = sum(p.numel() for p in model.parameters())
@@ -116,43 +174,6 @@ def build_run(
             dist.world_size, distributed.resolve_backend(str(tc.backend), device), tc.batch_size,
             tc.batch_size // dist.world_size, ", SyncBatchNorm" if tc.sync_batchnorm else "",
         )  # fmt: skip
-        torch.manual_seed(cfg.seed + dist.rank)  # distinct dropout masks per rank; weights come from rank 0
-
-    augment = build_augment_from(cfg.augmentation, channels=data.channels, image_size=data.image_size)
-    pipeline = BatchPipeline(
-        data.mean, data.std, device, augment=augment, channels_last=channels_last, seed=cfg.seed + dist.rank
-    )
-    optimizer = build_optimizer(model, cfg.optimizer)
-    steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
-    schedule = build_schedule(
-        optimizer, cfg.scheduler, steps_per_epoch=steps_per_epoch, max_epochs=tc.max_epochs, mode=tc.mode,
-        max_steps=tc.max_steps,
-    )  # fmt: skip
-    ctx = StepContext(
-        device=device,
-        precision=precision,
-        pipeline=pipeline,
-        criterion=build_criterion(cfg, train_labels=data.train.y, num_classes=len(data.classes)),
-        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
-        grad_clip=tc.grad_clip,
-        ema=ModelEMA(model, tc.ema) if tc.ema else None,
-        lookahead=build_lookahead(model, tc, steps_per_epoch, schedule.total_steps),
-        accumulate=tc.accumulate,
-        dist=dist,
-        eval_views=tta_views(tc.tta, data.image_size),
-        balanced_classes=len(data.classes) if tc.monitor in BALANCED_MONITORS else 0,
-        adversary=build_adversary(cfg.augmentation, mean=pipeline.mean, std=pipeline.std),
-    )
-    log.info("optimizer %s (%s)", type(optimizer).__name__, optimizer_kernels(optimizer))
-    metrics = MetricsWriter(folder, cfg, resumed=resumed, ema=ctx.ema is not None, clip=bool(tc.grad_clip),
-                            balanced=bool(ctx.balanced_classes), enabled=dist.is_main)  # fmt: skip
-    return Run(
-        cfg=cfg, folder=folder, dist=dist, data=data, model=model, train_model=train_model,
-        optimizer=optimizer, schedule=schedule, ctx=ctx,
-        tracker=MetricTracker(tc.monitor, tc.mode, tc.min_delta, tc.patience), metrics=metrics,
-        config_yaml=config_yaml, freezer=freezer, pseudo=build_pseudo(cfg, data),
-        swa=WeightAverage(model, tc.swa_start) if tc.swa_start else None,
-    )  # fmt: skip
 
 
 def store_channels_last(data: DataBundle) -> None:
@@ -165,27 +186,6 @@ def store_channels_last(data: DataBundle) -> None:
         loader.x = loader.x.contiguous(memory_format=torch.channels_last)
 
 
-def build_lookahead(model: nn.Module, tc: DictConfig, steps_per_epoch: int, total_steps: int):
-    la = tc.lookahead
-    if not la.every:
-        return None
-    return Lookahead(model, every=la.every, alpha=la.alpha, power=la.power,
-                     start_step=la.start_epoch * steps_per_epoch, total_steps=total_steps)  # fmt: skip
-
-
 def optimizer_kernels(optimizer: torch.optim.Optimizer) -> str:
     group = optimizer.param_groups[0]
     return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
-
-
-def build_pseudo(cfg: DictConfig, data: DataBundle) -> PseudoLabels | None:
-    """The unlabeled pool of ``trainer.pseudo_label`` (None when off)."""
-    pl = cfg.trainer.pseudo_label
-    if pl.data is None:
-        return None
-    pool = read_pool(str(pl.data), test=data.test, channels=data.channels, size=data.image_size,
-                     num_workers=cfg.dataset.num_workers or 1)  # fmt: skip
-    if pl.data == "test" and data.test_labeled:
-        log.warning("pseudo-labelling the labeled test split (its labels unused): the test accuracy is no "
-                    "longer that of unseen images")  # fmt: skip
-    return PseudoLabels(pl, pool, data.train)

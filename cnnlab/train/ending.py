@@ -1,52 +1,19 @@
-"""The end of a run (:func:`finish`): the SWA average's turn, the test split scored once with the best
-weights, summary.json, and the same probabilities handed to the report."""
+"""The end of a run (:func:`finish`): the parts' last turn (the SWA average), the test split scored once
+with the best weights and the run's own scorer, summary.json, and the same probabilities handed to the
+report."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from rich.console import Console
-
-from cnnlab.engine.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
 from cnnlab.engine.interrupt import SignalGuard
-from cnnlab.engine.loop import score
-from cnnlab.engine.tracker import is_better
-from cnnlab.run.layout import SWA_WEIGHTS
-from cnnlab.run.load import Predictor, weights_of
-from cnnlab.run.log import result_table
+from cnnlab.run.load import Predictor
+from cnnlab.run.log import make_console, result_table
 from cnnlab.run.loggers import uses_tensorboard
 from cnnlab.train.state import Run
 
 log = logging.getLogger("cnnlab")
-
-
-def average_weights(run: Run, epoch: int) -> bool:
-    """SWA: recompute the BatchNorm statistics of the averaged weights on the training images and
-    validate them; when they beat the best epoch they become ``best.pt`` (weights ``swa``): return
-    whether they did."""
-    swa, tracker, tc = run.swa, run.tracker, run.cfg.trainer
-    if swa is None:
-        return False
-    if swa.count == 0:
-        log.warning("swa: no epoch reached trainer.swa_start=%d; nothing averaged", swa.start)
-        return False
-    model = swa.recompute_bn(run.ctx.pipeline(xb, train=False) for xb, _ in run.data.train)
-    val = score(model, run.data.val, run.ctx)
-    value = float(val["loss"] if tc.monitor == "val_loss" else val["acc"])
-    run.notes.update(swa_epochs=swa.count, swa_val_acc=float(val["acc"]), swa_val_loss=float(val["loss"]))
-    better = is_better(value, tracker.best, tc.mode)
-    log.info("swa: the mean of epochs %d-%d scores %s %.4f (best single epoch %.4f)%s", swa.start, epoch,
-             tc.monitor, value, tracker.best, ", kept as best.pt" if better else "")  # fmt: skip
-    if run.dist.is_main:  # kept either way, for evaluate/predict ckpt=<run>/checkpoints/swa.safetensors
-        metadata = run.record(epoch, "swa").to_metadata()
-        save_safetensors(model.state_dict(), metadata, run.folder.checkpoint(SWA_WEIGHTS))
-    if better and run.dist.is_main:
-        save_checkpoint({**run.checkpoint(epoch, "swa"), "model": model.state_dict()}, run.folder.best)
-        save_safetensors(model.state_dict(), metadata, run.folder.best_safetensors)
-    if better:
-        tracker.best, tracker.best_epoch = value, epoch
-    return better
 
 
 def finish(
@@ -56,24 +23,24 @@ def finish(
     """Score the best weights on the test split once (rank 0), write summary.json, and hand the same
     images and probabilities to the report; print the summary; return it."""
     cfg, tc, dist, tracker, data = run.cfg, run.cfg.trainer, run.dist, run.tracker, run.data
-    swa_best = average_weights(run, epoch)  # every rank: validation sums over all of them
+    # Every rank: validation sums over all of them. A part may replace best.pt (the SWA average).
+    replaced = any([part.on_fit_end(run, epoch) for part in run.parts.values()])
     dist.barrier()  # rank 0 has written best.pt (run directories are on a shared file system)
     if not dist.is_main:
         return {"status": "finished", "best_value": tracker.best}
     best_weights = "raw"
     # The last epoch's raw weights are the best ones and still in the model: no need to read best.pt.
-    in_memory = not swa_best and best_row.get("weights") == "raw" and tracker.best_epoch == epoch
+    in_memory = not replaced and best_row.get("weights") == "raw" and tracker.best_epoch == epoch
     if run.folder.best.exists() and not in_memory:
-        best = load_checkpoint(run.folder.best, map_location=dist.device)
-        best_weights = best.get("weights", "raw")
-        run.model.load_state_dict(weights_of(best))
+        weights, best_weights = run.files.read_best(map_location=dist.device)
+        run.model.load_state_dict(weights)
     test = None
     if tc.evaluate and data.test is not None and data.test_labeled:
         from cnnlab.report.evaluate import Scored
 
         n = data.test.num_samples  # trainer.limit_eval_batches applies to the test split too
         record = run.record(tracker.best_epoch, best_weights)
-        predictor = Predictor(run.model, record, dist.device, precision=run.ctx.precision)
+        predictor = Predictor(run.model, record, dist.device, scorer=run.ctx.scorer)  # as it validated
         test = Scored.score(predictor, data.test.x[:n], data.test.y[:n], checkpoint=run.folder.best)
     summary = {
         "status": "finished",
@@ -90,17 +57,16 @@ def finish(
     }
     if best_weights == "ema":
         summary["best_val_acc"] = best_row.get("ema_val_acc", summary["best_val_acc"])
-    if best_weights == "swa":
-        summary["best_val_acc"] = run.notes["swa_val_acc"]
-    if run.pseudo is not None:  # images added per round (pseudo_labels.csv has the classes)
-        run.notes["pseudo_labels"] = [r["added"] for r in run.pseudo.history]
-    summary.update(run.notes)
+    summary.update(run.notes)  # the parts' own (SWA: its scores, and best_val_acc when it became best)
     run.folder.write_summary(summary)
     run.metrics.close(cfg, overrides or [], summary)
-    if test is not None:
+    if test is not None and tracker.best_epoch:
         log.info("test accuracy %.4f (loss %.4f) with the best weights (epoch %d)",
                  test.accuracy, test.loss, tracker.best_epoch)  # fmt: skip
-    Console(stderr=not rich, force_terminal=False).print(result_table(summary, run.folder.path))
+    elif test is not None:  # no epoch improved on trainer.monitor: the last epoch's weights were scored
+        log.info("test accuracy %.4f (loss %.4f) with the last weights (epoch %d): no epoch improved %s, "
+                 "so there is no best.pt", test.accuracy, test.loss, epoch, tc.monitor)  # fmt: skip
+    make_console(stderr=not rich).print(result_table(summary, run.folder.path))
     if data.test is not None and not data.test_labeled:
         log.info("the test split has no labels: write a submission with `cnnlab predict run=%s`", run.folder)
     if tc.evaluate and tc.report:  # report/: curves, and the evaluation report when the test split has labels

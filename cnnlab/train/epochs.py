@@ -7,27 +7,25 @@ import logging
 import signal
 import time
 
-import torch
-
-from cnnlab.engine import distributed
-from cnnlab.engine.checkpoint import save_checkpoint, save_safetensors
 from cnnlab.engine.device import compile_mode
-from cnnlab.engine.infer import view_log_probs
 from cnnlab.engine.interrupt import Interrupted, SignalGuard
-from cnnlab.engine.loop import EpochState, optimizer_steps, score, train_one_epoch
-from cnnlab.engine.tracker import is_better
+from cnnlab.engine.loop import EpochState, optimizer_steps, train_one_epoch
+from cnnlab.engine.threads import ThreadChooser
 from cnnlab.models.whiten import frozen_parameters
-from cnnlab.run.load import weights_of
 from cnnlab.run.log import EpochProgress
 from cnnlab.train.state import Callback, Run
 
 log = logging.getLogger("cnnlab")
 
 
-def step_hook(run: Run):
-    """What runs after every optimizer step: count it, log the learning rate, the callbacks; and, with
-    trainer.compile, say how long the first step took (compiling)."""
+def step_hook(run: Run, threads: ThreadChooser | None = None):
+    """What runs after every optimizer step: count it, log the learning rate, the callbacks, time it for
+    ``trainer.threads=auto`` (summary.json's ``threads``); and, with trainer.compile, say how long the
+    first step took (compiling)."""
     stepped = [cb for cb in run.callbacks if type(cb).on_step is not Callback.on_step]
+    if threads is not None:
+        run.notes["threads"] = threads.record
+        stepped += [threads] if threads.measuring else []
     optimizer, metrics = run.optimizer, run.metrics
     started, first = time.perf_counter(), [bool(compile_mode(run.cfg.trainer.compile))]
 
@@ -53,7 +51,7 @@ def fit(
     """
     tc, dist, data, ctx = run.cfg.trainer, run.dist, run.data, run.ctx
     progress = EpochProgress(rich)
-    stop_reason, epoch, weights = "max_epochs", start_epoch - 1, "raw"
+    stop_reason, epoch, weights, parts = "max_epochs", start_epoch - 1, "raw", list(run.parts.values())
     if epoch and partial is None and run.tracker.should_stop:  # it had stopped early before this resume
         return "early_stop", epoch, best_row
     steps_per_epoch = optimizer_steps(data.train, tc.accumulate)
@@ -63,14 +61,13 @@ def fit(
             ctx.should_stop = (lambda: dist.any(guard.requested())) if dist.enabled else guard.requested
             for epoch in range(start_epoch, tc.max_epochs + 1):
                 t0 = time.perf_counter()
-                if run.freezer.at_epoch(epoch) and dist.enabled:  # DDP registers trainable parameters
-                    run.train_model = distributed.wrap(run.model, dist)
+                for part in parts:
+                    part.on_epoch_start(run, epoch)
                 data.train.set_epoch(epoch)
                 last_steps = cut_to_max_steps(run, epoch, steps_per_epoch)
                 ctx.frozen = frozen_parameters(run.model, epoch)
                 lr = run.schedule.lr if partial is None else partial.lr
-                state = partial or EpochState(lr=lr)
-                partial = None
+                state, partial = partial or EpochState(lr=lr), None
                 try:
                     stats = train_one_epoch(
                         run.train_model, data.train, run.optimizer, run.schedule, ctx, epoch=epoch,
@@ -80,41 +77,43 @@ def fit(
                     progress.stop()
                 if state.interrupted:
                     save_interrupted(run, epoch, weights, state, guard.signum)
-                if ctx.lookahead is not None:
-                    ctx.lookahead.sync()  # validate and keep the slow weights
-                row, value, weights = score_epoch(run, epoch, lr, stats)
-                if run.swa is not None:
-                    run.swa.update(run.model, epoch)
-                labelled = pseudo_round(run, epoch, weights)  # before the checkpoint, which saves it
-                row["seconds"] = time.perf_counter() - t0
-                run.schedule.step_epoch(value)
-                is_best = run.tracker.update(value, epoch)
-                run.metrics.write(row)
-                if is_best:
-                    best_row = row
-                if dist.is_main:  # rank 0 alone writes checkpoints
-                    save_epoch(run, epoch, weights, is_best=is_best)
-                log_epoch(row, tc.max_epochs, ema=ctx.ema is not None, is_best=is_best)
-                if labelled:
-                    log.info("%s", labelled)
-                for cb in run.callbacks:
-                    cb.on_epoch_end(run, row, value)
-                if last_steps:
-                    stop_reason = "max_steps"
+                row, is_best = close_epoch(run, epoch, lr, stats, t0)
+                best_row, weights = row if is_best else best_row, row["weights"]
+                stop_reason = "max_steps" if last_steps else "early_stop" if run.tracker.should_stop else None
+                if stop_reason:
                     break
-                tracker = run.tracker
-                if tracker.should_stop:
-                    stop_reason = "early_stop"
-                    log.info(
-                        "early stop: %s did not improve by more than %g for %d epochs "
-                        "(best %.4f at epoch %d)",
-                        tc.monitor, tc.min_delta, tracker.wait, tracker.best, tracker.best_epoch,
-                    )  # fmt: skip
-                    break
+            else:
+                stop_reason = "max_epochs"
     finally:
         progress.stop()
         run.metrics.flush()
+    if stop_reason == "early_stop":
+        tracker = run.tracker
+        log.info("early stop: %s did not improve by more than %g for %d epochs (best %.4f at epoch %d)",
+                 tc.monitor, tc.min_delta, tracker.wait, tracker.best, tracker.best_epoch)  # fmt: skip
     return stop_reason, epoch, best_row
+
+
+def close_epoch(run: Run, epoch: int, lr: float, stats: dict, started: float) -> tuple[dict, bool]:
+    """After an epoch's steps: the parts' hooks around validation, the schedule, the tracker (best
+    epoch, early stopping), metrics.csv, the checkpoints, the log and the callbacks, in that order;
+    return the epoch's metrics row and whether it is the best so far."""
+    parts = run.parts.values()
+    for part in parts:
+        part.on_train_end(run, epoch)
+    row, value, weights = score_epoch(run, epoch, lr, stats)
+    said = [part.on_epoch_end(run, epoch, row) for part in parts]  # before last.pt, which saves it
+    row["seconds"] = time.perf_counter() - started
+    run.schedule.step_epoch(value)
+    is_best = run.tracker.update(value, epoch, {k: v for k, v in row.items() if k.endswith("acc")})
+    run.metrics.write(row)
+    save_epoch(run, epoch, weights, is_best=is_best)
+    log_epoch(row, run.cfg.trainer.max_epochs, ema=run.ctx.ema is not None, is_best=is_best)
+    for line in filter(None, said):
+        log.info("%s", line)
+    for cb in run.callbacks:
+        cb.on_epoch_end(run, row, value)
+    return row, is_best
 
 
 def cut_to_max_steps(run: Run, epoch: int, steps_per_epoch: int) -> bool:
@@ -130,40 +129,11 @@ def cut_to_max_steps(run: Run, epoch: int, steps_per_epoch: int) -> bool:
 
 
 def save_epoch(run: Run, epoch: int, weights: str, *, is_best: bool) -> None:
-    """``last.pt`` every epoch; on a new best also ``best.pt`` and ``best.safetensors`` (the better
-    weights alone, with the record as metadata)."""
-    ckpt = run.checkpoint(epoch, weights)
-    if is_best:
-        metadata = run.record(epoch, weights).to_metadata()
-        save_safetensors(weights_of(ckpt), metadata, run.folder.best_safetensors)
-    if run.cfg.trainer.epoch_checkpoints:  # for checkpoint averaging: cnnlab export average=[...]
-        metadata = run.record(epoch, weights).to_metadata()
-        save_safetensors(weights_of(ckpt), metadata, run.folder.epoch_weights(epoch))
-    save_checkpoint(ckpt, *((run.folder.best,) if is_best else ()), run.folder.last)  # one serialisation
-
-
-def pseudo_round(run: Run, epoch: int, weights: str) -> str | None:
-    """After a round's epoch: label the pool with the weights that scored the epoch, extend the training
-    split with the confident ones and write pseudo_labels.csv; return the line to log (counts per class)."""
-    pseudo, ctx = run.pseudo, run.ctx
-    if pseudo is None or not pseudo.due(epoch):
-        return None
-    model = ctx.ema.module if weights == "ema" else run.model
-    model.eval()
-    with torch.no_grad():
-        probs = torch.cat([
-            view_log_probs(model, pseudo.pool[i : i + 1000], pipeline=ctx.pipeline, device=ctx.device,
-                           precision=ctx.precision, views=ctx.eval_views).exp()
-            for i in range(0, len(pseudo.pool), 1000)
-        ])  # fmt: skip
-    row = pseudo.take(probs, epoch, run.data.classes)
+    """``last.pt`` every epoch, ``best.pt`` on a new best (see :class:`RunCheckpoints`): every rank
+    hands over its state, rank 0 alone writes."""
+    states = run.states()
     if run.dist.is_main:
-        run.folder.write_pseudo_labels(pseudo.history)
-    per_class = ", ".join(f"{c} {row[c]}" for c in run.data.classes)
-    return (
-        f"pseudo-labels round {row['round']} after epoch {epoch}: {row['added']} of {row['pool']} images "
-        f"at confidence >= {pseudo.threshold:g} ({per_class})"
-    )
+        run.files.save_epoch(states, run.record(epoch, weights), is_best=is_best)
 
 
 def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, signum: int | None):
@@ -171,8 +141,9 @@ def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, sign
     if run.dist.enabled:
         state.loss_sum, state.correct, seen = run.dist.totals(state.loss_sum, state.correct, state.seen)
         state.seen = int(seen)
+    states = run.states(partial=state)  # every rank: its random streams are gathered
     if run.dist.is_main:
-        save_checkpoint(run.checkpoint(epoch - 1, weights, partial=state), run.folder.last)
+        run.files.save_partial(states, run.record(epoch - 1, weights))
     name = signal.Signals(signum or signal.SIGTERM).name
     raise Interrupted(
         f"Stopped by {name} in epoch {epoch} after step {state.step}; the state is saved in "
@@ -185,19 +156,17 @@ def save_interrupted(run: Run, epoch: int, weights: str, state: EpochState, sign
 def score_epoch(run: Run, epoch: int, lr: float, stats: dict) -> tuple[dict, float, str]:
     """Score the raw (and EMA) weights on the validation split; return the metrics row, the monitored
     value of the better weights and which they were ("raw" or "ema")."""
-    tc = run.cfg.trainer
     t1 = time.perf_counter()
-    val = score(run.model, run.data.val, run.ctx)
+    val = run.ctx.scorer.score(run.model, run.data.val)
     row = {
         "epoch": epoch, "lr": lr, **stats, **{f"val_{k}": v for k, v in val.items()},
         "img_per_s": stats["images"] / max(stats["data_s"] + stats["compute_s"], 1e-9),
     }  # fmt: skip
-    value, weights = row[tc.monitor], "raw"
+    scored = {"raw": val}
     if run.ctx.ema is not None:
-        ema_val = score(run.ctx.ema.module, run.data.val, run.ctx)
-        row.update({f"ema_val_{k}": v for k, v in ema_val.items()})
-        if is_better(row[f"ema_{tc.monitor}"], value, tc.mode):
-            value, weights = row[f"ema_{tc.monitor}"], "ema"
+        scored["ema"] = run.ctx.scorer.score(run.ctx.ema.module, run.data.val)
+        row.update({f"ema_val_{k}": v for k, v in scored["ema"].items()})
+    weights, value = run.tracker.pick(scored)  # the one rule for "better"
     row["weights"] = weights
     row["eval_s"] = time.perf_counter() - t1
     return row, value, weights

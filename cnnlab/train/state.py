@@ -10,24 +10,22 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnlab.data.pseudo import PseudoLabels
 from cnnlab.data.registry import DataBundle
 from cnnlab.engine import distributed
-from cnnlab.engine.checkpoint import rng_state, set_rng_state
-from cnnlab.engine.finetune import Freezer
 from cnnlab.engine.loop import EpochState, StepContext
+from cnnlab.engine.rng import rng_state, set_rng_state
 from cnnlab.engine.schedulers import Schedule
-from cnnlab.engine.swa import WeightAverage
 from cnnlab.engine.tracker import MetricTracker
 from cnnlab.errors import CheckpointError
+from cnnlab.run.checkpoints import RunCheckpoints
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import load_state_strict
 from cnnlab.run.metrics import MetricsWriter
 from cnnlab.run.record import RunRecord
+from cnnlab.train.parts import Part
 
 log = logging.getLogger("cnnlab")
-RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "tracker", "rng", "pipeline_rng",
-               "global_step")  # fmt: skip
+RESUME_KEYS = ("model", "epoch", "rng", "pipeline_rng", "global_step")  # with every part's name
 
 
 class Callback:
@@ -44,8 +42,8 @@ class Callback:
 
 @dataclass
 class Run:
-    """Everything one training run holds: built once by :func:`build_run`, saved whole by
-    :meth:`checkpoint` and put back by :meth:`restore`."""
+    """Everything one training run holds: built once by :func:`build_run`; :meth:`states` are saved
+    whole in ``last.pt`` and put back by :meth:`restore`."""
 
     cfg: DictConfig
     folder: RunDir
@@ -59,10 +57,9 @@ class Run:
     tracker: MetricTracker
     metrics: MetricsWriter
     config_yaml: str
-    freezer: Freezer  # trainer.freeze_epochs: the backbone frozen for the first epochs
+    files: RunCheckpoints  # the checkpoint files of ``folder``: the only writer of .pt and .safetensors
+    parts: dict[str, Part] = field(default_factory=dict)  # the features that are on (cnnlab.train.parts)
     callbacks: tuple[Callback, ...] = ()
-    swa: WeightAverage | None = None  # trainer.swa_start
-    pseudo: PseudoLabels | None = None  # trainer.pseudo_label
     notes: dict = field(default_factory=dict)  # added to summary.json (SWA, pseudo-labels)
 
     def record(self, epoch: int, weights: str = "raw") -> RunRecord:
@@ -73,62 +70,56 @@ class Run:
             config=self.config_yaml, epoch=epoch, weights=weights, precision=self.ctx.precision,
         )  # fmt: skip
 
-    def checkpoint(self, epoch: int, weights: str, partial: EpochState | None = None) -> dict:
-        state = {
-            **self.record(epoch, weights).to_state(),  # epoch: epochs completed; weights: raw or ema
+    def stateful(self) -> dict:
+        """Everything ``last.pt`` holds, by name: the training core, then the features that are on."""
+        core = {"optimizer": self.optimizer, "scheduler": self.schedule, "scaler": self.ctx.scaler,
+                "tracker": self.tracker}  # fmt: skip
+        return {**core, **{name: part for name, part in self.parts.items() if part.has_state}}
+
+    def states(self, partial: EpochState | None = None) -> dict:
+        """The states of every part (plain tensors and values), for :class:`RunCheckpoints`; at an
+        epoch's end the lookahead's weights are the slow copy. Under DDP every rank calls it (each
+        rank's random streams and BatchNorm statistics are gathered: they differ per rank)."""
+        own = {"rng": rng_state(), "pipeline_rng": self.ctx.pipeline.generator.get_state()}
+        if self.dist.enabled:  # BatchNorm statistics are rank-local between DDP's broadcasts from rank 0
+            own["buffers"] = dict(self.model.named_buffers())
+        streams = self.dist.gather(own)
+        states = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.ctx.scaler.state_dict(),
-            "tracker": self.tracker.state_dict(),
-            "rng": rng_state(),
-            "pipeline_rng": self.ctx.pipeline.generator.get_state(),
+            **{name: part.state_dict() for name, part in self.stateful().items()},
+            "rng": streams[0]["rng"],  # rank 0's (a single process's) streams
+            "pipeline_rng": streams[0]["pipeline_rng"],
             "global_step": self.metrics.global_step,
         }
-        if self.ctx.ema is not None:
-            state["ema"] = self.ctx.ema.state_dict()
-        if self.ctx.lookahead is not None:  # at an epoch's end the weights are the slow copy
-            state["lookahead"] = self.ctx.lookahead.state_dict()
-        if self.swa is not None:
-            state["swa"] = self.swa.state_dict()
-        if self.pseudo is not None:
-            state["pseudo"] = self.pseudo.state_dict()
+        if self.dist.enabled:
+            states["rank_streams"] = streams
         if partial is not None:
-            state["partial"] = partial.state_dict()
-        return state
+            states["partial"] = partial.state_dict()
+        return states
 
     def restore(self, resumed: dict) -> tuple[int, EpochState | None, dict]:
         """Load a ``last.pt``; return the epoch to start at, the partial epoch (or None) and the best row."""
         path = self.folder.last
-        optional = {
-            "ema": self.ctx.ema,
-            "lookahead": self.ctx.lookahead,
-            "swa": self.swa,
-            "pseudo": self.pseudo,
-        }
-        missing = [k for k in (*RESUME_KEYS, *(k for k, v in optional.items() if v)) if k not in resumed]
+        parts = self.stateful()
+        missing = [k for k in (*RESUME_KEYS, *parts) if k not in resumed]
         if missing:
             raise CheckpointError(
                 f"{path} lacks {', '.join(missing)}, so the run cannot continue exactly; it is damaged or "
                 "not a cnnlab last.pt: start a new run."
             )
         load_state_strict(self.model, resumed["model"], path)
+        if "ema" in parts:  # the same one-sentence refusal as the model's for weights that do not fit
+            load_state_strict(self.ctx.ema.module, resumed["ema"]["module"], path)
         try:
-            self.optimizer.load_state_dict(resumed["optimizer"])
-            self.schedule.load_state_dict(resumed["scheduler"])
-            self.ctx.scaler.load_state_dict(resumed["scaler"])
-            self.tracker.load_state_dict(resumed["tracker"])
-            if self.ctx.ema is not None:
-                load_state_strict(self.ctx.ema.module, resumed["ema"]["module"], path)
-                self.ctx.ema.updates = resumed["ema"]["updates"]
-            if self.ctx.lookahead is not None:
-                self.ctx.lookahead.load_state_dict(resumed["lookahead"])
-            if self.swa is not None:
-                self.swa.load_state_dict(resumed["swa"])
-            if self.pseudo is not None:
-                self.pseudo.load_state_dict(resumed["pseudo"])
-            set_rng_state(resumed["rng"])
-            self.ctx.pipeline.generator.set_state(resumed["pipeline_rng"])
+            for name, part in parts.items():
+                part.load_state_dict(resumed[name])
+            streams = resumed.get("rank_streams") or [resumed]
+            own = streams[self.dist.rank] if len(streams) == self.dist.world_size else resumed
+            set_rng_state(own["rng"])
+            self.ctx.pipeline.generator.set_state(own["pipeline_rng"])
+            with torch.no_grad():
+                for name, buffer in self.model.named_buffers() if "buffers" in own else ():
+                    buffer.copy_(own["buffers"][name])
             partial = EpochState(**resumed["partial"]) if "partial" in resumed else None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
@@ -138,7 +129,8 @@ class Run:
         self.metrics.global_step = resumed["global_step"]
         if partial is not None and not self.dist.is_main:  # the saved sums are all ranks': count once
             partial.loss_sum, partial.correct, partial.seen = 0.0, 0, 0
-        best_row = self.metrics.resume(resumed["epoch"], self.tracker.best_epoch)
+        from_csv = self.metrics.resume(resumed["epoch"], self.tracker.best_epoch)  # also drops later rows
+        best_row = self.tracker.best_scores or from_csv
         if self.dist.is_main:
             self.folder.status_file.unlink(missing_ok=True)  # the interruption record is history now
         where = (

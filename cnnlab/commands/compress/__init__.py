@@ -22,16 +22,17 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from cnnlab.build import build_model, check
-from cnnlab.commands.common import open_run, wide_console
+from cnnlab.commands.common import open_run
 from cnnlab.commands.compress import config as configs
 from cnnlab.commands.compress.distill import Distill
 from cnnlab.commands.compress.measure import describe, latencies
 from cnnlab.data.loader import BatchPipeline
-from cnnlab.engine.checkpoint import save_checkpoint, save_safetensors
 from cnnlab.engine.prune import apply_masks, copy_channels, kept_channels, magnitude_masks, sparsity
 from cnnlab.errors import ConfigError
+from cnnlab.run.checkpoints import RunCheckpoints
 from cnnlab.run.layout import RunDir
 from cnnlab.run.load import LoadedRun, load_run, read_checkpoint_config, run_data
+from cnnlab.run.log import make_console
 from cnnlab.run.workspace import claim
 from cnnlab.train import Callback, train
 
@@ -96,9 +97,7 @@ def write_model_run(folder: RunDir, cfg: DictConfig, model: torch.nn.Module, tea
     record = dataclasses.replace(teacher.record, config=config_yaml, model_name=str(cfg.model.name),
                                  weights="raw", precision="32")  # fmt: skip
     with claim(folder, resume=False):
-        state = model.state_dict()
-        save_checkpoint({**record.to_state(), "model": state}, folder.best)
-        save_safetensors(state, record.to_metadata(), folder.best_safetensors)
+        RunCheckpoints(folder).save_model(model.state_dict(), record)
 
 
 def prune_model(cfg: DictConfig, teacher: LoadedRun, folder: RunDir) -> None:
@@ -202,7 +201,7 @@ def finish(cfg: DictConfig, folder: RunDir, rows: list[dict], *, seconds: float)
         table.add_row(r["run"], f"{r['accuracy']:.4f}", f"{r['elements']:,}", f"{r['nonzero']:,}",
                       f"{r['file_kb']:.1f}", f"{r['gzip_kb']:.1f}", f"{r['latency_ms']:.3f}",
                       f"{rows[0]['latency_ms'] / r['latency_ms']:.2f}x")  # fmt: skip
-    wide_console().print(table)
+    make_console().print(table)
     print(f"original: {cfg.run}\n{cfg.method}: {folder.path}\nwrote {folder.compression}")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from cnnlab.data.folders import TEST_NAMES, find_split, has_subdirs
+from cnnlab.data.folders import TEST_NAMES, find_split, has_image_folder, has_subdirs
 from cnnlab.data.images import SUFFIXES, decode_all
 from cnnlab.data.kagglecsv import read_digit_csv
 from cnnlab.data.lookup import find_root
@@ -117,8 +117,8 @@ def from_dataset(cfg: DictConfig) -> Inputs:
     decoding the training images again; other formats are read whole with the training reader.
     """
     if cfg.format in ("food11", "imagefolder"):
-        root = find_root(cfg, has_train_dir)
-        test_dir = find_split(root, TEST_NAMES)
+        root = find_root(cfg, has_image_folder if cfg.format == "imagefolder" else has_train_dir)
+        test_dir = find_split(root, TEST_NAMES) if has_train_dir(root) else None
         if test_dir is None:
             raise DataError(f"{root} has no test/ folder; pass input=<a folder of images> to classify.")
         if cfg.format == "food11" or not has_subdirs(test_dir):

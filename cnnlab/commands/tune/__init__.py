@@ -18,17 +18,22 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.build import check
-from cnnlab.commands.train import HYDRA_FLAGS, SweepFailed
+from cnnlab.commands.train import SweepFailed
+from cnnlab.commands.tune.slurm import check as check_launcher
 from cnnlab.commands.tune.space import corners, parse_space
-from cnnlab.commands.tune.study import check_options, continued_args, create, key_of, load
+from cnnlab.commands.tune.storage import check as storage_check
+from cnnlab.commands.tune.study import check_options, continued_args, create, exists, key_of, load, where
 from cnnlab.commands.tune.trial import SAMPLED, Plan, compose_trial, with_sampled
 from cnnlab.commands.tune.workers import run_workers
-from cnnlab.engine import distributed
+from cnnlab.config import hydra_prints, override_quoted
+from cnnlab.engine import ranks
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.io import write_json
 from cnnlab.run import lock
 from cnnlab.run.layout import LOCK, SWEEP_SUMMARY, StudyDir
 from cnnlab.run.trust import check_config
+
+SUMMARY_WAIT_S = 60  # how long a shared study's worker waits for another to finish writing the summary
 
 
 def fold_search_args(args: list[str]) -> list[str]:
@@ -58,25 +63,40 @@ def _escape(text: str) -> str:
 def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManager]:
     """Before Hydra runs the tune: fold search params, pin the study folder (continuing the study there
     replays its overrides), check every option and every corner of the search space, claim the folder."""
-    if any(a.split("=")[0] in HYDRA_FLAGS for a in args):  # Hydra prints something and exits
+    if hydra_prints(args):  # Hydra prints something and exits
         return args, contextlib.nullcontext()
-    if distributed.env_world_size() > 1:
+    if ranks.env_world_size() > 1:
         raise ConfigError("cnnlab tune runs its trials itself; start it without torchrun.")
     trust = any(a.lstrip("+").lower() in ("trust_config=true", "trust_config=1") for a in args)
     args = fold_search_args(args)
-    folder = StudyDir(compose_tune(args).tune.dir)
+    folder = study_dir(compose_tune(args).tune, given_dir=any(key_of(a) == "tune.dir" for a in args))
     args = [a for a in args if key_of(a) != "tune.dir"]
-    if folder.holds_study():
+    if exists(folder):
         args = continued_args(folder, args, trust_config=trust)
     elif folder.path.is_dir() and any(p.name != LOCK for p in folder.path.iterdir()):
-        raise ConfigError(f"{folder} holds files but no study (study.db); choose a new tune.dir.")
-    args = [*args, f"tune.dir={folder.path}"]
+        raise ConfigError(f"{folder} holds files but no study ({where(folder)}); choose a new tune.dir.")
+    args = [*args, f"tune.dir={override_quoted(str(folder.path))}"]
     cfg = compose_tune(args)
-    if folder.holds_study():
-        check_config(cfg, folder.db, trust_config=trust)
+    if exists(folder):
+        check_config(cfg, where(folder), trust_config=trust)
     check_search(cfg, args)
+    if folder.shared:  # workers share the folder; each trial folder has its own writer
+        return args, contextlib.nullcontext()
     lock.check_free(folder.path, what="tune")
     return args, lock.hold(folder.path, what="tune")
+
+
+def study_dir(tune: DictConfig, *, given_dir: bool = True) -> StudyDir:
+    """The study folder and where its study lives; a shared study needs its shared folder named."""
+    if tune.storage is None:
+        return StudyDir(tune.dir, name=tune.study)
+    if not given_dir:
+        raise ConfigError(
+            "tune.storage shares a study between workers: give them all the same tune.dir=<folder> (on a "
+            "file system they share) for the trials' run folders."
+        )
+    storage_check(tune.storage)
+    return StudyDir(tune.dir, storage=tune.storage, name=tune.study)
 
 
 def compose_tune(args: list[str]) -> DictConfig:
@@ -95,6 +115,7 @@ def check_search(cfg: DictConfig, args: list[str]) -> None:
     from hydra import initialize_config_module
 
     check_options(cfg.tune, cfg.trainer)
+    check_launcher(cfg.tune)
     space = parse_space(cfg.tune.params)
     with initialize_config_module("cnnlab.conf", version_base="1.3"):
         for sampled in corners(space):
@@ -110,10 +131,10 @@ def check_search(cfg: DictConfig, args: list[str]) -> None:
 
 def main(cfg: DictConfig) -> None:
     """The study in ``tune.dir``: create or continue it, run the trials, print the table and the best."""
-    folder = StudyDir(cfg.tune.dir)
+    folder = study_dir(cfg.tune)
     args = list(HydraConfig.get().overrides.task)
-    with lock.hold(folder.path, what="tune"):
-        study = load(folder) if folder.holds_study() else create(folder, cfg.tune, cfg.trainer, args)
+    with contextlib.nullcontext() if folder.shared else lock.hold(folder.path, what="tune"):
+        study = load(folder) if exists(folder) else create(folder, cfg.tune, cfg.trainer, args)
         first = len(study.trials)
         timeout = cfg.tune.timeout
         plan = Plan(folder=str(folder.path), args=args, tune=OmegaConf.to_container(cfg.tune, resolve=True),
@@ -122,7 +143,20 @@ def main(cfg: DictConfig) -> None:
                     deadline=None if timeout is None else time.time() + timeout)  # fmt: skip
         print(f"study {folder}: {first} trials so far; {cfg.tune.n_trials} more, {cfg.tune.n_jobs} at a time")
         run_workers(plan)
-        conclude(folder, cfg, first)
+        with summary_turn(folder):
+            conclude(folder, cfg, first)
+
+
+def summary_turn(folder: StudyDir) -> contextlib.AbstractContextManager:
+    """The folder's lock while the summary is written: a local study holds it all along; workers of a
+    shared study take turns (each writes the summary of every trial finished so far)."""
+    if not folder.shared:
+        return contextlib.nullcontext()
+    for _ in range(SUMMARY_WAIT_S * 2):
+        if not lock.is_locked(folder.path):
+            break
+        time.sleep(0.5)
+    return lock.hold(folder.path, what="tune")
 
 
 def conclude(folder: StudyDir, cfg: DictConfig, first: int) -> None:

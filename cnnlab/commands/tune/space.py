@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from cnnlab.config import override_quoted
 from cnnlab.errors import ConfigError
 
 SYNTAX = (
@@ -132,6 +133,6 @@ def override_value(value) -> str:
     if isinstance(value, int | float):
         return repr(value)
     text = str(value)
-    if PLAIN.fullmatch(text):
+    if text.isascii() and PLAIN.fullmatch(text):  # Hydra's lexer takes ASCII letters only unquoted
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return override_quoted(text)

@@ -21,6 +21,7 @@ from cnnlab.commands.tune.space import suggest
 from cnnlab.commands.tune.study import key_of
 from cnnlab.engine.interrupt import Interrupted
 from cnnlab.errors import DataError
+from cnnlab.run import lock
 from cnnlab.run.layout import StudyDir
 from cnnlab.run.workspace import claim
 from cnnlab.train import Callback, train
@@ -32,18 +33,22 @@ SAMPLED = "cnnlab.sampled"  # a trial's user attribute: its sampled values as ov
 class Plan:
     """What every worker of a study needs (plain data: spawned worker processes receive a copy)."""
 
-    folder: str  # the study folder
+    folder: str  # the study folder (trial folders); the study is there or in tune["storage"]
     args: list[str]  # the tune command's overrides: each trial composes from them plus its sampled values
     tune: dict  # the tune options
     max_epochs: int  # the trials' trainer.max_epochs (the hyperband pruner's budget)
     device: str  # trainer.device and trainer.threads as given; each worker takes its share
-    threads: int | None
+    threads: int | str | None
     first_trial: int  # how many trials the study had when this command started
     deadline: float | None  # time.time() after which no new trial starts
 
     @property
     def n_jobs(self) -> int:
         return int(self.tune["n_jobs"])
+
+    @property
+    def study_dir(self) -> StudyDir:
+        return StudyDir(self.folder, storage=self.tune.get("storage"), name=self.tune["study"])
 
 
 class Pruning(Callback):
@@ -135,30 +140,42 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, plan: Plan, *, sampled: 
             study.tell(trial, state=TrialState.FAIL)
             print(f"trial {trial.number} {record['status']}: {record['error']}", file=sys.stderr)
             return record["status"]
-    study.tell(trial, summary["best_value"])
+        study.tell(trial, summary["best_value"])  # still holding the folder: no other worker settles it
     return "ok"
 
 
 def settle(study: optuna.Study, plan: Plan, resources: tuple[str, int | None]) -> None:
     """Trials an earlier command left running (it was stopped): resume those with a ``last.pt`` to
-    continue from, tell the study how the others ended (their folders say)."""
+    continue from, tell the study how the others ended (their folders say). In a shared study a running
+    trial may be another worker's: only those whose folder no live worker holds are settled."""
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         folder = StudyDir(plan.folder).trial(frozen.number)
-        try:
-            summary, status = folder.read_summary(), (folder.read_status() or {}).get("status")
-        except DataError:
-            summary, status = None, "broken"
-        if summary is not None and isinstance(summary.get("best_value"), int | float):
-            study.tell(frozen.number, float(summary["best_value"]))
-        elif status == "pruned":
-            study.tell(frozen.number, state=TrialState.PRUNED)
-        elif folder.is_unfinished() and isinstance(frozen.user_attrs.get(SAMPLED), list):
-            trial = optuna.Trial(study, frozen._trial_id)  # Optuna has no public way to reopen a trial
-            run_trial(
-                study, trial, plan, sampled=frozen.user_attrs[SAMPLED], resources=resources, resume=True
-            )
-        else:
-            study.tell(frozen.number, state=TrialState.FAIL)
+        if not plan.study_dir.shared:
+            settle_one(study, frozen, plan, resources)
+        elif folder.path.is_dir() and not lock.is_locked(folder.path):
+            try:
+                with lock.hold(folder.path):
+                    if study._storage.get_trial(frozen._trial_id).state == TrialState.RUNNING:
+                        settle_one(study, frozen, plan, resources)
+            except lock.FolderLocked:  # another worker took it between the look and the lock
+                continue
+
+
+def settle_one(study: optuna.Study, frozen, plan: Plan, resources: tuple[str, int | None]) -> None:
+    folder = StudyDir(plan.folder).trial(frozen.number)
+    try:
+        summary, status = folder.read_summary(), (folder.read_status() or {}).get("status")
+    except DataError:
+        summary, status = None, "broken"
+    if summary is not None and isinstance(summary.get("best_value"), int | float):
+        study.tell(frozen.number, float(summary["best_value"]))
+    elif status == "pruned":
+        study.tell(frozen.number, state=TrialState.PRUNED)
+    elif folder.is_unfinished() and isinstance(frozen.user_attrs.get(SAMPLED), list):
+        trial = optuna.Trial(study, frozen._trial_id)  # Optuna has no public way to reopen a trial
+        run_trial(study, trial, plan, sampled=frozen.user_attrs[SAMPLED], resources=resources, resume=True)
+    else:
+        study.tell(frozen.number, state=TrialState.FAIL)
 
 
 def ask(study: optuna.Study, space: dict) -> tuple[optuna.Trial, list[str]]:

@@ -6,8 +6,9 @@ elsewhere it checks its parent between trials), and it shares the study folder's
 the parent's descriptor, so the folder stays locked while any worker still writes it.
 
 Every worker asks the shared study for its next trial until the command's ``tune.n_trials`` are taken
-(a counter shared by the workers) or ``tune.timeout`` has passed. Worker k trains on ``cores // n_jobs``
-threads unless ``trainer.threads`` is set, and with several GPUs on GPU k mod count.
+(a counter shared by the workers) or ``tune.timeout`` has passed. Worker k trains on ``cpus // n_jobs``
+threads (of the CPUs it may use) unless ``trainer.threads`` is a number, and with several GPUs on GPU
+k mod count.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from cnnlab.commands.tune.space import parse_space
 from cnnlab.commands.tune.study import load, make_pruner, make_sampler
 from cnnlab.commands.tune.trial import Plan, ask, run_trial, settle
 from cnnlab.engine.interrupt import Interrupted
+from cnnlab.engine.threads import cpu_share
 from cnnlab.errors import CnnlabError
 from cnnlab.run import lock
-from cnnlab.run.layout import StudyDir
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -43,13 +44,13 @@ def open_study(plan: Plan, index: int):
     stream of values."""
     tune = OmegaConf.create(plan.tune)
     sampler = make_sampler(tune, tune.seed + plan.first_trial + 1000 * index)
-    return load(StudyDir(plan.folder), sampler=sampler, pruner=make_pruner(tune, plan.max_epochs))
+    return load(plan.study_dir, sampler=sampler, pruner=make_pruner(tune, plan.max_epochs))
 
 
 def share(plan: Plan, index: int) -> tuple[str, int | None]:
     """Worker ``index``'s device and CPU threads."""
     return job_resources(n_jobs=plan.n_jobs, job_num=index, device=plan.device, threads=plan.threads,
-                         cpu_count=os.cpu_count() or 1, gpu_count=torch.cuda.device_count())  # fmt: skip
+                         cpu_count=cpu_share().usable, gpu_count=torch.cuda.device_count())  # fmt: skip
 
 
 def work(plan: Plan, index: int, slots, parent: int | None = None) -> None:
@@ -72,6 +73,16 @@ def take(slots, limit: int) -> bool:
             return False
         slots.value += 1
         return True
+
+
+def start_hydra() -> None:
+    """A worker in a new process (spawned, or a Slurm job) composes trials with cnnlab's config."""
+    from hydra import initialize_config_module
+
+    from cnnlab.config import register_configs
+
+    register_configs()
+    initialize_config_module("cnnlab.conf", version_base="1.3")
 
 
 def die_with_parent(parent: int) -> None:
@@ -103,12 +114,7 @@ def _detach(dup) -> int:
 def spawned(plan: Plan, index: int, slots, parent: int, lock_fd: int | None) -> None:
     """A spawned worker: compose with cnnlab's config, work, and exit with the code the CLI would."""
     die_with_parent(parent)
-    from hydra import initialize_config_module
-
-    from cnnlab.config import register_configs
-
-    register_configs()
-    initialize_config_module("cnnlab.conf", version_base="1.3")
+    start_hydra()
     held = lock.inherited(Path(plan.folder), lock_fd) if lock_fd is not None else contextlib.nullcontext()
     try:
         with held:
@@ -122,7 +128,13 @@ def spawned(plan: Plan, index: int, slots, parent: int, lock_fd: int | None) -> 
 
 def run_workers(plan: Plan) -> None:
     """The trials an earlier command left running, then the command's new trials with ``plan.n_jobs``
-    workers; a signal stops them all and is raised as :class:`Interrupted` once each has saved its trial."""
+    workers; a signal stops them all and is raised as :class:`Interrupted` once each has saved its trial.
+    With ``tune.launcher=slurm`` the workers are Slurm jobs (:mod:`.slurm`)."""
+    if plan.tune["launcher"] == "slurm":
+        from cnnlab.commands.tune.slurm import run_slurm_workers
+
+        run_slurm_workers(plan)
+        return
     settle(open_study(plan, 0), plan, share(plan, 0))  # before any worker asks for a new trial
     context = multiprocessing.get_context("spawn")
     slots = context.Value("i", 0)
