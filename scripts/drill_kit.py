@@ -25,6 +25,7 @@ class Result:
     message: str
     survived: str
     holds: bool
+    skipped: bool = False  # the case could not be tried here (e.g. as root): neither held nor failed
 
 
 @dataclass

@@ -108,3 +108,19 @@ def test_run_overhead_times_the_parts_of_a_run(tiny_idx):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for part in ("read the data", "build the optimizer", "test pass", "checkpoints", "outside the epochs"):
         assert part in proc.stdout, part
+
+
+def test_fault_drill_reports_a_skipped_case_as_skipped_not_held(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # fault_drill imports its kit as top-level modules
+    drill = load_script("fault_drill")
+    kit = sys.modules["drill_kit"]
+    chosen = [(1, "held", None), (2, "as-root", None), (3, "broken", None)]
+    results = [
+        kit.Result(2, "cnnlab: error: x", "-", True),
+        kit.Result(0, "running as root", "-", False, skipped=True),
+        kit.Result(1, "Traceback", "-", False),
+    ]
+    rows = drill.report(chosen, results, 1.0).splitlines()
+    verdicts = [row.split()[3] for row in rows[1:4]]  # number, name, exit code, verdict, message...
+    assert verdicts == ["yes", "skipped", "NO"], rows
+    assert rows[-1] == "1 of 2 hold, 1 skipped (1 s)"

@@ -25,14 +25,8 @@ def assert_stopped(proc, run, signum: int, stage: str, message: str) -> dict:
     interrupted at ``stage``; no temp file anywhere in the run."""
     assert proc.returncode == 128 + signum, proc.stderr
     name = signal.Signals(signum).name
-<<<<<<< Updated upstream
-    assert (
-        proc.stderr.strip().splitlines()[-1].startswith(f"cnnlab: error: Stopped by {name} while {message}")
-    ), proc.stderr
-=======
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"cnnlab: error: Stopped by {name} while {message}"), proc.stderr
->>>>>>> Stashed changes
     assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "interrupted" and status["stage"] == stage
