@@ -189,7 +189,7 @@ def test_misspelt_viz_and_help_without_internal_groups(tmp_path):
     res = run_cli("viz", "gradcm", "run=x", cwd=tmp_path)
     assert res.returncode == 2 and "Did you mean 'gradcam'?" in res.stderr
     res = run_cli("train", "--help", cwd=tmp_path)
-    assert res.returncode == 0 and "\nmodel: lenet" in res.stdout and "schema/" not in res.stdout
+    assert res.returncode == 0 and "  model: lenet, mlp" in res.stdout and "schema/" not in res.stdout
 
 
 def test_errors_logged_during_a_run_keep_the_prefix():

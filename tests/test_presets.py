@@ -26,6 +26,9 @@ RECIPES = {
                          "dataset.image_size": 128, "model.batch_norm": True},
     "food11_resnet18": {"model.name": "resnet18", "dataset.name": "food11"},
     "cifar10_resnet18": {"model.name": "resnet18", "model.stem": "cifar", "dataset.name": "cifar10"},
+    "cifar10_cpu91": {"model.name": "simplecnn", "model.channels": [64, 256, 256], "model.whiten": 2,
+                      "trainer.precision": "bf16", "trainer.max_epochs": 5, "trainer.max_steps": 240,
+                      "dataset.name": "cifar10"},
 }  # fmt: skip
 
 

@@ -129,7 +129,7 @@ def test_every_preset_composes_at_every_corner(preset, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     args, _ = prepare([f"tune={preset}", "trainer.monitor=val_loss", "trainer.mode=min"])
-    assert args[0] == f"tune={preset}" and args[-1].startswith("tune.dir=multirun/")
+    assert args[0] == f"tune={preset}" and args[-1].startswith("tune.dir='multirun/")
     assert not (tmp_path / "multirun").exists()  # checked, not created
     cfg = compose_tune(args)
     assert cfg.dataset.name == preset and len(cfg.tune.params) >= 4
