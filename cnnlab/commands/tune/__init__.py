@@ -84,7 +84,9 @@ def prepare(args: list[str]) -> tuple[list[str], contextlib.AbstractContextManag
         design = continued_design(folder, now, compose_tune([]), args, trust=trusted(args))
     elif folder.path.is_dir() and any(p.name != LOCK for p in folder.path.iterdir()):
         raise ConfigError(f"{folder} holds files but no study ({where(folder)}); choose a new tune.dir.")
-    else:
+    else:  # the study's own options first: a misspelt pruner is named even when no param is given yet
+        check_options(now.tune, now.trainer)
+        check_launcher(now.tune)
         design = new_design(now, parse_space(now.tune.params), args)
     check_search(design, where(folder) if exists(folder) else "tune.params")
     _designs[:] = [design]
